@@ -1,0 +1,1 @@
+"""Text datasets for evaluation, calibration and training."""

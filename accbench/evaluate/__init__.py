@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, the request engine, tasks, judges and the code sandbox."""

@@ -1,0 +1,77 @@
+"""Perplexity by llmc's recipe, computed without materialising full-vocabulary float32 tensors.
+
+Windows are `seq_len` non-overlapping slices of one token stream (tail dropped); each window's loss is
+the mean next-token cross-entropy over its `seq_len - 1` predictions; ppl = exp(mean window loss).
+The head is applied in token chunks to the backbone's hidden states, so peak memory is one chunk of
+logits, not [bs, seq_len, vocab]. `on_logits` lets a caller (the fidelity recorder) see each chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+HEAD_CHUNK_TOKENS = 2048
+LogitsHook = Callable[[int, Any, Any], None]  # (first token index in the position's stream, logits [n,V], labels [n])
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    windows: int
+    tokens: int
+    seq_len: int
+    window_losses: list[float] = field(default_factory=list)
+
+
+def _can_split_head(model: Any) -> bool:
+    cfg = getattr(model, "config", None)
+    # logit soft-capping / scaling live in the CausalLM forward; fall back to it for those families
+    return not any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+
+
+def forward_logit_chunks(model: Any, input_ids: Any, chunk_tokens: int = HEAD_CHUNK_TOKENS):
+    """Yield (row, start, logits[n, V]) over predicting positions 0..T-2 of each row, chunk by chunk."""
+    if _can_split_head(model):
+        hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+        head = model.get_output_embeddings()
+        hidden = hidden.to(head.weight.device)
+        T = hidden.shape[1] - 1
+        for r in range(hidden.shape[0]):
+            for s in range(0, T, chunk_tokens):
+                yield r, s, head(hidden[r, s : min(s + chunk_tokens, T)])
+    else:
+        logits = model(input_ids=input_ids, use_cache=False).logits
+        for r in range(logits.shape[0]):
+            yield r, 0, logits[r, :-1]
+
+
+def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str = "cpu",
+               max_windows: int | None = None, on_logits: LogitsHook | None = None,
+               progress: bool = True, desc: str = "perplexity") -> PerplexityResult:
+    """Evaluate perplexity of `model` on a 1-D token tensor `stream` (llmc's recipe)."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    n = stream.numel() // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ValueError(f"the evaluation text has {stream.numel()} tokens, fewer than one window of seq_len={seq_len}")
+    windows = stream[: n * seq_len].view(n, seq_len)
+    losses: list[float] = []
+    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="win", disable=not progress, leave=False) as bar:
+        for i in range(0, n, bs):
+            batch = windows[i : i + bs].to(device)
+            sums = torch.zeros(batch.shape[0], dtype=torch.float64)
+            for r, s, logits in forward_logit_chunks(model, batch):
+                labels = batch[r, s + 1 : s + 1 + logits.shape[0]].to(logits.device)
+                sums[r] += F.cross_entropy(logits.float(), labels, reduction="sum").double().cpu()
+                if on_logits is not None:
+                    on_logits((i + r) * (seq_len - 1) + s, logits, labels)
+            losses.extend((sums / (seq_len - 1)).tolist())
+            bar.update(batch.shape[0])
+    ppl = math.exp(sum(losses) / len(losses))
+    return PerplexityResult(ppl=ppl, windows=n, tokens=n * seq_len, seq_len=seq_len, window_losses=losses)

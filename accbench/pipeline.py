@@ -1,0 +1,139 @@
+"""The run, as one short function: load, evaluate at each position, transform, evaluate again, compare.
+
+Only this module (and cli.py) knows the config's shape; every stage below calls building blocks with
+plain arguments. results.json is saved after every stage, so an interruption keeps what was computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accbench.config import EvalCfg, RunConfig, dump_config
+from accbench.errors import AccbenchError
+from accbench.results import PplEntry, Results, Timer, collect_versions
+
+log = logging.getLogger("accbench")
+
+
+@dataclass
+class EvalData:
+    """One evaluation dataset, tokenized once for the whole run."""
+
+    cfg: EvalCfg
+    name: str
+    stream: Any  # 1-D LongTensor
+    recipe: str
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    run_dir: Path
+    results: Results
+    console: Any
+    resume: bool = False
+    evals: list[EvalData] = field(default_factory=list)
+
+    def save(self) -> None:
+        self.results.save(self.run_dir)
+
+
+def resolve_run_dir(cfg: RunConfig, output: str | None) -> Path:
+    if output:
+        return Path(output)
+    name = cfg.base.run_name or time.strftime("%Y%m%d_%H%M%S")
+    return Path(cfg.base.output_dir) / name
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run directory; refuse to clobber an existing run unless asked to."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise AccbenchError(f"run directory {run_dir} already holds a run",
+                                "pass --resume to continue it, --overwrite to replace it, or -o another directory")
+    elif resume:
+        raise AccbenchError(f"--resume: no run to resume in {run_dir}", "drop --resume to start a new run")
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+
+def setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "logs" / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("accbench")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
+
+
+def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = False) -> Results:
+    """Run everything the config asks for; return the results (also on disk in run_dir)."""
+    results = Results.load(run_dir) if resume and (run_dir / "results.json").is_file() else Results()
+    results.run_dir, results.status, results.error = str(run_dir), "running", None
+    results.versions = collect_versions()
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    ctx = RunContext(cfg, run_dir, results, console, resume)
+    ctx.save()
+
+    with Timer(results.timings, "load_model"):
+        loaded = _load(cfg)
+    results.models["pretrain"] = loaded.path
+    ctx.evals = [prepare_eval_data(e, loaded.tokenizer) for e in cfg.eval]
+
+    positions = cfg.positions()
+    if "pretrain" in positions:
+        evaluate_position(ctx, "pretrain", loaded)
+    if cfg.quant is not None:
+        raise AccbenchError("quantization (the quant section) is not implemented in this version yet",
+                            "remove the quant section and evaluate eval_pos: [pretrain]")
+    results.status = "complete"
+    ctx.save()
+    return results
+
+
+def _load(cfg: RunConfig) -> Any:
+    from accbench.models import load_model
+
+    m = cfg.model
+    placement = "offload" if any(e.inference_per_block for e in cfg.eval) else m.placement
+    if cfg.runner.num_gpus > 1 and placement == "single":
+        placement = "device_map"
+    log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
+    return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
+                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast")
+
+
+def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:
+    from accbench.data.text import load_texts, ppl_token_stream, recipe_description
+
+    texts = load_texts(e.name, e.path, e.download, e.text_column, e.split)
+    stream = ppl_token_stream(e.name, texts, tokenizer, e.seq_len)
+    return EvalData(e, e.name, stream, recipe_description(e.name))
+
+
+def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
+    """Perplexity on every eval dataset that lists this position; saved as soon as each number exists."""
+    from accbench.evaluate.perplexity import perplexity
+
+    for ev in ctx.evals:
+        if position not in ev.cfg.eval_pos:
+            continue
+        if any(p.position == position and p.dataset == ev.name and p.seq_len == ev.cfg.seq_len
+               for p in ctx.results.ppl):
+            log.info("resume: ppl %s/%s already computed", position, ev.name)
+            continue
+        with Timer(ctx.results.timings, f"ppl_{position}"):
+            res = perplexity(loaded.model, ev.stream, ev.cfg.seq_len, ev.cfg.bs, loaded.device,
+                             max_windows=ev.cfg.num_samples, desc=f"ppl {position} {ev.name}")
+        ctx.results.ppl.append(PplEntry(position=position, dataset=ev.name, ppl=res.ppl, seq_len=res.seq_len,
+                                        windows=res.windows, tokens=res.tokens, recipe=ev.recipe,
+                                        window_losses=res.window_losses))
+        log.info("ppl %s %s = %.4f (%d windows)", position, ev.name, res.ppl, res.windows)
+        ctx.console.print(f"[bold]{position}[/] {ev.name}: ppl = {res.ppl:.4f}  ({res.windows} windows x {res.seq_len})")
+        ctx.save()

@@ -1,0 +1,1 @@
+"""Reports: console tables, Markdown and HTML."""

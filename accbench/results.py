@@ -1,0 +1,122 @@
+"""The typed results of a run (results.json) and the run directory layout.
+
+results.json is what users and their scripts read: `ppl`, `tasks`, `train`, `compare`, plus `fidelity`,
+`opencompass`, `versions` and `timings`. The schema is versioned; fields are only ever added.
+It is rewritten atomically after every stage, so a crash keeps everything computed so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PplEntry(Entry):
+    position: str
+    dataset: str
+    ppl: float
+    seq_len: int
+    windows: int
+    tokens: int
+    recipe: str = ""
+    window_losses: list[float] = Field(default_factory=list)
+
+
+class TaskEntry(Entry):
+    model: str  # position or variant name
+    task: str
+    type: str = ""
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    n: int = 0
+    stderr: dict[str, float | None] = Field(default_factory=dict)
+
+
+class TrainEntry(Entry):
+    variant: str
+    train_loss: float | None = None
+    train_runtime: float | None = None
+    train_steps_per_second: float | None = None
+    checkpoint: str | None = None
+
+
+class FidelityEntry(Entry):
+    position: str
+    dataset: str
+    kld_mean: float
+    kld_stderr: float
+    kld_median: float
+    kld_p99: float
+    top1_agreement: float
+    delta_p_mean: float
+    delta_p_rms: float
+    ppl_ratio: float
+    tokens: int
+
+
+class Results(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    run_dir: str = ""
+    status: str = "running"  # running | complete | failed
+    error: str | None = None
+    models: dict[str, str] = Field(default_factory=dict)  # position/variant -> model path (saved or original)
+    ppl: list[PplEntry] = Field(default_factory=list)
+    fidelity: list[FidelityEntry] = Field(default_factory=list)
+    tasks: list[TaskEntry] = Field(default_factory=list)
+    train: list[TrainEntry] = Field(default_factory=list)
+    opencompass: list[dict[str, Any]] = Field(default_factory=list)
+    compare: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    def save(self, run_dir: Path) -> None:
+        path = Path(run_dir) / "results.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Results":
+        path = Path(run_dir) / "results.json"
+        return cls.model_validate_json(path.read_text())
+
+
+def collect_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import accbench
+
+    out = {"accbench": accbench.__version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "datasets", "lm-eval", "opencompass"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class Timer:
+    """Accumulates wall time per stage into a dict."""
+
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timings[self.name] = round(self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0, 3)
