@@ -86,15 +86,42 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     results.models["pretrain"] = loaded.path
     ctx.evals = [prepare_eval_data(e, loaded.tokenizer) for e in cfg.eval]
 
-    positions = cfg.positions()
-    if "pretrain" in positions:
-        evaluate_position(ctx, "pretrain", loaded)
-    if cfg.quant is not None:
-        raise AccbenchError("quantization (the quant section) is not implemented in this version yet",
-                            "remove the quant section and evaluate eval_pos: [pretrain]")
+    if cfg.train is not None:
+        run_training_stage(ctx, loaded)
+    else:
+        if "pretrain" in cfg.positions():
+            evaluate_position(ctx, "pretrain", loaded)
+        if cfg.quant is not None:
+            run_quant_stage(ctx, loaded)
+    if cfg.opencompass is not None:
+        run_opencompass_stage(ctx)
+    run_compare_stage(ctx)
     results.status = "complete"
     ctx.save()
     return results
+
+
+def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
+    """Calibrate and quantize block by block; evaluate `transformed` and `fake_quant`; save as asked."""
+    raise AccbenchError("quantization (the quant section) is not implemented in this version yet",
+                        "remove the quant section and evaluate eval_pos: [pretrain]")
+
+
+def run_training_stage(ctx: RunContext, loaded: Any) -> None:
+    """Train the baseline and every variant the same way; evaluate the original and each checkpoint."""
+    raise AccbenchError("training (the train section) is not implemented in this version yet",
+                        "remove the train section")
+
+
+def run_opencompass_stage(ctx: RunContext) -> None:
+    """Evaluate the saved models with the user's OpenCompass config and read its summary back."""
+    raise AccbenchError("the opencompass section is not implemented in this version yet",
+                        "remove the opencompass section")
+
+
+def run_compare_stage(ctx: RunContext) -> None:
+    """Compare every position/variant with the baseline, evaluate gates, write the reports."""
+    return None
 
 
 def _load(cfg: RunConfig) -> Any:
@@ -137,3 +164,11 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
         log.info("ppl %s %s = %.4f (%d windows)", position, ev.name, res.ppl, res.windows)
         ctx.console.print(f"[bold]{position}[/] {ev.name}: ppl = {res.ppl:.4f}  ({res.windows} windows x {res.seq_len})")
         ctx.save()
+    run_tasks(ctx, position, loaded)
+
+
+def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
+    """Downstream tasks (the `tasks` section) on the model as it is at this position."""
+    if ctx.cfg.tasks:
+        raise AccbenchError("downstream tasks (the tasks section) are not implemented in this version yet",
+                            "remove the tasks section")

@@ -41,6 +41,8 @@ class TaskEntry(Entry):
     metrics: dict[str, float | None] = Field(default_factory=dict)
     n: int = 0
     stderr: dict[str, float | None] = Field(default_factory=dict)
+    # metric -> {sample id: value}; what paired comparisons between models use
+    per_sample: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class TrainEntry(Entry):

@@ -1,0 +1,287 @@
+"""Built-in tiny model and text datasets, made offline from text every CPython ships.
+
+The quickstart needs a model on which a compression visibly matters, with no download.
+Everything here is built from ``pydoc_data.topics`` (the ~80 help topics of the Python
+reference): the documents are split by name into ``train`` / ``calib`` / ``test``, and
+the ``pydoc`` dataset interleaves each document with structure that only attention can
+predict (spans repeated verbatim, ``dict`` key-value lookups, nested brackets), so that
+damage to the decoder layers shows in perplexity (natural text alone leans on the
+embeddings and head). ``pydoc-plain`` is the same split without the inserts.
+
+``builtin_model_path()`` trains a small Llama (byte-level BPE tokenizer + LlamaForCausalLM)
+on the ``pydoc`` train split once, deterministically for a seed, and caches it as a plain
+Hugging Face directory under ``cache_root()/models/<name>-<version>-seed<seed>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_VERSION = "v1"
+
+BUILTIN_MODELS: dict[str, dict[str, Any]] = {
+    "tiny-llama": {
+        "dataset": "pydoc",
+        "vocab_size": 2048,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 1024,
+        "seq_len": 256,
+        "batch_size": 16,
+        "steps": 160,
+        "lr": 2e-3,
+        "est_seconds": 90,
+    },
+}
+
+BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
+    "pydoc": {"structured": True, "doc": "Python help topics with copy / lookup / bracket inserts"},
+    "pydoc-plain": {"structured": False, "doc": "Python help topics, natural text only"},
+}
+
+_SPLITS = ("train", "test", "calib")
+_SPLIT_CHARS = {"test": 50_000, "calib": 25_000}  # held-out budget; the rest is train
+_MAX_HELDOUT_DOC = 15_000  # keep the very long topics in train
+
+
+def cache_root() -> Path:
+    """Root of accbench's cache: ``$ACCBENCH_CACHE`` or ``~/.cache/accbench``."""
+    env = os.environ.get("ACCBENCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "accbench"
+
+
+def _corpus() -> dict[str, str]:
+    from pydoc_data.topics import topics
+
+    return dict(sorted(topics.items()))
+
+
+def _rank(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _split_names() -> dict[str, list[str]]:
+    """Assign each document (by name) to one split; depends only on the corpus."""
+    docs = _corpus()
+    out: dict[str, list[str]] = {s: [] for s in _SPLITS}
+    used = {"test": 0, "calib": 0}
+    for name in sorted(docs, key=_rank):
+        n = len(docs[name])
+        split = "train"
+        if n <= _MAX_HELDOUT_DOC:
+            for s in ("test", "calib"):
+                if used[s] < _SPLIT_CHARS[s]:
+                    split = s
+                    used[s] += n
+                    break
+        out[split].append(name)
+    return {s: sorted(v) for s, v in out.items()}
+
+
+# --- structure that needs attention -------------------------------------------------
+
+
+def _pieces(text: str, target: int = 200) -> list[str]:
+    """Cut a document into runs of whole lines of about ``target`` characters."""
+    out, cur = [], ""
+    for line in text.splitlines(keepends=True):
+        cur += line
+        if len(cur) >= target:
+            out.append(cur)
+            cur = ""
+    if cur:
+        out.append(cur if cur.endswith("\n") else cur + "\n")
+    return out
+
+
+def _lookup(words: list[str], rng: random.Random) -> str:
+    keys = rng.sample(words, rng.randint(3, min(6, len(words))))
+    vals = [rng.randint(0, 999) for _ in keys]
+    items = ", ".join(f"'{k}': {v}" for k, v in zip(keys, vals))
+    lines = [f">>> d = {{{items}}}\n"]
+    for i in rng.sample(range(len(keys)), 2):
+        lines.append(f">>> d['{keys[i]}']\n{vals[i]}\n")
+    return "".join(lines) + "\n"
+
+
+def _brackets(words: list[str], rng: random.Random, depth: int = 0) -> str:
+    parts = []
+    for _ in range(rng.randint(1, 3)):
+        if depth < 3 and rng.random() < 0.5:
+            parts.append(_brackets(words, rng, depth + 1))
+        else:
+            parts.append(rng.choice(words))
+    left, right = rng.choice(["()", "[]", "{}"])
+    body = f"{left}{', '.join(parts)}{right}"
+    return body if depth else f">>> f{body}\n\n"
+
+
+def _structure(text: str, rng: random.Random) -> str:
+    """Interleave a document with inserts whose tokens are predictable only via attention."""
+    out = []
+    for piece in _pieces(text):
+        out.append(piece)
+        words = sorted(set(re.findall(r"[a-z]{3,}", piece)))
+        r = rng.random()
+        if r < 0.3:
+            out.append(piece)  # repeated span: copy it back verbatim
+        elif r < 0.45 and len(words) >= 3:
+            out.append(_lookup(words, rng))
+        elif r < 0.55 and words:
+            out.append(_brackets(words, rng))
+    return "".join(out)
+
+
+def builtin_texts(name: str = "pydoc", split: str = "test") -> list[str]:
+    """Documents of a built-in dataset split (one string per document, deterministic)."""
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"unknown built-in dataset {name!r}; valid: {', '.join(BUILTIN_DATASETS)}")
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r} for builtin:{name}; valid: {', '.join(_SPLITS)}")
+    docs = _corpus()
+    names = _split_names()[split]
+    if not BUILTIN_DATASETS[name]["structured"]:
+        return [docs[n] for n in names]
+    return [_structure(docs[n], random.Random(f"{split}:{n}")) for n in names]
+
+
+# --- the model -------------------------------------------------------------------------
+
+
+def builtin_model_path(name: str = "tiny-llama", seed: int = 0, *, _steps: int | None = None) -> Path:
+    """Hugging Face directory of a built-in model, built once and cached.
+
+    ``_steps`` (private, for tests) overrides the number of training steps; such builds
+    are cached separately.
+    """
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}")
+    spec = dict(BUILTIN_MODELS[name])
+    suffix = ""
+    if _steps is not None and _steps != spec["steps"]:
+        spec["steps"], suffix = int(_steps), f"-steps{int(_steps)}"
+    final = cache_root() / "models" / f"{name}-{_VERSION}-seed{seed}{suffix}"
+    if (final / "accbench_builtin.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    est = spec["est_seconds"] * spec["steps"] / BUILTIN_MODELS[name]["steps"]
+    print(f"accbench: building built-in model {name} (seed {seed}) into {final} "
+          f"(once, ~{max(5, round(est))} s)", file=sys.stderr, flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _build(name, spec, seed, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "accbench_builtin.json").is_file():  # not a concurrent winner
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return tok
+
+
+def _build(name: str, spec: dict[str, Any], seed: int, out: Path) -> None:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    t0 = time.time()
+    train_docs = [_corpus()[n] for n in _split_names()["train"]]
+    rng = random.Random(seed)
+    tok = _train_tokenizer([_structure(d, random.Random(f"tok:{i}")) for i, d in enumerate(train_docs)],
+                           spec["vocab_size"])
+    bos, eos, pad = (tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
+
+    seq, bsz, steps = spec["seq_len"], spec["batch_size"], spec["steps"]
+    need = seq * bsz * steps
+    stream: list[int] = []
+    while len(stream) < need:  # fresh inserts and document order on every pass
+        order = rng.sample(train_docs, len(train_docs))
+        for enc in tok.encode_batch([_structure(d, rng) for d in order]):
+            stream += enc.ids + [eos]  # .ids starts with <s>
+    data = torch.tensor(stream[:need]).view(steps, bsz, seq)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            config = LlamaConfig(
+                vocab_size=tok.get_vocab_size(), hidden_size=spec["hidden_size"],
+                intermediate_size=spec["intermediate_size"], num_hidden_layers=spec["num_hidden_layers"],
+                num_attention_heads=spec["num_attention_heads"], num_key_value_heads=spec["num_attention_heads"],
+                max_position_embeddings=spec["max_position_embeddings"], tie_word_embeddings=False,
+                bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+            )
+            model = LlamaForCausalLM(config)
+            decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+            other = [p for n, p in model.named_parameters() if p.dim() < 2]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                                    lr=spec["lr"], betas=(0.9, 0.95))
+            warm = max(1, steps // 10)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
+                0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+            model.train()
+            bar = tqdm(range(steps), desc=f"building {name}", unit="step", leave=False)
+            for step in bar:
+                loss = model(input_ids=data[step], labels=data[step]).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                if step % 10 == 0 or step == steps - 1:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.close()
+    finally:
+        torch.set_num_threads(threads)
+
+    model.eval()
+    model.save_pretrained(out)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                     model_max_length=spec["max_position_embeddings"])
+    hf_tok.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"  # pin the class so transformers 4.x and 5.x both load it as-is
+    tcfg = json.loads(cfg_path.read_text())
+    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                model_max_length=spec["max_position_embeddings"])
+    cfg_path.write_text(json.dumps(tcfg, indent=2, sort_keys=True) + "\n")
+    meta = {
+        "name": name, "version": _VERSION, "seed": seed, "spec": spec,
+        "params": sum(p.numel() for p in model.parameters()), "final_train_loss": round(loss.item(), 4),
+        "build_seconds": round(time.time() - t0, 1), "python": platform.python_version(),
+        "corpus_sha256": hashlib.sha256(json.dumps(_corpus()).encode()).hexdigest(),
+        "trained_seq_len": seq,
+    }
+    (out / "accbench_builtin.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: the marker

@@ -1,0 +1,56 @@
+"""The request and result types shared by the engine and every task.
+
+Tasks turn documents into requests; the engine answers them; tasks turn answers into a `TaskResult`.
+Keeping these plain dataclasses lets tasks be tested with a fake engine and lets the engine batch
+requests from many tasks at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """log P(continuation | context), and whether the continuation is the greedy one."""
+
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class RollingRequest:
+    """Log-likelihood of a whole text, in max-length windows (lm-eval's loglikelihood_rolling)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Generate from `context` (already chat-templated when the task wants that) until a stop string."""
+
+    context: str
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+GenerateFn = Callable[[list[GenerateRequest]], list[str]]
+ScoreFn = Callable[[list[ScoreRequest]], list[tuple[float, bool]]]
+
+
+@dataclass
+class TaskResult:
+    """A task's metrics on one model. `per_sample` maps a stable sample id to its score (1/0 for accuracy,
+    a number for scores), so two models can be compared pairwise on the same samples."""
+
+    task: str
+    type: str
+    metrics: dict[str, float | None]
+    stderr: dict[str, float | None]
+    n: int
+    per_sample: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {sample_id: value}
+    extra: dict[str, Any] = field(default_factory=dict)

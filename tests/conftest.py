@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models built offline with a fixed seed, and small datasets written to tmp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _pydoc_texts() -> list[str]:
+    import pydoc_data.topics as t
+
+    return [t.topics[k] for k in sorted(t.topics)]
+
+
+def make_bpe_tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(_pydoc_texts(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="</s>",
+                                   model_max_length=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_bpe_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A random 2-layer Llama (hidden 64) with a 512-token BPE tokenizer, saved in HF format."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def eval_txt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "eval.txt"
+    out.write_text("\n\n".join(_pydoc_texts()[:6]))
+    return out
