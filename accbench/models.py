@@ -104,10 +104,13 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(torch_dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if placement == "device_map" and device.startswith("cuda"):
-        n = min(num_gpus, torch.cuda.device_count())
-        kwargs["device_map"] = "auto"
-        kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in range(n)}
+    if placement == "device_map":
+        if device.startswith("cuda"):
+            n = min(num_gpus, torch.cuda.device_count())
+            kwargs["device_map"] = "auto"  # layers spread over the replica's GPUs
+            kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in range(n)}
+        else:
+            kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(local, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
@@ -148,11 +151,17 @@ def enable_block_offload(model: Any, device: str) -> list:
     for m in [parts.embed, parts.norm, parts.head, *parts.extra_pre]:
         if m is not None:
             m.to(device)
+    def to_device(module: Any, args: Any) -> None:  # hooks must return None, or they replace args/outputs
+        module.to(device)
+
+    def to_cpu(module: Any, args: Any, out: Any) -> None:
+        module.to("cpu")
+
     handles = []
     for block in parts.blocks:
         block.to("cpu")
-        handles.append(block.register_forward_pre_hook(lambda m, args, d=device: m.to(d)))
-        handles.append(block.register_forward_hook(lambda m, args, out: m.to("cpu")))
+        handles.append(block.register_forward_pre_hook(to_device))
+        handles.append(block.register_forward_hook(to_cpu))
     model._accbench_offload_handles = handles
     return handles
 
