@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 HEAD_CHUNK_TOKENS = 2048
-LogitsHook = Callable[[int, Any, Any], None]  # (first token index in the position's stream, logits [n,V], labels [n])
+LogitsHook = Callable[[int, Any, Any], None]  # (index of the first prediction across all windows, logits [n,V], labels [n])
 
 
 @dataclass
@@ -32,19 +32,19 @@ def _can_split_head(model: Any) -> bool:
 
 
 def forward_logit_chunks(model: Any, input_ids: Any, chunk_tokens: int = HEAD_CHUNK_TOKENS):
-    """Yield (row, start, logits[n, V]) over predicting positions 0..T-2 of each row, chunk by chunk."""
+    """Yield (start, logits[n, V]) over the flattened predicting positions of a batch, chunk by chunk.
+
+    Position p of the flattened stream is row p // (T-1), offset p % (T-1); its label is token offset+1.
+    """
     if _can_split_head(model):
         hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
         head = model.get_output_embeddings()
-        hidden = hidden.to(head.weight.device)
-        T = hidden.shape[1] - 1
-        for r in range(hidden.shape[0]):
-            for s in range(0, T, chunk_tokens):
-                yield r, s, head(hidden[r, s : min(s + chunk_tokens, T)])
+        flat = hidden[:, :-1].to(head.weight.device).reshape(-1, hidden.shape[-1])
+        for s in range(0, flat.shape[0], chunk_tokens):
+            yield s, head(flat[s : s + chunk_tokens])
     else:
         logits = model(input_ids=input_ids, use_cache=False).logits
-        for r in range(logits.shape[0]):
-            yield r, 0, logits[r, :-1]
+        yield 0, logits[:, :-1].reshape(-1, logits.shape[-1])
 
 
 def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str = "cpu",
@@ -65,13 +65,14 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="win", disable=not progress, leave=False) as bar:
         for i in range(0, n, bs):
             batch = windows[i : i + bs].to(device)
-            sums = torch.zeros(batch.shape[0], dtype=torch.float64)
-            for r, s, logits in forward_logit_chunks(model, batch):
-                labels = batch[r, s + 1 : s + 1 + logits.shape[0]].to(logits.device)
-                sums[r] += F.cross_entropy(logits.float(), labels, reduction="sum").double().cpu()
+            all_labels = batch[:, 1:].reshape(-1)
+            token_losses = torch.empty(all_labels.numel(), dtype=torch.float32)
+            for s, logits in forward_logit_chunks(model, batch):
+                labels = all_labels[s : s + logits.shape[0]].to(logits.device)
+                token_losses[s : s + logits.shape[0]] = F.cross_entropy(logits.float(), labels, reduction="none").cpu()
                 if on_logits is not None:
-                    on_logits((i + r) * (seq_len - 1) + s, logits, labels)
-            losses.extend((sums / (seq_len - 1)).tolist())
+                    on_logits(i * (seq_len - 1) + s, logits, labels)
+            losses.extend(token_losses.view(batch.shape[0], -1).double().mean(dim=1).tolist())
             bar.update(batch.shape[0])
     ppl = math.exp(sum(losses) / len(losses))
     return PerplexityResult(ppl=ppl, windows=n, tokens=n * seq_len, seq_len=seq_len, window_losses=losses)
