@@ -19,6 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from accbench.config import MTBenchTask
@@ -47,6 +48,7 @@ class JudgeServer:
         self.delay = 0.0
         self.garbage: dict[tuple[int, int], int] = {}  # (qid, turn) -> garbage replies left; -1: forever
         self.reject_key = False
+        self.reject_after: int | None = None  # start rejecting the key after this many requests
         self.inflight = self.max_inflight = 0
         server = self
 
@@ -73,6 +75,8 @@ class JudgeServer:
                 with server.lock:
                     server.bodies.append(body)
                     server.auth.append(self.headers.get("Authorization", ""))
+                    if server.reject_after is not None and len(server.bodies) > server.reject_after:
+                        server.reject_key = True
                     mode = ("401" if server.reject_key else "429" if server.fail_429 else
                             "500" if server.fail_500 else "sleep" if server.sleep_next else "ok")
                     server.fail_429 -= mode == "429"
@@ -157,7 +161,9 @@ class FixedJudge:
     def __init__(self, text: str):
         self.text = text
 
-    def complete(self, convs):
+    def complete(self, convs, on_reply=None):
+        for i in range(len(convs)):
+            on_reply(i, Reply(self.text))
         return [Reply(self.text) for _ in convs]
 
 
@@ -174,14 +180,19 @@ def judge_key(monkeypatch):
 
 
 def expected(ratings: dict[tuple[int, int], int]) -> tuple[dict, dict]:
-    """Independent means and stderrs (statistics.stdev / sqrt(n)) from (qid, turn) -> rating."""
+    """Independent means and stderrs from (qid, turn) -> rating, for the balanced case (every question has both
+    turns): the stderr clustered by question equals statistics.stdev of the per-question means / sqrt(#questions),
+    and per turn (one rating per question) the plain stdev / sqrt(n)."""
     cats = {int(q.question_id): q.category for q in SAMPLE}
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, dict[int, list[int]]] = {}
     for (qid, turn), r in ratings.items():
         for g in ("score", f"turn{turn}", f"category/{cats[qid]}"):
-            groups.setdefault(g, []).append(r)
-    means = {g: statistics.fmean(v) for g, v in groups.items()}
-    errs = {g: (statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else None) for g, v in groups.items()}
+            groups.setdefault(g, {}).setdefault(qid, []).append(r)
+    means = {g: statistics.fmean([r for rs in v.values() for r in rs]) for g, v in groups.items()}
+    errs = {}
+    for g, v in groups.items():
+        qmeans = [statistics.fmean(rs) for rs in v.values()]
+        errs[g] = statistics.stdev(qmeans) / math.sqrt(len(qmeans)) if len(qmeans) > 1 else None
     return means, errs
 
 
@@ -290,6 +301,12 @@ def test_unparsable_replies_retried_counted_and_fail_the_task(server, chat_tok, 
     parsed = {k: v for k, v in ALL.items() if k != (3, 2)}
     means, errs = expected(parsed)
     assert res.metrics == pytest.approx(means) and res.n == 11
+    assert res.stderr["turn2"] == pytest.approx(errs["turn2"]) and res.stderr["category/math"] is None
+    # unbalanced now (question 3 has one turn): the clustered formula written out with numpy
+    x = np.array([v for v in parsed.values()], float)
+    q = np.array([k[0] for k in parsed])
+    sums = np.array([(x[q == c] - x.mean()).sum() for c in np.unique(q)])
+    assert res.stderr["score"] == pytest.approx(np.sqrt(6 / 5 * (sums ** 2).sum()) / 11)
     assert res.extra["judgments"]["summary"] == "judgments: 11/12 parsed"
     assert list(res.extra["judgments"]["failed"]) == ["3/t2"] and "3/t2" not in res.per_sample["score"]
 
@@ -431,7 +448,7 @@ def test_hf_judge_scores_exactly_with_a_fixed_reply(chat_tok, tmp_path):
     res = evaluate_mtbench(task(judge={"type": "hf", "path": "/models/judge"}), FakeModel(), chat_tok, tmp_path,
                            judge=judge)
     assert res.metrics["score"] == pytest.approx((10 * 7 + 2 * 2) / 12)
-    assert res.metrics["category/math"] == 2.0 and res.stderr["category/math"] == 0.0
+    assert res.metrics["category/math"] == 2.0 and res.stderr["category/math"] is None  # one question
     assert all(r.temperature == 0.0 and r.max_new_tokens == 32 for r in seen)
     assert seen[0].context.startswith("<|system|>\n") and seen[0].context.endswith("<|assistant|>\n")
 
@@ -439,3 +456,16 @@ def test_hf_judge_scores_exactly_with_a_fixed_reply(chat_tok, tmp_path):
 def test_hf_judge_needs_chat_template(tiny_tokenizer):
     with pytest.raises(AccbenchError, match="no chat template"):
         HFJudge(lambda r: [], tiny_tokenizer, "/j")
+
+
+def test_replies_are_kept_as_they_arrive(server, chat_tok, tmp_path):
+    """A run that dies half-way (here: the key is revoked after 5 requests) keeps what it paid for."""
+    server.reject_after = 5
+    cfg = task(server, judge={"concurrency": 1})
+    with pytest.raises(AccbenchError, match="rejected the API key"):
+        evaluate_mtbench(cfg, FakeModel(), chat_tok, tmp_path)
+    assert len(server.bodies) == 6
+    server.reject_after, server.reject_key = None, False
+    res = evaluate_mtbench(cfg, FakeModel(), chat_tok, tmp_path)
+    assert len(server.bodies) == 6 + 7 and res.extra["judge_requests_sent"] == 7
+    assert res.metrics["score"] == pytest.approx(66 / 12)

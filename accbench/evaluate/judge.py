@@ -30,7 +30,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from accbench.errors import AccbenchError
 from accbench.evaluate.requests import GenerateFn, GenerateRequest
@@ -136,10 +136,16 @@ class Reply:
     error: str | None = None
 
 
+OnReply = Callable[[int, Reply], None]
+
+
 class JudgeClient(Protocol):
+    """`complete` answers every conversation; `on_reply(index, reply)` is called as each reply arrives (from
+    worker threads), so a run that dies half-way has already stored what it paid for."""
+
     identity: dict[str, Any]  # what makes replies comparable (type, model, endpoint); never a secret
 
-    def complete(self, conversations: list[Messages]) -> list[Reply]: ...
+    def complete(self, conversations: list[Messages], on_reply: OnReply | None = None) -> list[Reply]: ...
 
 
 class OpenAIJudge:
@@ -170,11 +176,17 @@ class OpenAIJudge:
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
-    def complete(self, conversations: list[Messages]) -> list[Reply]:
+    def complete(self, conversations: list[Messages], on_reply: OnReply | None = None) -> list[Reply]:
         fatal: list[BaseException] = []
         stop = threading.Event()
 
-        def one(messages: Messages) -> Reply:
+        def one(i: int) -> Reply:
+            reply = ask(conversations[i])
+            if on_reply is not None:
+                on_reply(i, reply)
+            return reply
+
+        def ask(messages: Messages) -> Reply:
             if stop.is_set():
                 return Reply(None, "not sent: an earlier request failed fatally")
             try:
@@ -193,7 +205,7 @@ class OpenAIJudge:
             return Reply(choices[0].message.content or "")
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
-            replies = list(pool.map(one, conversations))
+            replies = list(pool.map(one, range(len(conversations))))
         if fatal:
             exc = fatal[0]
             what = {"AuthenticationError": "rejected the API key", "PermissionDeniedError": "refused access",
@@ -215,7 +227,7 @@ class HFJudge:
         self._generate, self._tokenizer, self.max_tokens = generate, tokenizer, max_tokens
         self.identity = {"type": "hf", "path": str(path), "max_tokens": max_tokens, "temperature": 0.0}
 
-    def complete(self, conversations: list[Messages]) -> list[Reply]:
+    def complete(self, conversations: list[Messages], on_reply: OnReply | None = None) -> list[Reply]:
         contexts = [self._tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
                     for m in conversations]
         texts = self._generate([GenerateRequest(context=c, max_new_tokens=self.max_tokens, temperature=0.0)
@@ -223,7 +235,11 @@ class HFJudge:
         if len(texts) != len(contexts):
             raise AccbenchError(f"hf judge: generate returned {len(texts)} texts for {len(contexts)} requests",
                                 "this is a bug in the engine; please report it")
-        return [Reply(t) for t in texts]
+        replies = [Reply(t) for t in texts]
+        for i, reply in enumerate(replies):
+            if on_reply is not None:
+                on_reply(i, reply)
+        return replies
 
 
 # ----------------------------------------------------------------------------- rating loop
@@ -254,13 +270,17 @@ def judge_ratings(prompts: list[Messages], client: JudgeClient, cache: ReplyCach
         if misses:
             log.info("judge: %d requests (attempt %d), %d from cache", len(misses), attempt + 1,
                      len(pending) - len(misses))
-            for i, reply in zip(misses, client.complete([convs[i] for i in misses])):
+
+            def store(k: int, reply: Reply) -> None:  # called as each reply arrives
+                i = misses[k]
                 out[i].sent += 1
                 if reply.error is None:
                     hits[i] = {"messages": convs[i], "reply": reply.text}
                     cache.put(keys[i], hits[i])
                 else:
                     hits[i] = {"error": reply.error}
+
+            client.complete([convs[i] for i in misses], store)
         retry = []
         for i in pending:
             if "error" in hits[i]:

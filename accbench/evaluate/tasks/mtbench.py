@@ -10,7 +10,8 @@ turn-1 answer, MT-bench's temperature per category, seeded per question and turn
 grading with our own prompts (same rubric: a 1-10 rating written ``[[N]]``), reference-guided for
 math/reasoning/coding when a reference exists, judge temperature 0. A judgment that never parses is a
 failure: counted and shown (``judgments: 159/160 parsed``); the score is over parsed judgments only when
-failures <= ``max_judge_failures``, else the task fails naming the failed question/turns.
+failures <= ``max_judge_failures``, else the task fails naming the failed question/turns. Metrics: ``score``,
+``turn1``, ``turn2``, ``category/<name>``, each with a standard error clustered by question.
 
 Entry point: ``evaluate_mtbench(cfg, generate, tokenizer, cache_dir)``. ``cache_dir`` belongs to one model
 under test (one position); pass the same directory again to resume without paying twice. It holds
@@ -235,14 +236,23 @@ def judge_prompt(q: Question, answers: list[str], turn: int, reference: tuple[st
 # ----------------------------------------------------------------------------- scoring
 
 
-def _mean_stderr(xs: list[float]) -> tuple[float | None, float | None]:
-    if not xs:
+def mean_stderr(items: list[tuple[str, float]]) -> tuple[float | None, float | None]:
+    """Mean of (question id, rating) pairs and its standard error clustered by question.
+
+    The two turns of a question share a topic and an answer, so they are not independent; the cluster-robust
+    estimate sqrt(G/(G-1) * sum_q (sum of deviations in q)^2) / N accounts for that. With one rating per
+    question (the per-turn means) it is exactly the usual sample stderr; with one question it is undefined.
+    """
+    if not items:
         return None, None
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
+    mean = sum(x for _, x in items) / len(items)
+    dev: dict[str, float] = {}
+    for qid, x in items:
+        dev[qid] = dev.get(qid, 0.0) + (x - mean)
+    g = len(dev)
+    if g < 2:
         return mean, None
-    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
-    return mean, math.sqrt(var / len(xs))
+    return mean, math.sqrt(g / (g - 1) * sum(d * d for d in dev.values())) / len(items)
 
 
 def score_judgments(task: str, rows: list[tuple[Question, int, Judgment]], max_failures: int,
@@ -264,17 +274,17 @@ def score_judgments(task: str, rows: list[tuple[Question, int, Judgment]], max_f
     if failed:
         log.warning("mtbench %s: %d judgments failed and are excluded from the score: %s", task, len(failed),
                     ", ".join(failed))
-    groups: dict[str, list[float]] = {"score": []}
+    groups: dict[str, list[tuple[str, float]]] = {"score": []}
     per_sample = {}
     for q, t, j in rows:
         if j.rating is None:
             continue
         per_sample[f"{q.question_id}/t{t + 1}"] = float(j.rating)
         for g in ("score", f"turn{t + 1}", f"category/{q.category}"):
-            groups.setdefault(g, []).append(float(j.rating))
+            groups.setdefault(g, []).append((q.question_id, float(j.rating)))
     metrics, stderr = {}, {}
     for g in sorted(groups, key=lambda g: (g.startswith("category/"), g)):
-        metrics[g], stderr[g] = _mean_stderr(groups[g])
+        metrics[g], stderr[g] = mean_stderr(groups[g])
     extra = {"judgments": {"total": total, "parsed": parsed, "failed": failed, "summary": summary},
              "questions": len({q.question_id for q, _, _ in rows})}
     return TaskResult(task=task, type="mtbench", metrics=metrics, stderr=stderr, n=parsed,
