@@ -469,3 +469,17 @@ def test_replies_are_kept_as_they_arrive(server, chat_tok, tmp_path):
     res = evaluate_mtbench(cfg, FakeModel(), chat_tok, tmp_path)
     assert len(server.bodies) == 6 + 7 and res.extra["judge_requests_sent"] == 7
     assert res.metrics["score"] == pytest.approx(66 / 12)
+
+
+def test_jsonl_cache_survives_a_torn_line(tmp_path, caplog):
+    c = JsonlCache(tmp_path / "c.jsonl")
+    c.put("judge:a", {"reply": "[[3]]"})
+    c.put("judge:b", {"reply": "x"})
+    c.put("judge:b", {"reply": "[[4]]"})  # the last line for a key wins
+    with (tmp_path / "c.jsonl").open("a") as f:
+        f.write('{"key": "judge:c", "val')  # a crash mid-write
+    with caplog.at_level(logging.WARNING, logger="accbench.judge"):
+        again = JsonlCache(tmp_path / "c.jsonl")
+    assert "unreadable line" in caplog.text
+    assert len(again) == 2 and again.get("judge:a") == {"reply": "[[3]]"} and again.get("judge:b")["reply"] == "[[4]]"
+    assert again.get("judge:c") is None

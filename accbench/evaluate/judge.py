@@ -16,7 +16,8 @@ conversation with a short reminder of the format) when a reply does not parse, a
 Every reply is stored in a ``ReplyCache`` (``get(key)`` / ``put(key, value)``) keyed by a hash of the judge's
 identity and the exact request, so a rerun pays for nothing twice. ``JsonlCache`` is the default backing:
 an append-only JSON-lines file, one ``{"key", "value"}`` object per line, read back on open (a torn last
-line from a crash is skipped). Failed requests are not stored, so a rerun retries them.
+line from a crash is skipped; the last line for a key wins). Failed requests are not stored, so a rerun
+retries them. Keys are ``"judge:<sha256>"`` / ``"answer:<sha256>"``; any store with get/put can stand in.
 """
 
 from __future__ import annotations
@@ -80,12 +81,11 @@ class JsonlCache:
             return self._data.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
+        line = (json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             self._data[key] = value
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
-                f.flush()
+            with self.path.open("ab", buffering=0) as f:  # one unbuffered append: lines never interleave
+                f.write(line)
                 os.fsync(f.fileno())
 
     def __len__(self) -> int:

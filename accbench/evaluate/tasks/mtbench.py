@@ -89,7 +89,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def _strings(value: Any, where: str, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
         raise DataError(f"{where}: '{field}' must be a non-empty list of strings",
-                        "FastChat's format: {\"question_id\": 81, \"category\": \"writing\", \"turns\": [\"...\", \"...\"]}")
+                        'FastChat\'s format: {"question_id": 81, "category": "writing", "turns": ["...", "..."]}')
     return tuple(value)
 
 
@@ -182,19 +182,22 @@ def generate_answers(questions: list[Question], generate: GenerateFn, tokenizer:
                                   temperature=TEMPERATURE.get(q.category, DEFAULT_TEMPERATURE),
                                   seed=seed + 16 * idx + turn)
             key = request_key("answer", {"model": model_id}, asdict(req))
-            batch.append((q, req, key, cache.get(key)))
-        todo = [b for b in batch if b[3] is None]
+            hit = cache.get(key)
+            batch.append((q, req, key, hit["answer"] if hit else None))
+        todo = [i for i, b in enumerate(batch) if b[3] is None]
         if todo:
             log.info("mtbench: generating %d turn-%d answers (%d from cache)", len(todo), turn + 1,
                      len(batch) - len(todo))
-            texts = generate([b[1] for b in todo])
+            texts = generate([batch[i][1] for i in todo])
             if len(texts) != len(todo):
                 raise AccbenchError(f"mtbench: generate returned {len(texts)} texts for {len(todo)} requests",
                                     "this is a bug in the engine; please report it")
-            for (q, req, key, _), text in zip(todo, texts):
+            for i, text in zip(todo, texts):
+                q, req, key, _ = batch[i]
                 cache.put(key, {"context": req.context, "answer": text})
-        for q, req, key, _ in batch:
-            answers[q.question_id].append((cache.get(key) or {})["answer"].strip())
+                batch[i] = (q, req, key, text)
+        for q, _, _, text in batch:
+            answers[q.question_id].append(text.strip())
     return answers
 
 
@@ -347,5 +350,5 @@ def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cac
                              cfg.max_judge_failures, str(samples))
     result.extra.update({"judge": {k: v for k, v in judge.identity.items()}, "samples_file": str(samples),
                          "judge_requests_sent": sum(j.sent for j in judgments),
-                         "reference_guided": sum(1 for _, _, r in slots if r)})
+                         "reference_guided": sum(1 for _, t, r in slots if r and t < len(r))})
     return result
