@@ -483,3 +483,5 @@ def test_jsonl_cache_survives_a_torn_line(tmp_path, caplog):
     assert "unreadable line" in caplog.text
     assert len(again) == 2 and again.get("judge:a") == {"reply": "[[3]]"} and again.get("judge:b")["reply"] == "[[4]]"
     assert again.get("judge:c") is None
+    again.put("judge:d", {"reply": "[[5]]"})  # an append after the torn line is read back
+    assert JsonlCache(tmp_path / "c.jsonl").get("judge:d") == {"reply": "[[5]]"}

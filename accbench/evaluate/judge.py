@@ -74,6 +74,12 @@ class JsonlCache:
                         self._data[row["key"]] = row["value"]
                     except (ValueError, KeyError, TypeError):
                         log.warning("cache %s: skipping an unreadable line (an interrupted write?)", self.path)
+            with self.path.open("rb+") as f:  # end a torn last line, so the next append starts clean
+                f.seek(0, os.SEEK_END)
+                if f.tell():
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str) -> dict[str, Any] | None:
