@@ -103,12 +103,18 @@ class JudgeServer:
     def reply(self, body: dict) -> dict:
         text = "\n".join(m["content"] for m in body["messages"])
         marks = re.findall(r"ANSWER q(\d+) t(\d+)", text)
+        if not marks:  # an answer from a real (tiny) model: the rule cannot grade it
+            return self._completion(body, "I cannot tell what this answer says.")
         qid, turn = max(((int(q), int(t)) for q, t in marks), key=lambda x: x[1])
         with self.lock:
             left = self.garbage.get((qid, turn), 0)
             if left:
                 self.garbage[(qid, turn)] = left - 1 if left > 0 else -1
         content = "I like it a lot. Rating: 7/10" if left else f"Sound and clear. Rating: [[{rule(qid, turn)}]]"
+        return self._completion(body, content)
+
+    @staticmethod
+    def _completion(body: dict, content: str) -> dict:
         return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": content}}],
