@@ -301,6 +301,13 @@ class MTBenchTask(TaskBase):
     max_judge_failures: int = Field(0, ge=0)
     chat_template_override: str | None = None
 
+    @model_validator(mode="after")
+    def _questions_not_path(self) -> "MTBenchTask":
+        if self.path is not None:
+            raise ValueError("an mtbench task reads its questions from `questions:` (FastChat's question.jsonl), "
+                             "not `path:`")
+        return self
+
 
 TaskCfg = Annotated[
     Union[MultipleChoiceTask, GenerateTask, PerplexityTask, LmEvalTask, HumanEvalTask, MTBenchTask],

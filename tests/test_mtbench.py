@@ -491,3 +491,25 @@ def test_jsonl_cache_survives_a_torn_line(tmp_path, caplog):
     assert again.get("judge:c") is None
     again.put("judge:d", {"reply": "[[5]]"})  # an append after the torn line is read back
     assert JsonlCache(tmp_path / "c.jsonl").get("judge:d") == {"reply": "[[5]]"}
+
+
+def test_config_errors_are_reported_together(tmp_path):
+    from accbench.config import load_config
+    from accbench.errors import ConfigError
+
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {path: /m}\ntasks:\n"
+                 "  - {name: a, type: mtbench, judge: {type: openai}}\n"
+                 "  - {name: b, type: mtbench, judge: {type: hf}}\n"
+                 "  - {name: c, type: mtbench}\n"
+                 "  - {name: d, type: mtbench, path: q.jsonl, judge: {model: gpt-4o}}\n"
+                 "  - {name: e, type: mtbench, judge: {model: gpt-4o}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    msg = str(exc.value)
+    assert "4 problems" in msg and "tasks.0.judge: an openai judge needs judge.model" in msg
+    assert "tasks.1.judge: an hf judge needs judge.path" in msg and "tasks.2.judge: required key is missing" in msg
+    assert "tasks.3: an mtbench task reads its questions from `questions:`" in msg
+    f.write_text("model: {path: /m}\ntasks:\n  - {name: e, type: mtbench, judge: {model: gpt-4o}}\n")
+    t = load_config(f).tasks[0]
+    assert t.questions == "builtin:sample" and t.max_new_tokens == 1024 and t.max_judge_failures == 0
