@@ -281,16 +281,32 @@ class JudgeCfg(Section):
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
     parse_retries: int = Field(2, ge=0)
+    max_tokens: int = Field(2048, ge=1)  # the judge's reply length
+
+    @model_validator(mode="after")
+    def _needs(self) -> "JudgeCfg":
+        if self.type == "openai" and not self.model:
+            raise ValueError("an openai judge needs judge.model (e.g. gpt-4o)")
+        if self.type == "hf" and not self.path:
+            raise ValueError("an hf judge needs judge.path (a local judge model directory)")
+        return self
 
 
 class MTBenchTask(TaskBase):
     type: Literal["mtbench"]
-    questions: str | None = None
+    questions: str = "builtin:sample"  # FastChat question.jsonl, or builtin:sample
     reference_answers: str | None = None
-    judge: JudgeCfg = Field(default_factory=JudgeCfg)
+    judge: JudgeCfg  # required: who grades the answers
     max_new_tokens: int = Field(1024, ge=1)
     max_judge_failures: int = Field(0, ge=0)
     chat_template_override: str | None = None
+
+    @model_validator(mode="after")
+    def _questions_not_path(self) -> "MTBenchTask":
+        if self.path is not None:
+            raise ValueError("an mtbench task reads its questions from `questions:` (FastChat's question.jsonl), "
+                             "not `path:`")
+        return self
 
 
 TaskCfg = Annotated[

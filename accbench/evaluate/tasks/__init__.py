@@ -1,0 +1,1 @@
+"""Downstream tasks of the native engine: one file per benchmark."""
