@@ -1,0 +1,1 @@
+"""Downstream tasks of the native engine: each file turns documents into requests and answers into a TaskResult."""
