@@ -206,6 +206,26 @@ def _final_ids(cfg: dict) -> tuple[int, int]:
     return (NOBODY, NOBODY) if cfg["drop_to_nobody"] else (os.getuid(), os.getgid())
 
 
+def _hidden_dirs(hide: list[str], keep: list[str], for_nobody: bool) -> list[str]:
+    """The directories to cover: those asked for, plus (for programs run as nobody) every private directory
+    above the interpreter's files: it is covered and the interpreter put back, so nobody can import the
+    standard library while still seeing nothing else of, say, /root."""
+    dirs = set(hide)
+    if for_nobody:
+        for k in keep:
+            parts = k.strip("/").split("/")
+            for i in range(1, len(parts)):
+                d = "/" + "/".join(parts[:i])
+                if not os.stat(d).st_mode & 0o001:
+                    dirs.add(d)
+                    break
+    out: list[str] = []
+    for d in sorted(dirs, key=len):  # outermost first; one inside an already covered directory is moot
+        if d not in ("", "/") and not any(d.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(d)
+    return out
+
+
 def _hide(hide: list[str], keep: list[str], workdir: str) -> None:
     """Cover each `hide` directory (the evaluator's home: keys, tokens) with an empty tmpfs, putting back the
     `keep` directories inside it (the interpreter's own files) by moving bind mounts of them into place."""
@@ -469,7 +489,8 @@ def main() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the evaluator gone: stop, do not linger
     cfg["drop_to_nobody"] = os.geteuid() == 0
     cfg["keep"] = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
-    cfg["hide"] = [os.path.realpath(p) for p in cfg.get("hide", [])]
+    cfg["hide"] = _hidden_dirs([os.path.realpath(p) for p in cfg.get("hide", [])], cfg["keep"],
+                               cfg["drop_to_nobody"])
     cfg["base"] = base = tempfile.mkdtemp(prefix="accbench-sandbox-")
     os.chmod(base, 0o711)
     reason = None
