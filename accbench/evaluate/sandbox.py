@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class Isolation:
     network: bool
     processes: bool  # own pid namespace: other processes invisible and unkillable
     read_only_filesystem: bool
-    user: str  # "nobody" when the evaluator runs as root, else "current user"
+    user: str  # "nobody" (root evaluator, namespaces), "uid N+worker" (root, no namespaces), "current user"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -83,12 +84,15 @@ class _Server:
                "limits": {"cpu_seconds": limits.cpu_seconds or int(limits.timeout) + 1,
                           "memory_bytes": limits.memory_bytes, "file_size_bytes": limits.file_size_bytes,
                           "max_processes": limits.max_processes}}
+        self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server can never block on it
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", str(_SERVER), json.dumps(cfg)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      env=_server_env(), cwd="/", start_new_session=True, close_fds=True)
         hello = self.proc.stdout.readline()
         if not hello:
-            err = self.proc.stderr.read().decode("utf-8", "replace").strip()
+            self.proc.wait()
+            self.stderr.seek(0)
+            err = self.stderr.read().decode("utf-8", "replace").strip()
             raise AccbenchError(f"the code sandbox did not start: {err.splitlines()[-1] if err else 'no output'}",
                                 f"run `{sys.executable} -I -S {_SERVER} '{{}}'` to see why")
         self.hello = json.loads(hello)
@@ -101,6 +105,9 @@ class _Server:
             notes.append(f"network isolation unavailable: {why}")
             notes.append("no pid/mount namespace: programs see the machine's processes and write where their "
                          f"user ({self.hello['user']}) may")
+            if self.hello["user"] != "current user":
+                notes.append(f"programs run as {self.hello['user']}: standard-library modules the sandbox server "
+                             "did not preload import only if other users can read the interpreter's files")
         return Isolation(network=ns, processes=ns, read_only_filesystem=ns, user=self.hello["user"], notes=notes)
 
     def close(self) -> None:
@@ -111,7 +118,7 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for f in (self.proc.stdin, self.proc.stdout, self.stderr):
             try:
                 f.close()
             except OSError:
