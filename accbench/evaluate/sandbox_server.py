@@ -43,6 +43,7 @@ for _m in ("typing", "math", "random", "copy", "string", "collections", "re", "h
     except ImportError:
         pass
 
+
 def _set_limits(limits: dict) -> None:
     for name, value in (("RLIMIT_CPU", limits["cpu_seconds"]), ("RLIMIT_AS", limits["memory_bytes"]),
                         ("RLIMIT_FSIZE", limits["file_size_bytes"]), ("RLIMIT_NPROC", limits["max_processes"]),
@@ -68,7 +69,7 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _child(job: dict, cfg: dict, workdir: str, uid: int, out_w: int, err_w: int, done_w: int,
+def _child(job: dict, cfg: dict, workdir: str, uid: int | None, out_w: int, err_w: int, done_w: int,
            setup_w: int) -> None:
     """Runs in the forked child; never returns."""
     code = SETUP_FAILED

@@ -133,11 +133,14 @@ def score(problems: dict[str, dict], samples: list[tuple[str, str]], ks: list[in
     if unknown:
         raise DataError(f"samples name problems not in the problem file: {unknown[:5]}"
                         f"{' ...' if len(unknown) > 5 else ''}", "pass the matching problem file (--problems / path:)")
-    programs = [build_program(problems[t], c) for t, c in samples]
+    unique = list(dict.fromkeys(samples))  # identical samples (greedy decoding, repeats) run once
+    programs = [build_program(problems[t], c) for t, c in unique]
     from tqdm import tqdm
 
     with tqdm(total=len(programs), desc="humaneval sandbox", leave=False, disable=None) as bar:
-        results, isolation = run_programs(programs, limits, workers, progress=bar.update)
+        ran, isolation = run_programs(programs, limits, workers, progress=bar.update)
+    by_sample = dict(zip(unique, ran))
+    results = [by_sample[s] for s in samples]
     counts: dict[str, list[int]] = {}
     for (task_id, _), r in zip(samples, results):
         n_c = counts.setdefault(task_id, [0, 0])
