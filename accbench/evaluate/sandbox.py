@@ -142,6 +142,8 @@ def run_programs(sources: list[str], limits: SandboxLimits | None = None, worker
     `namespaces=False` skips the namespace sandbox even where it works (tests of the fallback use it).
     """
     limits = limits or SandboxLimits()
+    if workers is not None and workers < 1:
+        raise AccbenchError(f"sandbox workers must be >= 1, got {workers}", "e.g. --workers 4, or leave it unset")
     workers = workers or os.cpu_count() or 1
     results: dict[int, ExecutionResult] = {}
     isolation = None

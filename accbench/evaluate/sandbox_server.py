@@ -307,6 +307,8 @@ class Server:
                 os.killpg(run.pid, signal.SIGKILL)
             except OSError:
                 pass
+            if self.cfg["drop_to_nobody"] and not self.cfg["namespaces"]:
+                _kill_uid(FALLBACK_UID_BASE + run.slot)
 
 
 def main() -> None:
@@ -340,7 +342,7 @@ def main() -> None:
     server.emit({"hello": True, "namespaces": cfg["namespaces"], "namespace_error": reason,
                  "user": "current user" if not cfg["drop_to_nobody"] else "nobody" if cfg["namespaces"]
                  else f"uid {FALLBACK_UID_BASE}+worker"})
-    signal.signal(signal.SIGTERM, lambda *_: (server.shutdown(), os._exit(0)))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds through the cleanup below
     try:
         server.serve()
     finally:
