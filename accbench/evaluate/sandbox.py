@@ -110,7 +110,14 @@ class _Server:
                              "did not preload import only if other users can read the interpreter's files")
         return Isolation(network=ns, processes=ns, read_only_filesystem=ns, user=self.hello["user"], notes=notes)
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """Graceful: end of input, the server finishes and cleans up. Otherwise (errors, Ctrl-C) stop it now."""
+        try:
+            self.proc.stdin.close()
+            if graceful:
+                self.proc.wait(10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -155,6 +162,7 @@ def run_programs(sources: list[str], limits: SandboxLimits | None = None, worker
         isolation = isolation or server.isolation()
         feeder = threading.Thread(target=_feed, args=(server.proc, pending), daemon=True)
         feeder.start()
+        done = False
         try:
             for line in server.proc.stdout:
                 r = json.loads(line)
@@ -165,8 +173,9 @@ def run_programs(sources: list[str], limits: SandboxLimits | None = None, worker
                 results[idx] = ExecutionResult(**r)
                 if progress:
                     progress(1)
+            done = True
         finally:
-            server.close()
+            server.close(graceful=done)
             feeder.join(1)
         if len(results) < len(sources):
             log.warning("code sandbox server ended early (attempt %d); restarting for %d programs",

@@ -322,8 +322,11 @@ def main() -> None:
     os.chmod(base, 0o711)
     reason = None
     if cfg["namespaces"]:
+        inner: list[int] = []  # set before the fork, so a SIGTERM at any moment still ends in the cleanup below
+        signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGKILL) for p in inner])
         err_r, err_w = os.pipe()
         s1 = enter_shared_namespaces(cfg, base, err_w)
+        inner.append(s1)
         if s1:  # S0: serve from inside when that worked, else here without namespaces
             os.close(err_w)
             msg = b""
@@ -333,7 +336,6 @@ def main() -> None:
                 os.waitpid(s1, 0)
                 reason, cfg["namespaces"] = msg.decode("utf-8", "replace"), False
             else:
-                signal.signal(signal.SIGTERM, lambda *_: os.kill(s1, signal.SIGKILL))
                 _, status = os.waitpid(s1, 0)
                 shutil.rmtree(base, ignore_errors=True)
                 os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
