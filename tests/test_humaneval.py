@@ -127,7 +127,8 @@ def test_sampled_pass_at_k_with_mixed_samples(problems):
     gen = _by_prompt(problems, answer)
     res = evaluate_humaneval(_task(limit=3, n_samples=4, k=[1, 2], temperature=0.8),
                              lambda reqs: (seen.extend(reqs), gen(reqs))[1], None)
-    assert len(seen) == 12 and {r.temperature for r in seen} == {0.8} and {r.seed for r in seen} == {1234, 1235, 1236, 1237}
+    assert len(seen) == 12 and {r.temperature for r in seen} == {0.8}
+    assert {r.seed for r in seen} == {1234, 1235, 1236, 1237}
     assert res.metrics["pass@1"] == pytest.approx(0.5)
     assert res.metrics["pass@2"] == pytest.approx(1 - 1 / 6)
     assert res.per_sample["pass@1"] == {t: 0.5 for t in list(problems)[:3]}
@@ -146,10 +147,9 @@ def test_greedy_generates_once_per_problem(problems):
 
 
 def test_chat_model_gets_template_and_code_is_extracted(problems, tiny_tokenizer):
-    tok = tiny_tokenizer.__class__.from_pretrained  # noqa: F841  (same class; copy below keeps the fixture clean)
     import copy
 
-    tok = copy.deepcopy(tiny_tokenizer)
+    tok = copy.deepcopy(tiny_tokenizer)  # a copy: the session fixture stays template-free
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     replies = {

