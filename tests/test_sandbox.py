@@ -125,6 +125,8 @@ def test_hostile_completions_fail_and_harm_nothing(problem0, tmp_path, monkeypat
                 except OSError:
                     pass
             os.kill({me}, signal.SIGKILL)""",
+        "read_home": f"""
+            print(open({str(keep_home)!r}).read())  # the evaluator's home is covered by an empty tmpfs""",
         "secrets": f"""
             import os
             found = [v for v in os.environ.values() if 'sk-' in v]
@@ -149,6 +151,9 @@ def test_hostile_completions_fail_and_harm_nothing(problem0, tmp_path, monkeypat
     assert r["file_10gb"].error == "OSError: [Errno 27] File too large"
     assert r["socket"].error.startswith("OSError: [Errno 101]")  # no network interface is up
     assert r["secrets"].error == "AssertionError: no secret found"
+    # covered by an empty tmpfs (FileNotFoundError), or not even reachable for nobody (PermissionError)
+    assert r["read_home"].error.split(":")[0] in ("FileNotFoundError", "PermissionError")
+    assert "data" not in r["read_home"].stdout
     assert all(SECRET not in x.stdout + x.stderr for x in res)
     assert keep_cwd.read_text() == "data" and keep_home.read_text() == "data"
     listener.settimeout(0.2)

@@ -313,7 +313,7 @@ class Server:
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the evaluator gone: stop, do not linger
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the evaluator gone: stop, do not linger (Linux)
     cfg["drop_to_nobody"] = os.geteuid() == 0
     cfg["keep"] = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
     cfg["hide"] = hidden_dirs([os.path.realpath(p) for p in cfg.get("hide", [])], cfg["keep"],
