@@ -220,3 +220,24 @@ def test_secret_in_evaluator_environment_never_reaches_programs(tmp_path, proble
     assert row["status"] == "failed" and row["result"].startswith("failed: RuntimeError: ")
     assert "PATH" not in row["result"] or SECRET not in row["result"]
     assert SECRET not in row["result"] and SECRET not in out.stdout + out.stderr
+
+
+def test_a_server_killed_from_outside_is_restarted(monkeypatch):
+    import signal
+    import threading
+
+    from accbench.evaluate import sandbox
+
+    started = []
+    orig = sandbox._Server.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        if not started:  # only the first server dies, a second after it started
+            threading.Timer(1.0, lambda: os.killpg(self.proc.pid, signal.SIGKILL)).start()
+        started.append(self)
+
+    monkeypatch.setattr(sandbox._Server, "__init__", init)
+    res, _ = run_programs([f"import time\ntime.sleep(0.3)\nprint({i})" for i in range(12)], workers=2)
+    assert [r.stdout for r in res] == [f"{i}\n" for i in range(12)]
+    assert len(started) == 2 and all(r.status == "passed" for r in res)

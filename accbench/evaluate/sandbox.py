@@ -92,9 +92,7 @@ class _Server:
         hello = self.proc.stdout.readline()
         if not hello:
             self.proc.wait()
-            self.stderr.seek(0)
-            err = self.stderr.read().decode("utf-8", "replace").strip()
-            raise AccbenchError(f"the code sandbox did not start: {err.splitlines()[-1] if err else 'no output'}",
+            raise AccbenchError(f"the code sandbox did not start: {self.stderr_tail() or 'no output'}",
                                 f"run `{sys.executable} -I -S {_SERVER} '{{}}'` to see why")
         self.hello = json.loads(hello)
 
@@ -111,6 +109,14 @@ class _Server:
                              "did not preload import only if other users can read the interpreter's files")
         return Isolation(network=ns, processes=ns, read_only_filesystem=ns, user=self.hello["user"], notes=notes)
 
+    def stderr_tail(self) -> str:
+        try:
+            self.stderr.seek(0)
+            lines = self.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        except (OSError, ValueError):
+            return ""
+        return lines[-1] if lines else ""
+
     def close(self, graceful: bool = True) -> None:
         """Graceful: end of input, the server finishes and cleans up. Otherwise (errors, Ctrl-C) stop it now."""
         try:
@@ -126,6 +132,7 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.last_error = self.stderr_tail()
         for f in (self.proc.stdin, self.proc.stdout, self.stderr):
             try:
                 f.close()
@@ -179,8 +186,8 @@ def run_programs(sources: list[str], limits: SandboxLimits | None = None, worker
             server.close(graceful=done)
             feeder.join(1)
         if len(results) < len(sources):
-            log.warning("code sandbox server ended early (attempt %d); restarting for %d programs",
-                        attempt + 1, len(sources) - len(results))
+            log.warning("code sandbox server ended early (attempt %d: %s); restarting for %d programs",
+                        attempt + 1, server.last_error or "no message", len(sources) - len(results))
     if len(results) < len(sources):
         raise AccbenchError("the code sandbox server kept dying before finishing its programs",
                             "check memory and process limits on this machine; see docs/humaneval.md")
