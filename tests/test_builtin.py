@@ -1,0 +1,132 @@
+"""Tests for the built-in tiny model and datasets (accbench.builtin)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from accbench import builtin
+from accbench.builtin import BUILTIN_DATASETS, BUILTIN_MODELS, builtin_model_path, builtin_texts
+
+TINY_STEPS = 2
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ACCBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_root_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert builtin.cache_root() == cache
+    monkeypatch.delenv("ACCBENCH_CACHE")
+    assert builtin.cache_root() == Path.home() / ".cache" / "accbench"
+
+
+def test_unknown_names_raise(cache: Path) -> None:
+    with pytest.raises(ValueError, match="tiny-llama"):
+        builtin_model_path("no-such-model")
+    with pytest.raises(ValueError, match="pydoc"):
+        builtin_texts("no-such-data")
+    with pytest.raises(ValueError, match="calib"):
+        builtin_texts("pydoc", "validation")
+    assert not (cache / "models").exists() or not any((cache / "models").iterdir())
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_DATASETS))
+def test_splits_disjoint_and_deterministic(name: str) -> None:
+    splits = {s: builtin_texts(name, s) for s in ("train", "test", "calib")}
+    assert all(splits.values())
+    assert splits == {s: builtin_texts(name, s) for s in splits}
+    names = builtin._split_names()
+    assert sum(map(len, names.values())) == len(builtin._corpus())
+    assert not set(names["train"]) & set(names["test"])
+    assert not set(names["train"]) & set(names["calib"])
+    assert not set(names["test"]) & set(names["calib"])
+    # no held-out document's text appears in train
+    train = "\n".join(builtin_texts("pydoc-plain", "train"))
+    for doc in builtin_texts("pydoc-plain", "test"):
+        assert doc[:300] not in train
+
+
+def test_structured_split_contains_inserts() -> None:
+    plain = builtin_texts("pydoc-plain", "test")
+    mixed = builtin_texts("pydoc", "test")
+    assert len(plain) == len(mixed)
+    assert sum(map(len, mixed)) > 1.2 * sum(map(len, plain))
+    assert ">>> d = {" in "".join(mixed) and ">>> d = {" not in "".join(plain)
+
+
+@pytest.fixture
+def tiny_model(cache: Path) -> Path:
+    return builtin_model_path("tiny-llama", seed=0, _steps=TINY_STEPS)
+
+
+def test_loads_with_auto_classes(tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert model.config.model_type == "llama"
+    assert model.config.hidden_size % 128 == 0 and model.config.intermediate_size % 128 == 0
+    assert tok.bos_token == "<s>" and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
+    assert tok.model_max_length == model.config.max_position_embeddings
+    cfg = json.loads((tiny_model / "tokenizer_config.json").read_text())
+    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    ids = tok("def f(x):\n    return x", return_tensors="pt").input_ids
+    assert ids[0, 0].item() == tok.bos_token_id and (ids == tok.bos_token_id).sum() == 1
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok))
+    assert torch.isfinite(logits).all()
+
+
+def test_tokenizer_round_trips(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for text in builtin_texts("pydoc", "test")[:3] + ["  ünïcode → 𝔘\ttabs\n\nand   spaces "]:
+        ids = tok(text).input_ids
+        assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_cached_and_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    weights = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("ACCBENCH_CACHE", str(tmp_path / run))
+        path = builtin_model_path("tiny-llama", seed=1, _steps=TINY_STEPS)
+        assert path == tmp_path / run / "models" / f"tiny-llama-{builtin._VERSION}-seed1-steps{TINY_STEPS}"
+        assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp dir left behind
+        mtime = (path / "model.safetensors").stat().st_mtime_ns
+        assert builtin_model_path("tiny-llama", seed=1, _steps=TINY_STEPS) == path  # cache hit
+        assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+        weights.append(load_file(path / "model.safetensors"))
+        assert (path / "tokenizer.json").read_bytes() == (tmp_path / "a" / path.relative_to(tmp_path / run)
+                                                          / "tokenizer.json").read_bytes()
+    a, b = weights
+    assert a.keys() == b.keys()
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_failed_build_leaves_no_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object) -> None:
+        raise RuntimeError("crash mid-build")
+
+    monkeypatch.setattr(builtin, "_build", boom)
+    with pytest.raises(RuntimeError):
+        builtin_model_path("tiny-llama", _steps=TINY_STEPS)
+    assert list((cache / "models").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_real_model_builds(cache: Path) -> None:
+    path = builtin_model_path("tiny-llama")
+    meta = json.loads((path / "accbench_builtin.json").read_text())
+    assert meta["spec"]["steps"] == BUILTIN_MODELS["tiny-llama"]["steps"]
+    assert 1_000_000 < meta["params"] < 20_000_000
+    assert meta["final_train_loss"] < 5.0
