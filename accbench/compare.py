@@ -83,8 +83,14 @@ def mcnemar_exact(correct_to_wrong: int, wrong_to_correct: int) -> float:
     if n == 0:
         return 1.0
     k = min(correct_to_wrong, wrong_to_correct)
-    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2 ** n)
-    return float(min(Fraction(1), 2 * tail))
+    if n <= 1000:  # exact rational arithmetic while it is cheap
+        tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2 ** n)
+        return float(min(Fraction(1), 2 * tail))
+    # log pmf(i) = -n log 2 + sum_{j<i} log((n - j) / (j + 1)); tail = logsumexp over i <= k
+    j = np.arange(k, dtype=np.float64)
+    logpmf = -n * math.log(2.0) + np.concatenate(([0.0], np.cumsum(np.log((n - j) / (j + 1.0)))))
+    top = float(logpmf.max())
+    return min(1.0, 2.0 * math.exp(top) * float(np.sum(np.exp(logpmf - top))))
 
 
 def normal_ci(delta: float, se: float, confidence: float) -> tuple[float, float, float]:

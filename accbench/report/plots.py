@@ -112,7 +112,7 @@ def flips_chart(results: Results) -> bytes | None:
     ax.margins(x=0.15)
     ax.set_xlabel("samples that flipped against the baseline")
     ax.set_title("Flips")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
     return _png(fig)
 
 
