@@ -75,7 +75,9 @@ def compression_results(run_dir: Path, c2w: int = 12, w2c: int = 2, ppl_shift: f
         r.tasks.append(task_entry(model, "mc", "acc", mc))
         r.tasks.append(task_entry(model, "gen", "exact_match", gen, "generate", samples=gen_samples(model, gen)))
         scores = mtbench_scores(shift)
-        e = task_entry(model, "mtbench", "score", scores, "mtbench")
+        e = task_entry(model, "mtbench", "score", scores, "mtbench",
+                       samples={f"mtbench-{i}": {"prompt": f"Write about topic {i}", "response": f"{model} answer {i}"}
+                                for i in range(len(scores))})
         for cat, idx in (("writing", range(0, 20)), ("coding", range(20, 40))):
             e.metrics[f"category/{cat}"] = sum(scores[i] for i in idx) / len(idx)
         r.tasks.append(e)

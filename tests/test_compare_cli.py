@@ -89,6 +89,9 @@ def test_report_rebuilds_everything_from_results_json(runs):
     assert len(images) == 5  # ppl, deltas, flips, categories, KL histogram
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "What flipped" in html and "&lt;wrong&gt; &amp; more" in html  # escaped model output
+    assert "correct → wrong: 3" in html and "wrong → correct: 1" in html  # gen: 3 lost, 1 gained
+    assert "largest drops: 12" in html and "largest gains: 0" in html  # mtbench: every 3rd score lowered by 1 unless already 1
+    assert "mtbench-0  (1 → 1)" not in html and "mtbench-3  (2 → 1)" in html
     md = (b / "report.md").read_text()
     assert "| fake_quant | mc | acc | 0.7500 | 0.7000 | -0.0500 |" in md.replace("**", "")
     assert sorted(p.name for p in (b / "plots").iterdir()) == ["categories.png", "flips.png", "kld_hist.png",

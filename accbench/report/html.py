@@ -70,22 +70,28 @@ def flipped_samples_html(results: Results) -> str:
     """What flipped, sample by sample, for tasks whose entries carry `samples` on both sides."""
     parts = []
     for c in comparisons(results, "task"):
-        if c.get("correct_to_wrong") is None:
-            continue
         base, cand = _entry(results, c["baseline"], c["task"]), _entry(results, c["candidate"], c["task"])
-        sb, sc = (getattr(base, "samples", None) or {}), (getattr(cand, "samples", None) or {})
-        if not sb or not sc:
+        sb = (getattr(base, "samples", None) or {}) if base else {}
+        sc = (getattr(cand, "samples", None) or {}) if cand else {}
+        if not sb or not sc or "/" in c["metric"]:
             continue
         va, vb = base.per_sample.get(c["metric"], {}), cand.per_sample.get(c["metric"], {})
-        good = 1.0 if c["direction"] == "higher" else 0.0
-        lost = [k for k in va if k in vb and va[k] == good and vb[k] != good]
-        gained = [k for k in va if k in vb and va[k] != good and vb[k] == good]
+        sign = 1.0 if c["direction"] == "higher" else -1.0
+        if c.get("correct_to_wrong") is not None:
+            good = 1.0 if c["direction"] == "higher" else 0.0
+            groups = (("correct → wrong", [k for k in va if k in vb and va[k] == good and vb[k] != good]),
+                      ("wrong → correct", [k for k in va if k in vb and va[k] != good and vb[k] == good]))
+        else:  # scores: the samples that moved most, each way
+            moved = sorted((k for k in va if k in vb and va[k] != vb[k]), key=lambda k: sign * (vb[k] - va[k]))
+            groups = (("largest drops", [k for k in moved if sign * (vb[k] - va[k]) < 0]),
+                      ("largest gains", [k for k in reversed(moved) if sign * (vb[k] - va[k]) > 0]))
         parts.append(f"<h3>{escape(c['candidate'])} · {escape(c['task'])} · {escape(c['metric'])}</h3>")
-        for title, ids in (("correct → wrong", lost), ("wrong → correct", gained)):
+        for title, ids in groups:
             shown = ids[:MAX_FLIPS_SHOWN]
             more = f" (first {len(shown)} shown)" if len(ids) > len(shown) else ""
             parts.append(f"<h4>{title}: {len(ids)}{more}</h4>")
-            parts += [_sample_block(k, sb.get(k, {}), sc.get(k, {}), (c["baseline"], c["candidate"])) for k in shown]
+            parts += [_sample_block(f"{k}  ({va[k]:g} → {vb[k]:g})", sb.get(k, {}), sc.get(k, {}),
+                                    (c["baseline"], c["candidate"])) for k in shown]
     return ("<h2>What flipped</h2>" + "".join(parts)) if parts else ""
 
 
