@@ -1,4 +1,5 @@
-"""Statistics and gates of accbench/compare.py against hand-computed cases and scipy."""
+"""Statistics (accbench/stats.py) and comparisons and gates (accbench/compare.py) against hand-computed cases
+and scipy."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accbench.compare import (bootstrap_means, bootstrap_p_value, compare_results, compare_task_metric,
-                              evaluate_gates, gates_from_config, mcnemar_exact, metric_direction, percentile_ci,
-                              run_comparison)
+from accbench.compare import (compare_results, compare_task_metric, evaluate_gates, gates_from_config,
+                              metric_direction, run_comparison)
 from accbench.config import CompareCfg, GateCfg
 from accbench.errors import AccbenchError
 from accbench.results import Results, TaskEntry
+from accbench.stats import bootstrap_means, bootstrap_p_value, mcnemar_exact, percentile_ci
 from compare_fixtures import compression_results, flipped, mc_pattern, training_results
 
 # ----------------------------------------------------------------------------- McNemar
