@@ -163,8 +163,10 @@ def is_training_run(results: Results) -> bool:
 
 
 def default_baseline(results: Results) -> str:
-    """`pretrain` for compression runs; the first training variant for training runs."""
-    return results.train[0].variant if is_training_run(results) else "pretrain"
+    """`pretrain` for compression runs; for training runs the variant marked `baseline`, else the first."""
+    if not is_training_run(results):
+        return "pretrain"
+    return next((t.variant for t in results.train if getattr(t, "baseline", False)), results.train[0].variant)
 
 
 def model_names(results: Results) -> list[str]:
@@ -221,7 +223,7 @@ def compare_results(results: Results, baseline: str, resamples: int = 10_000, co
     out: list[Comparison] = []
     for cand in candidates_for(results, baseline):
         out.extend(compare_pair(results, baseline, cand, cand, resamples, confidence, seed))
-    out.extend(compare_fidelity(f, "pretrain", confidence) for f in results.fidelity)
+    out.extend(compare_fidelity(f, getattr(f, "baseline", None) or "pretrain", confidence) for f in results.fidelity)
     return out
 
 

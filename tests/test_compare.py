@@ -209,3 +209,9 @@ def test_evaluate_gates_with_no_comparisons_fails_every_gate():
 def test_flipped_helper_is_what_the_tests_assume():
     base = mc_pattern(8)
     assert flipped(base, 2, 1) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_training_baseline_flag_wins_over_order(tmp_path: Path):
+    res = training_results(tmp_path)
+    res.train[1].baseline = True  # the train stage marks its baseline variant
+    assert run_comparison(res, CompareCfg())["baseline"] == "compiled"

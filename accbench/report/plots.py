@@ -167,6 +167,10 @@ def kld_hist_chart(results: Results) -> bytes | None:
         edges, counts = h["edges"], h["counts"]
         ax.stairs(counts, edges, label=f"{f.position} · {f.dataset} (mean {f.kld_mean:.4f})")
     ax.set_yscale("log")
+    positive = [e for _, h in hists for e in h["edges"] if e > 0]
+    if positive and max(positive) / min(positive) > 100:  # log-spaced bins (fidelity's default): log x axis
+        ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlim(left=0)
     ax.set_xlabel("per-token KL divergence (nats)")
     ax.set_ylabel("tokens")
     ax.set_title("KL divergence to the original model")
