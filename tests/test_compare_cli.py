@@ -124,3 +124,17 @@ def test_run_ends_with_compare_stage_and_gate_exit_code(tiny_model_dir, eval_txt
     assert saved["compare"]["baseline"] == "pretrain" and saved["compare"]["exit_code"] == 3
     assert "matches no comparison" in saved["compare"]["gates"][0]["reason"]
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "plots" / "ppl.png").is_file()
+
+
+def test_samples_in_humaneval_record_form_are_read():
+    from accbench.report.html import samples_by_id
+    from accbench.results import TaskEntry
+
+    recs = [{"task_id": "HumanEval/0", "sample": 0, "completion": "return 1", "status": "passed"},
+            {"task_id": "HumanEval/0", "sample": 1, "completion": "return 2", "status": "failed"},
+            {"task_id": "HumanEval/1", "sample": 0, "completion": "pass", "status": "failed"}]
+    got = samples_by_id(TaskEntry(model="m", task="he", samples=recs))
+    assert got == {"HumanEval/0": {"prompt": None, "response": "return 1", "reference": None},
+                   "HumanEval/1": {"prompt": None, "response": "pass", "reference": None}}
+    assert samples_by_id(TaskEntry(model="m", task="he", extra={"samples": recs})) == got
+    assert samples_by_id(TaskEntry(model="m", task="he", samples={"a": "text"})) == {"a": {"response": "text"}}

@@ -56,6 +56,38 @@ def _entry(results: Results, model: str, task: str) -> TaskEntry | None:
     return next((e for e in results.tasks if e.model == model and e.task == task), None)
 
 
+_ID_KEYS = ("sample_id", "id", "task_id", "question_id", "doc_id")
+
+
+def samples_by_id(entry: TaskEntry | None) -> dict[str, dict[str, Any]]:
+    """A task entry's per-sample texts as {sample_id: {prompt, response, reference}}.
+
+    The documented shape is a dict under `samples` (docs/report.md); a list of records that name their id
+    (`task_id`, `question_id`, ...) and hold `completion` or `response` is accepted too (human-eval style,
+    first record per id), also when it sits under `extra.samples`.
+    """
+    if entry is None:
+        return {}
+    raw = getattr(entry, "samples", None)
+    if raw is None:
+        extra = getattr(entry, "extra", None)
+        raw = extra.get("samples") if isinstance(extra, dict) else None
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            out[str(k)] = v if isinstance(v, dict) else {"response": v}
+    elif isinstance(raw, list):
+        for rec in raw:
+            if not isinstance(rec, dict):
+                continue
+            sid = next((rec[k] for k in _ID_KEYS if rec.get(k) is not None), None)
+            if sid is None or str(sid) in out:
+                continue
+            out[str(sid)] = {"prompt": rec.get("prompt"), "response": rec.get("response", rec.get("completion")),
+                             "reference": rec.get("reference", rec.get("target"))}
+    return out
+
+
 def _sample_block(sid: str, base: dict[str, Any], cand: dict[str, Any], names: tuple[str, str]) -> str:
     prompt = cand.get("prompt") or base.get("prompt") or ""
     ref = cand.get("reference") or base.get("reference")
@@ -71,8 +103,7 @@ def flipped_samples_html(results: Results) -> str:
     parts = []
     for c in comparisons(results, "task"):
         base, cand = _entry(results, c["baseline"], c["task"]), _entry(results, c["candidate"], c["task"])
-        sb = (getattr(base, "samples", None) or {}) if base else {}
-        sc = (getattr(cand, "samples", None) or {}) if cand else {}
+        sb, sc = samples_by_id(base), samples_by_id(cand)
         if not sb or not sc or "/" in c["metric"]:
             continue
         va, vb = base.per_sample.get(c["metric"], {}), cand.per_sample.get(c["metric"], {})
