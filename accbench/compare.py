@@ -158,6 +158,20 @@ def compare_fidelity(entry: FidelityEntry, baseline: str, confidence: float) -> 
     return c
 
 
+def compare_fidelity_across_runs(base: FidelityEntry, cand: FidelityEntry, base_name: str, cand_name: str,
+                                 position: str, confidence: float) -> Comparison:
+    """KL divergence of the same position in two runs (e.g. two quantization configs). Only aggregates are
+    stored, so the CI is the unpaired normal one from both standard errors (conservative)."""
+    c = _with_deltas(Comparison("fidelity", base_name, cand_name, "kld_mean", "lower", base.kld_mean, cand.kld_mean,
+                                dataset=cand.dataset, position=position, n=cand.tokens,
+                                extra={"top1_agreement": cand.top1_agreement, "ppl_ratio": cand.ppl_ratio,
+                                       "kld_p99": cand.kld_p99}))
+    if base.kld_stderr and cand.kld_stderr:
+        c.ci_low, c.ci_high, c.p_value = normal_ci(c.delta, math.hypot(base.kld_stderr, cand.kld_stderr), confidence)
+        c.test, c.confidence = "normal_unpaired", confidence
+    return c
+
+
 def is_training_run(results: Results) -> bool:
     return bool(results.train)
 
@@ -388,6 +402,11 @@ def _sample_mismatches(a: Results, b: Results, label_a: str, label_b: str, model
             if pa[key] != pb[key]:
                 problems.append(f"{m} ppl {key[0]} (seq_len {key[1]}): {pa[key]} windows in {label_a}, "
                                 f"{pb[key]} in {label_b}")
+        fa = {f.dataset: f.tokens for f in a.fidelity if f.position == m}
+        fb = {f.dataset: f.tokens for f in b.fidelity if f.position == m}
+        for ds in sorted(set(fa) & set(fb)):
+            if fa[ds] != fb[ds]:
+                problems.append(f"{m} fidelity {ds}: {fa[ds]} tokens in {label_a}, {fb[ds]} in {label_b}")
     return problems
 
 
@@ -399,6 +418,8 @@ def _prefixed(results: Results, label: str) -> Results:
         t.model = f"{label}/{t.model}"
     for e in r.train:
         e.variant = f"{label}/{e.variant}"
+    for f in r.fidelity:
+        f.position = f"{label}/{f.position}"
     return r
 
 
@@ -409,7 +430,7 @@ def compare_runs(runs: Sequence[tuple[str, Results]], cfg: CompareCfg,
     (label_a, a), others = runs[0], runs[1:]
     merged = Results(run_dir=", ".join(label for label, _ in runs), status="complete")
     pa = _prefixed(a, label_a)
-    merged.ppl, merged.tasks, merged.train = pa.ppl, pa.tasks, pa.train
+    merged.ppl, merged.tasks, merged.train, merged.fidelity = pa.ppl, pa.tasks, pa.train, pa.fidelity
     comparisons: list[Comparison] = []
     for label_b, b in others:
         common = [m for m in model_names(a) if m in model_names(b)]
@@ -431,9 +452,14 @@ def compare_runs(runs: Sequence[tuple[str, Results]], cfg: CompareCfg,
         merged.ppl += pb.ppl
         merged.tasks += pb.tasks
         merged.train += pb.train
+        merged.fidelity += pb.fidelity
         for m in common:
             comparisons.extend(compare_pair(merged, f"{label_a}/{m}", f"{label_b}/{m}", m,
                                             cfg.bootstrap_resamples, cfg.confidence, cfg.seed))
+            for fa in (f for f in a.fidelity if f.position == m):
+                for fb in (f for f in b.fidelity if f.position == m and f.dataset == fa.dataset):
+                    comparisons.append(compare_fidelity_across_runs(fa, fb, f"{label_a}/{m}", f"{label_b}/{m}", m,
+                                                                    cfg.confidence))
     checks = evaluate_gates(gates_from_config(cfg), comparisons)
     merged.compare = summarize(label_a, comparisons, checks)
     return merged, merged.compare

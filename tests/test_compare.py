@@ -215,3 +215,22 @@ def test_training_baseline_flag_wins_over_order(tmp_path: Path):
     res = training_results(tmp_path)
     res.train[1].baseline = True  # the train stage marks its baseline variant
     assert run_comparison(res, CompareCfg())["baseline"] == "compiled"
+
+
+def test_compare_runs_compares_kld_between_runs(tmp_path: Path):
+    from accbench.compare import compare_runs
+
+    a, b = compression_results(tmp_path), compression_results(tmp_path)
+    b.fidelity[0].kld_mean, b.fidelity[0].kld_stderr = 0.08, 0.0015
+    merged, out = compare_runs([("a", a), ("b", b)], CompareCfg(gates=[GateCfg(max_kld=0.06)],
+                                                                 bootstrap_resamples=500))
+    kl = next(c for c in out["comparisons"] if c["kind"] == "fidelity")
+    assert (kl["baseline"], kl["candidate"], kl["position"]) == ("a/fake_quant", "b/fake_quant", "fake_quant")
+    assert kl["delta"] == pytest.approx(0.03)
+    assert (kl["ci_low"], kl["ci_high"]) == pytest.approx((0.03 - 1.959964 * 0.0025, 0.03 + 1.959964 * 0.0025),
+                                                          abs=1e-6)  # hypot(0.002, 0.0015) = 0.0025
+    assert [g["observed"] for g in out["gates"]] == [0.08] and out["exit_code"] == 3
+    assert [f.position for f in merged.fidelity] == ["a/fake_quant", "b/fake_quant"]
+    b.fidelity[0].tokens = 100
+    with pytest.raises(AccbenchError, match="fake_quant fidelity wikitext2: 3072 tokens in a, 100 in b"):
+        compare_runs([("a", a), ("b", b)], CompareCfg())

@@ -45,6 +45,8 @@ def fmt_pct(x: float | None, digits: int = 2) -> str:
 def fmt_p(p: float | None) -> str:
     if p is None:
         return "–"
+    if p < 1e-15:
+        return "<1e-15"  # below double precision of the tail sum
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
@@ -75,11 +77,19 @@ def ppl_table(results: Results) -> Table:
 
 
 def fidelity_table(results: Results) -> Table:
-    t = Table("Fidelity to the original model", ["position", "dataset", "KL mean", "± stderr", "KL p99",
-                                                 "top-1 agreement", "ppl ratio", "tokens"])
+    # across runs (accbench compare) a position's KL is also compared with the baseline run's
+    across = {(c["candidate"], c["dataset"]): c for c in comparisons(results, "fidelity") if c.get("test")}
+    header = ["position", "dataset", "KL mean", "± stderr", "KL p99", "top-1 agreement", "ppl ratio", "tokens"]
+    t = Table("Fidelity to the original model", header + (["Δ KL vs baseline run", "95% CI", "p"] if across else []))
     for f in results.fidelity:
-        t.add([f.position, f.dataset, fmt(f.kld_mean, 5), fmt(f.kld_stderr, 5), fmt(f.kld_p99, 4),
-               f"{f.top1_agreement * 100:.2f}%", fmt(f.ppl_ratio), f.tokens])
+        row = [f.position, f.dataset, fmt(f.kld_mean, 5), fmt(f.kld_stderr, 5), fmt(f.kld_p99, 4),
+               f"{f.top1_agreement * 100:.2f}%", fmt(f.ppl_ratio), f.tokens]
+        c = across.get((f.position, f.dataset))
+        if across:
+            row += ["", "", ""] if c is None else [fmt_signed(c["delta"], 5),
+                                                   f"[{fmt_signed(c['ci_low'], 5)}, {fmt_signed(c['ci_high'], 5)}]",
+                                                   fmt_p(c["p_value"])]
+        t.add(row, _mark(c) if c else "")
     return t
 
 
