@@ -234,3 +234,14 @@ def test_compare_runs_compares_kld_between_runs(tmp_path: Path):
     b.fidelity[0].tokens = 100
     with pytest.raises(AccbenchError, match="fake_quant fidelity wikitext2: 3072 tokens in a, 100 in b"):
         compare_runs([("a", a), ("b", b)], CompareCfg())
+
+
+def test_significance_on_perplexity_and_without_per_sample_data(tmp_path: Path):
+    res = compression_results(tmp_path)  # +3.06% on every window: significant
+    out = _gates(res, GateCfg(metric="ppl", max_relative_increase=0.01, significance=0.05))
+    assert not out["gates"][0]["held"] and out["gates"][0]["p_value"] < 0.01
+    for e in res.tasks:  # aggregates only: no test possible, an over-limit drop counts as significant
+        e.per_sample = {}
+        e.stderr = {}
+    out = _gates(res, GateCfg(task="mc", metric="acc", max_drop=0.01, significance=0.05))
+    assert not out["gates"][0]["held"] and "counted as significant" in out["gates"][0]["reason"]
