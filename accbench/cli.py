@@ -53,6 +53,105 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(results.compare.get("exit_code", EXIT_OK)) if results.compare else EXIT_OK
 
 
+def _load_finished_run(run_dir: str) -> Any:
+    from accbench.results import Results
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise AccbenchError(f"{run_dir}: no results.json here", "pass the directory of a run made by accbench run")
+    try:
+        res = Results.load(run_dir)
+    except Exception as exc:
+        raise AccbenchError(f"{path}: not a readable accbench results file ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0]})", "pass the directory of a run made by accbench run") from exc
+    res.run_dir = res.run_dir or str(run_dir)
+    return res
+
+
+def _compare_cfg(config: str | None, gates: list[str]) -> Any:
+    """The compare section of a YAML file (a run config or a file with just `compare:`), plus --gate items."""
+    import yaml
+    from pydantic import ValidationError
+
+    from accbench.config import CompareCfg, GateCfg
+
+    data: dict = {}
+    if config:
+        try:
+            raw = yaml.safe_load(Path(config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise AccbenchError(f"--config {config}: cannot read it as YAML ({exc})") from exc
+        data = dict(raw.get("compare") or {}) if isinstance(raw, dict) else {}
+    try:
+        cfg = CompareCfg.model_validate(data)
+        extra = []
+        for g in gates:
+            item = yaml.safe_load(g)
+            if not isinstance(item, dict):
+                raise AccbenchError(f"--gate {g!r}: not a mapping",
+                                    'write it as YAML, e.g. --gate "{metric: ppl, max_relative_increase: 0.05}"')
+            extra.append(GateCfg.model_validate(item))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'gate'}: {e['msg']}" for e in exc.errors())
+        raise AccbenchError(f"invalid compare settings: {problems}", "see docs/report.md for the gate keys") from exc
+    cfg.gates = list(cfg.gates) + extra
+    return cfg
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from accbench.compare import compare_runs
+    from accbench.report.console import print_summary
+    from accbench.report.html import write_reports
+
+    if len(args.runs) < 2:
+        raise AccbenchError("accbench compare needs at least two run directories (the first is the baseline)")
+    runs, labels = [], []
+    for d in args.runs:
+        res = _load_finished_run(d)
+        if res.status != "complete":
+            raise AccbenchError(f"{d}: the run is {res.status}, not complete",
+                                "finish it first (accbench run CONFIG -o DIR --resume)")
+        label = Path(d).resolve().name or str(d)
+        while label in labels:
+            label += "'"
+        labels.append(label)
+        runs.append((label, res))
+    cfg = _compare_cfg(args.config, args.gate)
+    cfg.bootstrap_resamples = args.resamples or cfg.bootstrap_resamples
+    merged, summary = compare_runs(runs, cfg, args.position)
+    console = _console()
+    console.print(f"baseline run: {args.runs[0]}; compared: {', '.join(args.runs[1:])}", markup=False)
+    merged.run_dir = ""
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        merged.run_dir = str(out)
+        merged.save(out)
+        write_reports(merged, out)
+    print_summary(merged, console)
+    if args.output:
+        console.print(f"report: {out}/report.html", markup=False)
+    gated = bool(args.config or args.gate)
+    return int(summary["exit_code"]) if gated else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from accbench.compare import run_comparison
+    from accbench.report.console import print_summary
+    from accbench.report.html import write_reports
+
+    res = _load_finished_run(args.run_dir)
+    run_cfg = Path(args.run_dir) / "config.yaml"
+    if args.recompute or not res.compare:
+        cfg = _compare_cfg(args.config or (str(run_cfg) if run_cfg.is_file() else None), [])
+        res.compare = run_comparison(res, cfg)
+        res.save(Path(args.run_dir))
+    written = write_reports(res, Path(args.run_dir))
+    print_summary(res, _console())
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
 def _mark_failed(run_dir: Path, exc: BaseException) -> None:
     from accbench.results import Results
 
@@ -104,6 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in the same directory")
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="compare finished runs (the first is the baseline) with paired statistics")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; at least two")
+    c.add_argument("--config", help="YAML file whose compare section (gates, baseline settings) applies")
+    c.add_argument("--gate", action="append", default=[], metavar="YAML",
+                   help='an extra gate, e.g. "{task: mc, metric: acc, max_drop: 0.01}" (repeatable)')
+    c.add_argument("--position", action="append", metavar="NAME",
+                   help="compare only this position/variant (repeatable; default: every one both runs have)")
+    c.add_argument("--resamples", type=int, help="bootstrap resamples (default 10000)")
+    c.add_argument("-o", "--output", help="also write results.json, report.md, report.html and plots/ here")
+    c.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="rebuild report.md, report.html and plots/ of a run from its results.json")
+    rp.add_argument("run_dir")
+    rp.add_argument("--recompute", action="store_true",
+                    help="recompute comparisons and gates (from --config or the run's config.yaml) and save them")
+    rp.add_argument("--config", help="YAML file whose compare section to use with --recompute")
+    rp.set_defaults(func=cmd_report)
 
     v = sub.add_parser("validate", help="check a config without loading anything")
     v.add_argument("config")

@@ -121,7 +121,16 @@ def run_opencompass_stage(ctx: RunContext) -> None:
 
 def run_compare_stage(ctx: RunContext) -> None:
     """Compare every position/variant with the baseline, evaluate gates, write the reports."""
-    return None
+    from accbench.compare import run_comparison
+    from accbench.report.html import write_reports
+
+    with Timer(ctx.results.timings, "compare"):
+        ctx.results.compare = run_comparison(ctx.results, ctx.cfg.compare)
+    ctx.save()
+    with Timer(ctx.results.timings, "report"):
+        write_reports(ctx.results, ctx.run_dir)
+    log.info("compare: baseline %s, %d comparisons, gates %s", ctx.results.compare["baseline"],
+             len(ctx.results.compare["comparisons"]), "held" if ctx.results.compare["all_held"] else "FAILED")
 
 
 def _load(cfg: RunConfig) -> Any:

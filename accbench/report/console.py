@@ -1,27 +1,38 @@
-"""The console summary printed at the end of a run."""
+"""The console summary printed at the end of a run (and by `accbench compare` / `accbench report`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from accbench.report.tables import Table, all_tables, training_block, verdict
 from accbench.results import Results
 
+_STYLE = {"bad": "red", "good": "green", "": ""}
 
-def ppl_table(results: Results) -> Any:
-    from rich.table import Table
 
-    table = Table(title="Perplexity", show_lines=False)
-    for col in ("position", "dataset", "seq_len", "windows", "ppl", "Δ vs pretrain"):
-        table.add_column(col, justify="right" if col not in ("position", "dataset") else "left")
-    base = {(p.dataset, p.seq_len): p.ppl for p in results.ppl if p.position == "pretrain"}
-    for p in results.ppl:
-        ref = base.get((p.dataset, p.seq_len))
-        delta = f"{(p.ppl / ref - 1) * 100:+.2f}%" if ref and p.position != "pretrain" else ""
-        table.add_row(p.position, p.dataset, str(p.seq_len), str(p.windows), f"{p.ppl:.4f}", delta)
+def rich_table(t: Table) -> Any:
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=t.title, caption=t.note or None, show_lines=False)
+    for i, col in enumerate(t.header):
+        numeric = any(r[i][:1] in "+-–0123456789[" for r in t.rows if r[i]) and col not in ("gate", "why")
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for row, mark in zip(t.rows, t.marks):
+        table.add_row(*row, style=_STYLE[mark] or None)
     return table
 
 
 def print_summary(results: Results, console: Any) -> None:
-    if results.ppl:
-        console.print(ppl_table(results))
-    console.print(f"results: {results.run_dir}/results.json")
+    """One rich table per section, the training seed's block for training runs, and the gates' verdict."""
+    if not getattr(console, "is_terminal", True) and getattr(console, "width", 200) < 160:
+        console.width = 160  # logs and CI output: keep rows on one line rather than folding every cell
+    if results.train:
+        console.print(training_block(results), markup=False, highlight=False)
+    for t in all_tables(results):
+        console.print(rich_table(t))
+    if results.compare.get("gates"):
+        ok = results.compare.get("all_held", True)
+        console.print(f"[bold {'green' if ok else 'red'}]{verdict(results)}[/] "
+                      f"(exit code {results.compare.get('exit_code', 0)})")
+    if results.run_dir:
+        console.print(f"results: {results.run_dir}/results.json", markup=False)

@@ -1,0 +1,37 @@
+"""report.md: the console's tables in Markdown, with the plots linked from plots/."""
+
+from __future__ import annotations
+
+from accbench.report.tables import Table, all_tables, training_block, verdict
+from accbench.results import Results
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(t: Table) -> str:
+    lines = [f"## {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+    for row, mark in zip(t.rows, t.marks):
+        cells = [_cell(c) for c in row]
+        if mark == "bad":
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    if t.note:
+        lines += ["", t.note]
+    return "\n".join(lines)
+
+
+def render_markdown(results: Results, plots: list[str]) -> str:
+    parts = [f"# accbench report: {results.run_dir or 'comparison'}", ""]
+    if results.compare:
+        parts.append(f"Baseline: **{results.compare.get('baseline')}** · {verdict(results)} · "
+                     f"exit code {results.compare.get('exit_code', 0)}")
+        parts.append("")
+    if results.train:
+        parts += ["```", training_block(results), "```", ""]
+    for t in all_tables(results):
+        parts += [markdown_table(t), ""]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
+    return "\n".join(parts)

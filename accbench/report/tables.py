@@ -1,0 +1,203 @@
+"""The report's tables as plain data (title, header, rows of strings), shared by console, Markdown and HTML.
+
+Everything here reads a `Results` whose `compare` block is filled (accbench/compare.py); nothing is
+recomputed, so every rendering shows the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from accbench.results import Results
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    # per row: "bad" (a significant/gated worsening or a failed gate), "good", or "" — renderers colour by it
+    marks: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def add(self, row: list[Any], mark: str = "") -> None:
+        self.rows.append([str(x) for x in row])
+        self.marks.append(mark)
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if abs(x) >= 1e4 or (x != 0 and abs(x) < 10 ** -digits):
+        return f"{x:.3g}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_signed(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:+.{digits}f}"
+
+
+def fmt_pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x * 100:+.{digits}f}%"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    if p < 1e-15:
+        return "<1e-15"  # below double precision of the tail sum
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def comparisons(results: Results, kind: str) -> list[dict[str, Any]]:
+    return [c for c in results.compare.get("comparisons", []) if c.get("kind") == kind]
+
+
+def _mark(c: dict[str, Any], alpha: float = 0.05) -> str:
+    w, p = c.get("worsening"), c.get("p_value")
+    if w is None or p is None or p >= alpha:
+        return ""
+    return "bad" if w > 0 else ("good" if w < 0 else "")
+
+
+def ppl_table(results: Results) -> Table:
+    base = results.compare.get("baseline", "pretrain")
+    t = Table("Perplexity", ["model", "dataset", "seq_len", "windows", "ppl", f"Δ vs {base}", "95% CI", "p"])
+    comp = {(c["candidate"], c["dataset"], c["extra"].get("seq_len")): c for c in comparisons(results, "ppl")}
+    for p in results.ppl:
+        c = comp.get((p.position, p.dataset, p.seq_len))
+        if c is None:
+            t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), "", "", ""])
+            continue
+        ci = f"[{fmt_pct(c['ci_low'])}, {fmt_pct(c['ci_high'])}]" if c.get("ci_low") is not None else "–"
+        t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), fmt_pct(c["relative_delta"]), ci,
+               fmt_p(c.get("p_value"))], _mark(c))
+    return t
+
+
+def fidelity_table(results: Results) -> Table:
+    # across runs (accbench compare) a position's KL is also compared with the baseline run's
+    across = {(c["candidate"], c["dataset"]): c for c in comparisons(results, "fidelity") if c.get("test")}
+    header = ["position", "dataset", "KL mean", "± stderr", "KL p99", "top-1 agreement", "ppl ratio", "tokens"]
+    t = Table("Fidelity to the original model", header + (["Δ KL vs baseline run", "95% CI", "p"] if across else []))
+    for f in results.fidelity:
+        row = [f.position, f.dataset, fmt(f.kld_mean, 5), fmt(f.kld_stderr, 5), fmt(f.kld_p99, 4),
+               f"{f.top1_agreement * 100:.2f}%", fmt(f.ppl_ratio), f.tokens]
+        c = across.get((f.position, f.dataset))
+        if across:
+            row += ["", "", ""] if c is None else [fmt_signed(c["delta"], 5),
+                                                   f"[{fmt_signed(c['ci_low'], 5)}, {fmt_signed(c['ci_high'], 5)}]",
+                                                   fmt_p(c["p_value"])]
+        t.add(row, _mark(c) if c else "")
+    return t
+
+
+def task_scores_table(results: Results) -> Table:
+    """Every model's value of every headline task metric, side by side."""
+    models = []
+    for e in results.tasks:
+        if e.model not in models:
+            models.append(e.model)
+    t = Table("Task scores", ["task", "metric", "n"] + models)
+    keys: list[tuple[str, str]] = []
+    for e in results.tasks:
+        for m in e.metrics:
+            if "/" not in m and (e.task, m) not in keys:
+                keys.append((e.task, m))
+    for task, metric in keys:
+        vals, n = [], ""
+        for model in models:
+            e = next((x for x in results.tasks if x.model == model and x.task == task), None)
+            v = e.metrics.get(metric) if e else None
+            se = e.stderr.get(metric) if e else None
+            n = n or (str(e.n) if e else "")
+            vals.append(fmt(v) + (f" ± {fmt(se)}" if se is not None else ""))
+        t.add([task, metric, n] + vals)
+    return t
+
+
+def task_delta_table(results: Results) -> Table:
+    base = results.compare.get("baseline", "")
+    t = Table(f"Task deltas vs {base}", ["model", "task", "metric", "baseline", "candidate", "Δ", "95% CI",
+                                         "c→w", "w→c", "p", "test", "n"])
+    for c in comparisons(results, "task"):
+        if "/" in c["metric"]:
+            continue  # per-category breakdowns are charted in the HTML report
+        ci = f"[{fmt_signed(c['ci_low'])}, {fmt_signed(c['ci_high'])}]" if c.get("ci_low") is not None else "–"
+        flips = c.get("correct_to_wrong") is not None
+        t.add([c["candidate"], c["task"], c["metric"], fmt(c["baseline_value"]), fmt(c["candidate_value"]),
+               fmt_signed(c["delta"]), ci, c["correct_to_wrong"] if flips else "–",
+               c["wrong_to_correct"] if flips else "–", fmt_p(c.get("p_value")), c.get("test") or "–", c["n"] or "–"],
+              _mark(c))
+    t.note = ("Δ = candidate − baseline. CI: paired bootstrap over the samples both models answered. c→w / w→c: "
+              "samples correct for the baseline and wrong for the candidate / the reverse. p: exact McNemar on "
+              "those flips for 0/1 metrics, paired bootstrap otherwise.")
+    return t
+
+
+def train_table(results: Results) -> Table:
+    base = results.compare.get("baseline", "")
+    comp = {c["candidate"]: c for c in comparisons(results, "train")}
+    t = Table("Training", ["variant", "train loss", f"Δ loss vs {base}", "runtime (s)", "steps/s", "speed-up"])
+    for e in results.train:
+        c = comp.get(e.variant)
+        t.add([e.variant, fmt(e.train_loss), fmt_signed(c["delta"]) if c else "", fmt(e.train_runtime, 1),
+               fmt(e.train_steps_per_second, 3), f"{c['extra']['speedup']:.3f}x" if c and "speedup" in c["extra"] else ""])
+    return t
+
+
+def gates_table(results: Results) -> Table:
+    t = Table("Gates", ["#", "gate", "checked on", "bound", "observed", "limit", "verdict", "why"])
+    for g in results.compare.get("gates", []):
+        t.add([g["gate"] + 1, g["rule"], g["target"], g["bound"], fmt(g["observed"]), fmt(g["limit"]),
+               "held" if g["held"] else "FAILED", g["reason"]], "good" if g["held"] else "bad")
+    return t
+
+
+def _model_label(name: str) -> str:
+    return "Original" if name == "pretrain" else name
+
+
+def training_block(results: Results) -> str:
+    """The training seed's text block: train losses, runtimes, speeds, then each model's evaluation."""
+    width = 32
+    lines = ["=" * 20 + " Training Results " + "=" * 20]
+    for key, label in (("train_loss", "train loss"), ("train_runtime", "train runtime (s)"),
+                       ("train_steps_per_second", "train steps per second")):
+        for e in results.train:
+            v = getattr(e, key)
+            lines.append(f"{e.variant + ' ' + label:<{width}}= {'–' if v is None else f'{v:.10g}'}")
+    for c in comparisons(results, "train"):
+        if "speedup" in c["extra"]:
+            lines.append(f"{c['candidate'] + ' speed-up vs ' + c['baseline']:<{width}}= {c['extra']['speedup']:.3f}x")
+    lines.append("=" * 19 + " Evaluation Results " + "=" * 19)
+    for p in results.ppl:
+        lines.append(f"{_model_label(p.position) + ' Model ppl ' + p.dataset:<{width}}= {p.ppl:.4f}")
+    for e in results.tasks:
+        for m, v in e.metrics.items():
+            if "/" not in m:
+                lines.append(f"{_model_label(e.model) + ' Model ' + e.task + ' ' + m:<{width}}= {fmt(v)}")
+    lines.append("")
+    lines.append(f"{'More details can be found in':<{width}}= {results.run_dir}")
+    lines.append("=" * 58)
+    return "\n".join(lines)
+
+
+def all_tables(results: Results) -> list[Table]:
+    """The tables that have content, in report order."""
+    tables = [ppl_table(results) if results.ppl else None,
+              fidelity_table(results) if results.fidelity else None,
+              task_scores_table(results) if results.tasks else None,
+              task_delta_table(results) if comparisons(results, "task") else None,
+              train_table(results) if results.train else None,
+              gates_table(results) if results.compare.get("gates") else None]
+    return [t for t in tables if t is not None]
+
+
+def verdict(results: Results) -> str:
+    gates = results.compare.get("gates", [])
+    if not gates:
+        return "no gates configured"
+    failed = sum(1 for g in gates if not g["held"])
+    return f"all {len(gates)} gate checks held" if not failed else f"{failed} of {len(gates)} gate checks FAILED"
