@@ -169,6 +169,33 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
 
 def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     """Downstream tasks (the `tasks` section) on the model as it is at this position."""
-    if ctx.cfg.tasks:
-        raise AccbenchError("downstream tasks (the tasks section) are not implemented in this version yet",
-                            "remove the tasks section")
+    if not ctx.cfg.tasks:
+        return
+    from accbench.evaluate.tasks import run_task
+    from accbench.results import TaskEntry
+
+    for task in ctx.cfg.tasks:
+        if any(e.model == position and e.task == task.name for e in ctx.results.tasks):
+            log.info("resume: task %s/%s already evaluated", position, task.name)
+            continue
+        answerer, engine = _task_answerer(ctx, position, loaded, task)
+        with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
+            res = run_task(task, answerer)
+        extra = dict(res.extra)
+        if engine is not None:
+            extra.update(batch_sizes=dict(engine.stats.batch_sizes), truncated=engine.stats.truncated,
+                         requests=dict(engine.stats.requests))
+        ctx.results.tasks.append(TaskEntry(model=position, task=task.name, type=res.type, metrics=res.metrics,
+                                           n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
+        shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
+        ctx.console.print(f"[bold]{position}[/] {task.name}: {shown}  (n={res.n})")
+        log.info("task %s %s: %s (n=%d)", position, task.name, res.metrics, res.n)
+        ctx.save()
+
+
+def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any) -> tuple[Any, Any]:
+    """What answers this task's requests on this position's model, and the engine whose stats to record."""
+    from accbench.evaluate.engine import Engine
+
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device, task.batch_size)
+    return engine, engine
