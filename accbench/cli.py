@@ -73,6 +73,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from accbench.pipeline import rescore_run
+
+    rescore_run(Path(args.run_dir), _console())
+    print(f"results: {Path(args.run_dir) / 'results.json'}")
+    return EXIT_OK
+
+
 def _mark_failed(run_dir: Path, exc: BaseException) -> None:
     from accbench.results import Results
 
@@ -114,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in the same directory")
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     e.set_defaults(func=cmd_eval)
+
+    rs = sub.add_parser("rescore", help="recompute task metrics from a run's stored responses (no model)")
+    rs.add_argument("run_dir")
+    rs.set_defaults(func=cmd_rescore)
 
     v = sub.add_parser("validate", help="check a config without loading anything")
     v.add_argument("config")

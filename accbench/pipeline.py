@@ -38,6 +38,7 @@ class RunContext:
     console: Any
     resume: bool = False
     evals: list[EvalData] = field(default_factory=list)
+    store: Any = None  # the per-sample store (accbench.store.SampleStore), opened by the first task
 
     def save(self) -> None:
         self.results.save(self.run_dir)
@@ -194,8 +195,48 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
 
 
 def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any) -> tuple[Any, Any]:
-    """What answers this task's requests on this position's model, and the engine whose stats to record."""
+    """What answers this task's requests on this position's model (the engine behind the per-sample store),
+    and the engine whose stats to record."""
     from accbench.evaluate.engine import Engine
+    from accbench.store import SampleStore, StoredAnswerer, model_fingerprint
 
+    if ctx.store is None:
+        ctx.store = SampleStore(ctx.run_dir)
+    m = ctx.cfg.model
+    transform = ctx.cfg.quant.model_dump(mode="json") if ctx.cfg.quant is not None and position != "pretrain" else None
+    fp = model_fingerprint(loaded.path, position, m.torch_dtype, transform)
+    ctx.store.set_model(position, fp)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, task.batch_size)
-    return engine, engine
+    return StoredAnswerer(ctx.store, fp, task.name, engine), engine
+
+
+def rescore_run(run_dir: Path, console: Any) -> Results:
+    """Recompute every task's metrics from the responses in the run's per-sample store, without a model."""
+    from accbench.config import load_config
+    from accbench.evaluate.tasks import run_task
+    from accbench.results import TaskEntry
+    from accbench.store import STORE_FILE, SampleStore, StoredAnswerer
+
+    run_dir = Path(run_dir)
+    for need in ("config.yaml", "results.json", STORE_FILE):
+        if not (run_dir / need).is_file():
+            raise AccbenchError(f"rescore: {run_dir / need} not found", "pass the directory of an accbench run")
+    cfg = load_config(run_dir / "config.yaml")
+    results = Results.load(run_dir)
+    store = SampleStore(run_dir)
+    models = store.models()
+    for i, entry in enumerate(results.tasks):
+        task = next((t for t in cfg.tasks if t.name == entry.task), None)
+        if task is None or entry.model not in models:
+            continue
+        res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None))
+        keep = {k: v for k, v in entry.model_dump().items()
+                if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
+        keep.update({k: v for k, v in res.extra.items()})
+        results.tasks[i] = TaskEntry(model=entry.model, task=entry.task, type=res.type, metrics=res.metrics,
+                                     n=res.n, stderr=res.stderr, per_sample=res.per_sample, **keep)
+        shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
+        console.print(f"[bold]{entry.model}[/] {entry.task}: {shown}  (n={res.n}, rescored)")
+    store.close()
+    results.save(run_dir)
+    return results
