@@ -170,33 +170,67 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
 
 def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     """Downstream tasks (the `tasks` section) on the model as it is at this position."""
-    if not ctx.cfg.tasks:
+    todo = [t for t in ctx.cfg.tasks
+            if not any(e.model == position and e.task == t.name for e in ctx.results.tasks)]
+    for t in ctx.cfg.tasks:
+        if t not in todo:
+            log.info("resume: task %s/%s already evaluated", position, t.name)
+    if not todo:
         return
     from accbench.evaluate.tasks import run_task
     from accbench.results import TaskEntry
 
-    for task in ctx.cfg.tasks:
-        if any(e.model == position and e.task == task.name for e in ctx.results.tasks):
-            log.info("resume: task %s/%s already evaluated", position, task.name)
-            continue
-        answerer, engine = _task_answerer(ctx, position, loaded, task)
-        with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
-            res = run_task(task, answerer)
-        extra = dict(res.extra)
-        if engine is not None:
-            extra.update(batch_sizes=dict(engine.stats.batch_sizes), truncated=engine.stats.truncated,
-                         requests=dict(engine.stats.requests))
-        ctx.results.tasks.append(TaskEntry(model=position, task=task.name, type=res.type, metrics=res.metrics,
-                                           n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
-        shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
-        ctx.console.print(f"[bold]{position}[/] {task.name}: {shown}  (n={res.n})")
-        log.info("task %s %s: %s (n=%d)", position, task.name, res.metrics, res.n)
-        ctx.save()
+    pool = _start_workers(ctx, position, loaded)
+    try:
+        for task in todo:
+            answerer, stats = _task_answerer(ctx, position, loaded, task, pool)
+            with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
+                res = run_task(task, answerer)
+            extra = dict(res.extra)
+            extra.update(batch_sizes=dict(stats.batch_sizes), truncated=stats.truncated,
+                         requests=dict(stats.requests), reused_from_store=answerer.reused)
+            ctx.results.tasks.append(TaskEntry(model=position, task=task.name, type=res.type, metrics=res.metrics,
+                                               n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
+            shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
+            ctx.console.print(f"[bold]{position}[/] {task.name}: {shown}  (n={res.n})")
+            log.info("task %s %s: %s (n=%d)", position, task.name, res.metrics, res.n)
+            ctx.save()
+    finally:
+        if pool is not None:
+            pool.close()
 
 
-def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any) -> tuple[Any, Any]:
-    """What answers this task's requests on this position's model (the engine behind the per-sample store),
-    and the engine whose stats to record."""
+def _start_workers(ctx: RunContext, position: str, loaded: Any) -> Any:
+    """Model replicas for data-parallel evaluation (runner section), or None for in-process evaluation."""
+    r = ctx.cfg.runner
+    if r.type == "local" and r.max_num_workers == 1:
+        return None
+    from accbench.evaluate.engine import Engine
+    from accbench.runners.worker import ReplicaSpec
+
+    path = loaded.path
+    if position != "pretrain":  # the replicas load this position's weights from disk
+        from accbench.models import save_model
+
+        path = str(save_model(loaded.model, loaded.tokenizer, ctx.run_dir / "models" / ".workers" / position))
+    m = ctx.cfg.model
+    spec = ReplicaSpec(path, m.torch_dtype, "cuda" if str(loaded.device).startswith("cuda") else "cpu",
+                       trust_remote_code=m.trust_remote_code, tokenizer_path=m.tokenizer_path if path == loaded.path else None)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device)
+    log.info("starting %d %s workers for %s", r.max_num_workers, r.type, position)
+    if r.type == "ray":
+        from accbench.runners.ray import RayWorkerPool
+
+        return RayWorkerPool(spec, r.max_num_workers, r.num_gpus, r.address, ctx.run_dir / "logs", engine=engine)
+    from accbench.runners.local import LocalWorkerPool, plan_replicas
+
+    replicas = plan_replicas(spec, r.max_num_workers, r.num_gpus, ctx.run_dir / "logs")
+    return LocalWorkerPool(replicas, r.max_num_workers, engine=engine)
+
+
+def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any, pool: Any = None) -> tuple[Any, Any]:
+    """What answers this task's requests on this position's model (the engine or the worker pool, behind the
+    per-sample store), and the stats (batch sizes, truncations) to record."""
     from accbench.evaluate.engine import Engine
     from accbench.store import SampleStore, StoredAnswerer, model_fingerprint
 
@@ -206,8 +240,13 @@ def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any) -> tu
     transform = ctx.cfg.quant.model_dump(mode="json") if ctx.cfg.quant is not None and position != "pretrain" else None
     fp = model_fingerprint(loaded.path, position, m.torch_dtype, transform)
     ctx.store.set_model(position, fp)
+    if pool is not None:
+        from accbench.evaluate.engine import EngineStats
+
+        pool.batch_size, pool.stats = task.batch_size, EngineStats()
+        return StoredAnswerer(ctx.store, fp, task.name, pool), pool.stats
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, task.batch_size)
-    return StoredAnswerer(ctx.store, fp, task.name, engine), engine
+    return StoredAnswerer(ctx.store, fp, task.name, engine), engine.stats
 
 
 def rescore_run(run_dir: Path, console: Any) -> Results:

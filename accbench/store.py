@@ -33,15 +33,10 @@ def _hash(*parts: Any) -> str:
 
 
 def model_fingerprint(path: str, position: str, dtype: str, transform: Any = None) -> str:
-    """Identity of a model as evaluated: its files (name, size, mtime), dtype, position and transform config."""
-    files = []
-    p = Path(path)
-    if p.is_dir():
-        for f in sorted(p.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".json", ".model", ".pt"):
-                st = f.stat()
-                files.append((f.name, st.st_size, int(st.st_mtime)))
-    return _hash(str(p.resolve()) if p.exists() else path, files, dtype, position, transform)[:24]
+    """Identity of a model as evaluated at a position: its weight files, dtype, position and transform config."""
+    from accbench.models import model_fingerprint as weights_fingerprint
+
+    return weights_fingerprint(path, dtype, f"{position}|{json.dumps(transform, sort_keys=True, default=str)}")
 
 
 class SampleStore:
