@@ -11,6 +11,7 @@ import pytest
 from accbench.config import GenerateTask, LmEvalTask, MultipleChoiceTask, PerplexityTask
 from accbench.errors import AccbenchError
 from accbench.evaluate.engine import Engine
+from accbench.evaluate.requests import ScoreRequest
 from accbench.evaluate.tasks import run_task
 from accbench.evaluate.tasks.generate import score_output
 
@@ -168,8 +169,7 @@ def test_lm_eval_hf_agrees_with_our_engine(tiny, mc_file, lm_eval_task_dir):
     eng = Engine(model, tok, batch_size=4)
     ours = run_task(_mc(mc_file), eng)
     for i, d in enumerate(MC_DOCS):
-        mine = [ll for ll, _ in eng.score([__import__("accbench.evaluate.requests", fromlist=["x"]).ScoreRequest(
-            d["context"], " " + c) for c in d["choices"]])]
+        mine = [ll for ll, _ in eng.score([ScoreRequest(d["context"], " " + c) for c in d["choices"]])]
         assert mine == pytest.approx([float(x) for x in theirs[i]], abs=1e-4)
     res = out["results"]["local_mc"]
     assert ours.metrics["acc"] == pytest.approx(res["acc,none"]) and ours.metrics["acc_norm"] == pytest.approx(res["acc_norm,none"])

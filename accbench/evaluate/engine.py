@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from accbench.errors import AccbenchError
 from accbench.evaluate.perplexity import _can_split_head
@@ -338,5 +338,3 @@ def _empty_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-ScoreFnT = Callable[[list[ScoreRequest]], list[tuple[float, bool]]]

@@ -59,7 +59,9 @@ def run(cfg: Any, answerer: Any) -> TaskResult:
     name = cfg.task or cfg.name
     tm = task_manager(cfg.include_path, name)
     check_task_name(name, tm)
-    out = simple_evaluate(model=make_lm(answerer), tasks=[name], num_fewshot=cfg.num_fewshot, limit=cfg.limit,
+    # num_fewshot left out of the config: the task's own default, as on lm-eval's command line
+    shots = cfg.num_fewshot if "num_fewshot" in cfg.model_fields_set else None
+    out = simple_evaluate(model=make_lm(answerer), tasks=[name], num_fewshot=shots, limit=cfg.limit,
                           task_manager=tm, log_samples=True, bootstrap_iters=BOOTSTRAP_ITERS,
                           random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
                           fewshot_random_seed=cfg.seed)
