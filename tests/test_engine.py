@@ -125,3 +125,26 @@ def test_stop_strings_cut_and_sampling_is_seeded(tiny):
     a = eng.generate(s)
     b = Engine(model, tok, batch_size=1).generate(s)
     assert a == b and a[0] == a[2]
+
+
+def test_bos_adding_tokenizer_matches_lm_eval_hf(tiny):
+    """Llama-style tokenizers add BOS; lm-eval 0.4.13 keeps the tokenizer's default, and so do we."""
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra `lm_eval`")
+    import copy
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers.processors import TemplateProcessing
+
+    model, tok = tiny
+    tok = copy.deepcopy(tok)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    assert tok.encode("import os")[0] == tok.bos_token_id
+    reqs = _requests() + [ScoreRequest("<s>already has a BOS", " yes")]
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, logits_cache=False, device="cpu")
+    theirs = lm.loglikelihood([Instance("loglikelihood", {}, (r.context, r.continuation), i)
+                               for i, r in enumerate(reqs)], disable_tqdm=True)
+    eng = Engine(model, tok, batch_size=4)
+    assert eng.encode_pair("x = 1", " + 2")[0][0] == tok.bos_token_id
+    for (a, ga), (b, gb) in zip(eng.score(reqs), theirs):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
