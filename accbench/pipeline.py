@@ -82,6 +82,10 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     ctx = RunContext(cfg, run_dir, results, console, resume)
     ctx.save()
 
+    if cfg.tasks:  # bad task data or an unknown lm-eval task fails now, not after the model has loaded
+        from accbench.evaluate.tasks import check_tasks
+
+        check_tasks(cfg.tasks)
     with Timer(results.timings, "load_model"):
         loaded = _load(cfg)
     results.models["pretrain"] = loaded.path

@@ -85,6 +85,16 @@ def test_multiple_choice_bad_input(tmp_path, content, message):
         run_task(_mc(path), None)
 
 
+def test_bad_task_data_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from accbench import cli
+
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text(f"tasks:\n  - {{name: mc, type: multiple_choice, path: {tmp_path / 'missing.jsonl'}}}\n")
+    monkeypatch.setattr("accbench.models.load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    assert cli.main(["eval", "--model", "unused", "--config", str(cfg), "-o", str(tmp_path / "run")]) == 2
+    assert "data file not found" in capsys.readouterr().err
+
+
 def test_generate_metrics():
     cfg = GenerateTask(name="g", type="generate", path="x", ignore_case=True, ignore_punctuation=True)
     assert score_output(" Paris. ", ("paris",), cfg) == 1.0

@@ -26,11 +26,23 @@ class Answerer(Protocol):
 TaskFn = Callable[[Any, Answerer], TaskResult]
 
 
-def _runners() -> dict[str, TaskFn]:
+def _modules() -> dict[str, Any]:
     from accbench.evaluate.tasks import generate, lmeval, multiple_choice, perplexity
 
-    return {"multiple_choice": multiple_choice.run, "generate": generate.run, "perplexity": perplexity.run,
-            "lm_eval": lmeval.run}
+    return {"multiple_choice": multiple_choice, "generate": generate, "perplexity": perplexity, "lm_eval": lmeval}
+
+
+def _runners() -> dict[str, TaskFn]:
+    return {name: mod.run for name, mod in _modules().items()}
+
+
+def check_tasks(cfgs: list[Any]) -> None:
+    """Read and check every task's data (and lm-eval task names) before any model loads; task types this
+    module does not own are left to their own stage."""
+    mods = _modules()
+    for cfg in cfgs:
+        if cfg.type in mods:
+            mods[cfg.type].check(cfg)
 
 
 def run_task(cfg: Any, answerer: Answerer) -> TaskResult:

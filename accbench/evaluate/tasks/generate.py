@@ -95,6 +95,10 @@ def compute_metrics(cfg: Any, items: list[Item], outputs: list[str]) -> TaskResu
                       extra={"examples": [{"id": it.id, "output": o} for it, o in list(zip(items, outputs))[:3]]})
 
 
+def check(cfg: Any) -> None:
+    build_requests(cfg, load_items(cfg))
+
+
 def run(cfg: Any, answerer: Any) -> TaskResult:
     items = load_items(cfg)
     return compute_metrics(cfg, items, answerer.generate(build_requests(cfg, items)))

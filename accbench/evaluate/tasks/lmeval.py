@@ -8,6 +8,7 @@ requests. Metrics are reported under lm-eval's names (filter "none" dropped, oth
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from accbench.evaluate.requests import TaskResult
 BOOTSTRAP_ITERS = 1000  # only for metrics without a closed-form standard error
 
 
+@functools.lru_cache(maxsize=8)  # built once per run: the check before loading and the run reuse it
 def task_manager(include_path: str | None, name: str | None = None) -> Any:
     """lm-eval's task index; with include_path, only the local YAMLs when they define `name` (indexing
     lm-eval's thousands of built-in tasks takes tens of seconds)."""
@@ -51,14 +53,21 @@ def _metric_name(key: str) -> str:
     return metric if flt in ("", "none") else key
 
 
+def check(cfg: Any) -> Any:
+    """lm-eval installed, include_path present, the task known; returns the task index."""
+    name = cfg.task or cfg.name
+    tm = task_manager(cfg.include_path, name)
+    check_task_name(name, tm)
+    return tm
+
+
 def run(cfg: Any, answerer: Any) -> TaskResult:
+    tm = check(cfg)
     from lm_eval.evaluator import simple_evaluate
 
     from accbench.backends.lm_eval import make_lm
 
     name = cfg.task or cfg.name
-    tm = task_manager(cfg.include_path, name)
-    check_task_name(name, tm)
     # num_fewshot left out of the config: the task's own default, as on lm-eval's command line
     shots = cfg.num_fewshot if "num_fewshot" in cfg.model_fields_set else None
     out = simple_evaluate(model=make_lm(answerer), tasks=[name], num_fewshot=shots, limit=cfg.limit,

@@ -82,6 +82,10 @@ def compute_metrics(cfg: Any, questions: list[Question], answers: list[tuple[flo
                       n=n, per_sample={"acc": acc, "acc_norm": acc_norm})
 
 
+def check(cfg: Any) -> None:
+    load_questions(cfg)
+
+
 def run(cfg: Any, answerer: Any) -> TaskResult:
     questions = load_questions(cfg)
     return compute_metrics(cfg, questions, answerer.score(build_requests(cfg, questions)))

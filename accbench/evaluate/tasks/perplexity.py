@@ -30,6 +30,13 @@ def window_losses(cfg: Any, engine: Any) -> list[float]:
     return res.window_losses
 
 
+def check(cfg: Any) -> None:
+    from pathlib import Path
+
+    if not cfg.path or not Path(cfg.path).expanduser().exists():
+        raise DataError(f"task '{cfg.name}': text file not found: {cfg.path}", f"set path: for task '{cfg.name}'")
+
+
 def run(cfg: Any, answerer: Any) -> TaskResult:
     engine = getattr(answerer, "engine", answerer)
     if hasattr(answerer, "memo"):  # the per-sample store keeps the window losses for resume and rescore
