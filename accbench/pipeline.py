@@ -191,7 +191,7 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
             with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
                 res = run_task(task, answerer)
             extra = dict(res.extra)
-            extra.update(batch_sizes=dict(stats.batch_sizes), truncated=stats.truncated,
+            extra.update(batch_sizes=dict(stats.batch_sizes), truncated=stats.truncated + answerer.reused_truncated,
                          requests=dict(stats.requests), reused_from_store=answerer.reused)
             ctx.results.tasks.append(TaskEntry(model=position, task=task.name, type=res.type, metrics=res.metrics,
                                                n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))

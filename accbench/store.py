@@ -103,6 +103,7 @@ class StoredAnswerer:
         self.store, self.model, self.task, self.inner = store, model, task, inner
         self.engine = getattr(inner, "engine", inner)
         self.reused = 0
+        self.reused_truncated = 0  # reused answers whose context the engine had cut (truncation counts stay whole)
         self.computed = 0
 
     def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]:
@@ -125,6 +126,9 @@ class StoredAnswerer:
         out: list[Any] = [_from_response(kind, found[k]) if k in found else None for k in keys]
         todo = [i for i, k in enumerate(keys) if k not in found]
         self.reused += len(requests) - len(todo)
+        if found and hasattr(self.engine, "truncates"):
+            self.reused_truncated += sum(self.engine.truncates(kind, requests[i])
+                                         for i, k in enumerate(keys) if k in found)
         if todo and self.inner is None:
             raise AccbenchError(f"rescore: {len(todo)} of {len(keys)} '{kind}' responses of task '{self.task}' are "
                                 "not in the store (the run did not finish them)",

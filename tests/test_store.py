@@ -15,6 +15,7 @@ from accbench.results import Results
 
 DOCS = [{"id": f"q{i}", "context": f"x = {i}", "choices": [f"+ {i}", "- 1", f"* {i} + 2"], "label": i % 3}
         for i in range(12)]
+DOCS.append({"id": "long", "context": "word " * 700, "choices": ["a", "b", "c"], "label": 0})  # > 512-token window
 
 
 @pytest.fixture
@@ -35,19 +36,20 @@ def _eval(model_dir, cfg, out, *extra) -> int:
 
 
 def _tasks(run_dir) -> dict:
-    return {t.task: (t.metrics, t.per_sample) for t in Results.load(run_dir).tasks}
+    return {t.task: (t.metrics, t.per_sample, t.model_dump().get("truncated")) for t in Results.load(run_dir).tasks}
 
 
 def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
     assert _eval(tiny_model_dir, task_yaml, tmp_path / "full") == 0
     full = _tasks(tmp_path / "full")
+    assert full["mc"][2] == 3  # the long question's three requests were cut from the left, and counted
 
     monkeypatch.setattr(store, "CHUNK", 9)  # three choices per question: 3 questions per commit
-    real, calls = Engine.score, []
+    real, calls, crash = Engine.score, [], [True]
 
     def dies_on_third_chunk(self, reqs):
         calls.append(len(reqs))
-        if len(calls) == 3:
+        if crash[0] and len(calls) == 3:
             raise KeyboardInterrupt
         return real(self, reqs)
 
@@ -58,8 +60,9 @@ def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml,
     assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 18  # two chunks survived the crash
 
     calls.clear()
+    crash[0] = False
     assert _eval(tiny_model_dir, task_yaml, tmp_path / "cut", "--resume") == 0
-    assert sum(calls) == 36 - 18  # only the missing requests were recomputed
+    assert sum(calls) == 39 - 18  # only the missing requests were recomputed
     assert _tasks(tmp_path / "cut") == full
     assert Results.load(tmp_path / "cut").status == "complete"
 

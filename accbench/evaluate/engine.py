@@ -146,6 +146,15 @@ class Engine:
         self._count("generate", len(requests))
         return generate_batched(self, list(requests))
 
+    def truncates(self, kind: str, request: Any) -> bool:
+        """Whether answering `request` cuts its context from the left (to count answers reused from a store)."""
+        if kind == "score":
+            ctx, cont = self.encode_pair(request.context, request.continuation)
+            return len(ctx) + len(cont) > self.max_length + 1
+        if kind == "generate":
+            return len(self.tok_encode(request.context)) > self.max_length - request.max_new_tokens
+        return False
+
     # ------------------------------------------------------------------ scoring core
 
     def score_tokens(self, pairs: Sequence[tuple[Tokens, Tokens]], kind: str = "score") -> list[tuple[float, bool]]:
