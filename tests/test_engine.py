@@ -148,3 +148,24 @@ def test_bos_adding_tokenizer_matches_lm_eval_hf(tiny):
     assert eng.encode_pair("x = 1", " + 2")[0][0] == tok.bos_token_id
     for (a, ga), (b, gb) in zip(eng.score(reqs), theirs):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
+
+
+def test_out_of_memory_halves_the_batch_and_records_it(tiny, monkeypatch):
+    model, tok = tiny
+    real = Engine._forward
+
+    def small_memory(self, ids, mask, pos, cache):
+        if ids.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, ids, mask, pos, cache)
+
+    monkeypatch.setattr(Engine, "_forward", small_memory)
+    eng = Engine(model, tok, batch_size=16)
+    reqs = _requests()
+    got = eng.score(reqs)
+    assert eng.stats.batch_sizes["score"] == 4
+    ref = _reference_score(model, [eng.encode_pair(r.context, r.continuation) for r in reqs])
+    assert [g[0] for g in got] == pytest.approx([r[0] for r in ref], abs=1e-4)
+    assert Engine(model, tok, max_batch_size=64).probe_batch_size(32) == 4  # what batch_size=auto probes on GPU
+    gen = Engine(model, tok, batch_size=16).generate([GenerateRequest(p, max_new_tokens=3) for p in "abcdefg"])
+    assert len(gen) == 7
