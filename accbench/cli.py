@@ -149,6 +149,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = write_reports(res, Path(args.run_dir))
     print_summary(res, _console())
     print(f"wrote {', '.join(str(p) for p in written)}")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from accbench.config import eval_config
+    from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
+    from accbench.report.console import print_summary
+
+    cfg = eval_config(args.model, args.tasks, args.config, args.dtype, args.device, args.overrides)
+    run_dir = resolve_run_dir(cfg, args.output)
+    prepare_run_dir(run_dir, args.resume, args.overwrite)
+    setup_logging(run_dir)
+    console = _console()
+    console.print(f"accbench eval → {run_dir}")
+    try:
+        results = run_pipeline(cfg, run_dir, console, resume=args.resume)
+    except BaseException as exc:
+        _mark_failed(run_dir, exc)
+        raise
+    print_summary(results, console)
+    return EXIT_OK
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from accbench.pipeline import rescore_run
+
+    rescore_run(Path(args.run_dir), _console())
+    print(f"results: {Path(args.run_dir) / 'results.json'}")
     return EXIT_OK
 
 
@@ -221,6 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute comparisons and gates (from --config or the run's config.yaml) and save them")
     rp.add_argument("--config", help="YAML file whose compare section to use with --recompute")
     rp.set_defaults(func=cmd_report)
+    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
+    e.add_argument("--model", required=True, help="model directory (or builtin:NAME)")
+    e.add_argument("--tasks", help="comma-separated task names from the config's tasks list (default: all)")
+    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
+    e.add_argument("-o", "--output", help="run directory (default: runs/<timestamp>)")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in the same directory")
+    g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    e.set_defaults(func=cmd_eval)
+
+    rs = sub.add_parser("rescore", help="recompute task metrics from a run's stored responses (no model)")
+    rs.add_argument("run_dir")
+    rs.set_defaults(func=cmd_rescore)
 
     v = sub.add_parser("validate", help="check a config without loading anything")
     v.add_argument("config")

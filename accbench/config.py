@@ -626,3 +626,42 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = "auto", device: str | None = None,
+                overrides: list[str] | None = None) -> RunConfig:
+    """The run config of `accbench eval`: one model, the named tasks of a config (plus its runner section)."""
+    data: dict[str, Any] = {}
+    if config:
+        p = Path(config)
+        if not p.is_file():
+            raise ConfigError([ConfigProblem("", f"config file not found: {p}")])
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigProblem("", f"not valid YAML: {exc}", None, str(p))]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([ConfigProblem("", "expected a mapping with a tasks list", 1, str(p))])
+    all_tasks = data.get("tasks") or []
+    if not isinstance(all_tasks, list):
+        raise ConfigError([ConfigProblem("tasks", "must be a list of tasks", None, config)])
+    if tasks:
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        known = [t.get("name") for t in all_tasks if isinstance(t, dict)]
+        missing = [n for n in names if n not in known]
+        if missing:
+            where = f"in {config}" if config else "(no --config given)"
+            raise ConfigError([ConfigProblem("tasks", f"task '{n}' is not defined {where}{_suggest(n, known)}"
+                                             f"; defined: {', '.join(map(str, known)) or 'none'}", None, config)
+                               for n in missing])
+        all_tasks = [t for t in all_tasks if isinstance(t, dict) and t.get("name") in names]
+    if not all_tasks:
+        raise ConfigError([ConfigProblem("tasks", "no tasks to evaluate: pass --config with a tasks list", None, config)])
+    run: dict[str, Any] = {"model": {"path": model, "torch_dtype": dtype, **({"device": device} if device else {})},
+                           "tasks": all_tasks}
+    for key in ("runner", "base"):
+        if key in data:
+            run[key] = data[key]
+    if overrides:
+        run = apply_overrides(run, overrides)
+    return validate_config(run, config)

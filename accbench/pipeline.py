@@ -38,6 +38,7 @@ class RunContext:
     console: Any
     resume: bool = False
     evals: list[EvalData] = field(default_factory=list)
+    store: Any = None  # the per-sample store (accbench.store.SampleStore), opened by the first task
 
     def save(self) -> None:
         self.results.save(self.run_dir)
@@ -81,6 +82,10 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     ctx = RunContext(cfg, run_dir, results, console, resume)
     ctx.save()
 
+    if cfg.tasks:  # bad task data or an unknown lm-eval task fails now, not after the model has loaded
+        from accbench.evaluate.tasks import check_tasks
+
+        check_tasks(cfg.tasks)
     with Timer(results.timings, "load_model"):
         loaded = _load(cfg)
     results.models["pretrain"] = loaded.path
@@ -178,6 +183,112 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
 
 def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     """Downstream tasks (the `tasks` section) on the model as it is at this position."""
-    if ctx.cfg.tasks:
-        raise AccbenchError("downstream tasks (the tasks section) are not implemented in this version yet",
-                            "remove the tasks section")
+    todo = [t for t in ctx.cfg.tasks
+            if not any(e.model == position and e.task == t.name for e in ctx.results.tasks)]
+    for t in ctx.cfg.tasks:
+        if t not in todo:
+            log.info("resume: task %s/%s already evaluated", position, t.name)
+    if not todo:
+        return
+    from accbench.evaluate.tasks import run_task
+    from accbench.results import TaskEntry
+
+    pool = _start_workers(ctx, position, loaded)
+    try:
+        for task in todo:
+            answerer, stats = _task_answerer(ctx, position, loaded, task, pool)
+            with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
+                res = run_task(task, answerer)
+            extra = dict(res.extra)
+            extra.update(batch_sizes=dict(stats.batch_sizes), truncated=stats.truncated + answerer.reused_truncated,
+                         requests=dict(stats.requests), reused_from_store=answerer.reused)
+            ctx.results.tasks.append(TaskEntry(model=position, task=task.name, type=res.type, metrics=res.metrics,
+                                               n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
+            shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
+            ctx.console.print(f"[bold]{position}[/] {task.name}: {shown}  (n={res.n})")
+            log.info("task %s %s: %s (n=%d)", position, task.name, res.metrics, res.n)
+            ctx.save()
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _start_workers(ctx: RunContext, position: str, loaded: Any) -> Any:
+    """Model replicas for data-parallel evaluation (runner section), or None for in-process evaluation."""
+    r = ctx.cfg.runner
+    if r.type == "local" and r.max_num_workers == 1:
+        return None
+    from accbench.evaluate.engine import Engine
+    from accbench.runners.worker import ReplicaSpec
+
+    path = loaded.path
+    if position != "pretrain":  # the replicas load this position's weights from disk
+        from accbench.models import save_model
+
+        path = str(save_model(loaded.model, loaded.tokenizer, ctx.run_dir / "models" / ".workers" / position))
+    m = ctx.cfg.model
+    spec = ReplicaSpec(path, m.torch_dtype, "cuda" if str(loaded.device).startswith("cuda") else "cpu",
+                       trust_remote_code=m.trust_remote_code, tokenizer_path=m.tokenizer_path if path == loaded.path else None)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device)
+    log.info("starting %d %s workers for %s", r.max_num_workers, r.type, position)
+    if r.type == "ray":
+        from accbench.runners.ray import RayWorkerPool
+
+        return RayWorkerPool(spec, r.max_num_workers, r.num_gpus, r.address, ctx.run_dir / "logs", engine=engine)
+    from accbench.runners.local import LocalWorkerPool, plan_replicas
+
+    replicas = plan_replicas(spec, r.max_num_workers, r.num_gpus, ctx.run_dir / "logs")
+    return LocalWorkerPool(replicas, r.max_num_workers, engine=engine)
+
+
+def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any, pool: Any = None) -> tuple[Any, Any]:
+    """What answers this task's requests on this position's model (the engine or the worker pool, behind the
+    per-sample store), and the stats (batch sizes, truncations) to record."""
+    from accbench.evaluate.engine import Engine
+    from accbench.store import SampleStore, StoredAnswerer, model_fingerprint
+
+    if ctx.store is None:
+        ctx.store = SampleStore(ctx.run_dir)
+    m = ctx.cfg.model
+    transform = ctx.cfg.quant.model_dump(mode="json") if ctx.cfg.quant is not None and position != "pretrain" else None
+    fp = model_fingerprint(loaded.path, position, m.torch_dtype, transform)
+    ctx.store.set_model(position, fp)
+    if pool is not None:
+        from accbench.evaluate.engine import EngineStats
+
+        pool.batch_size, pool.stats = task.batch_size, EngineStats()
+        return StoredAnswerer(ctx.store, fp, task.name, pool), pool.stats
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device, task.batch_size)
+    return StoredAnswerer(ctx.store, fp, task.name, engine), engine.stats
+
+
+def rescore_run(run_dir: Path, console: Any) -> Results:
+    """Recompute every task's metrics from the responses in the run's per-sample store, without a model."""
+    from accbench.config import load_config
+    from accbench.evaluate.tasks import run_task
+    from accbench.results import TaskEntry
+    from accbench.store import STORE_FILE, SampleStore, StoredAnswerer
+
+    run_dir = Path(run_dir)
+    for need in ("config.yaml", "results.json", STORE_FILE):
+        if not (run_dir / need).is_file():
+            raise AccbenchError(f"rescore: {run_dir / need} not found", "pass the directory of an accbench run")
+    cfg = load_config(run_dir / "config.yaml")
+    results = Results.load(run_dir)
+    store = SampleStore(run_dir)
+    models = store.models()
+    for i, entry in enumerate(results.tasks):
+        task = next((t for t in cfg.tasks if t.name == entry.task), None)
+        if task is None or entry.model not in models:
+            continue
+        res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None))
+        keep = {k: v for k, v in entry.model_dump().items()
+                if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
+        keep.update({k: v for k, v in res.extra.items()})
+        results.tasks[i] = TaskEntry(model=entry.model, task=entry.task, type=res.type, metrics=res.metrics,
+                                     n=res.n, stderr=res.stderr, per_sample=res.per_sample, **keep)
+        shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
+        console.print(f"[bold]{entry.model}[/] {entry.task}: {shown}  (n={res.n}, rescored)")
+    store.close()
+    results.save(run_dir)
+    return results

@@ -1,0 +1,349 @@
+"""The request engine: answers score, score_rolling and generate requests on an in-memory model.
+
+Tokenization follows lm-eval's HFLM exactly (trailing context whitespace moved to the continuation,
+context encoded alone and the continuation taken from the whole text's tokens, empty context -> the
+BOS/prefix token, left truncation to the model window), so log-likelihoods agree with lm-eval's.
+
+Speed comes from three things lm-eval's HF model does not do:
+- shared contexts run once: requests are grouped by their context tokens; the context is run once
+  (phase 1, keeping its KV cache) and every continuation of the group is run from that cache (phase 2);
+  one-token continuations (" A", " B", ...) need no phase 2 at all;
+- the output head and log-softmax are applied only at the positions that predict continuation tokens;
+- batches are length-sorted, so padding stays small.
+Generation is a plain batched decoding loop (left padding, explicit attention mask and position ids),
+so stop strings, per-request seeds and batch-size independence are under our control.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from accbench.errors import AccbenchError
+from accbench.evaluate.perplexity import _can_split_head
+from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
+
+log = logging.getLogger("accbench.engine")
+
+DEFAULT_MAX_LENGTH = 2048
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+CPU_TOKEN_BUDGET = 8192  # tokens per forward on CPU with batch_size=auto: larger batches stop paying off
+
+Tokens = list[int]
+
+
+@dataclass
+class EngineStats:
+    """What the engine did, for results.json: batch sizes used per request kind, truncations, counts."""
+
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0  # requests whose context was cut from the left to fit the model window
+    requests: dict[str, int] = field(default_factory=dict)
+    forward_tokens: int = 0  # tokens actually run through the model (after context sharing)
+
+
+def resolve_max_length(model: Any, tokenizer: Any) -> int:
+    """The model window, found the way lm-eval finds it (config attributes, then the tokenizer)."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if c is not None and isinstance(getattr(c, attr, None), int):
+                return getattr(c, attr)
+    mml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(mml, int) and mml != TOKENIZER_INFINITY:
+        return mml
+    return DEFAULT_MAX_LENGTH
+
+
+class Engine:
+    """Batched scoring and generation on one in-memory causal LM."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", batch_size: int | str = "auto",
+                 max_length: int | None = None, add_bos_token: bool | None = None, max_batch_size: int = 64):
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise AccbenchError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        self.model, self.tokenizer, self.device = model, tokenizer, str(device)
+        self.batch_size, self.max_batch_size = batch_size, max_batch_size
+        self.max_length = max_length or resolve_max_length(model, tokenizer)
+        self.add_bos_token = add_bos_token
+        self.split_head = _can_split_head(model)
+        self.stats = EngineStats()
+        bos = tokenizer.bos_token_id
+        self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
+        self._prefix_str = tokenizer.decode(self.prefix_token_id) if self.prefix_token_id is not None else None
+
+    # ------------------------------------------------------------------ tokenization (lm-eval's rules)
+
+    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> Tokens:
+        kwargs: dict[str, bool] = {}
+        if add_special_tokens is not None:
+            kwargs["add_special_tokens"] = add_special_tokens
+        elif self.add_bos_token is not None:
+            kwargs["add_special_tokens"] = self.add_bos_token
+        if add_special_tokens is None and self._prefix_str and text.startswith(self._prefix_str):
+            kwargs["add_special_tokens"] = False  # the text already carries its BOS
+        return self.tokenizer.encode(text, **kwargs)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[Tokens, Tokens]:
+        """(context tokens, continuation tokens) exactly as lm-eval's HFLM builds them."""
+        if context == "":
+            cont = self.tok_encode(continuation, add_special_tokens=False)
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_token_id], cont
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    def rolling_windows(self, text: str) -> list[tuple[Tokens, Tokens]]:
+        """Disjoint (context, prediction) windows covering every token of `text` once, as lm-eval's rolling
+        loglikelihood makes them: the first window is conditioned on the prefix token; each later window
+        predicts up to max_length tokens conditioned on the tokens before them that still fit the window."""
+        tokens = self.tok_encode(text)
+        L = self.max_length
+        out: list[tuple[Tokens, Tokens]] = []
+        if not tokens:
+            return out
+        first = min(L, len(tokens))
+        out.append(([self.prefix_token_id], tokens[:first]))
+        done = first
+        while done < len(tokens):
+            n = min(len(tokens) - done, L)
+            out.append((tokens[done + n - L - 1 : done], tokens[done : done + n]))
+            done += n
+        return out
+
+    # ------------------------------------------------------------------ public API
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[tuple[float, bool]]:
+        """(log P(continuation | context), continuation is the greedy one) for each request."""
+        pairs = [self.encode_pair(r.context, r.continuation) for r in requests]
+        self._count("score", len(requests))
+        return self.score_tokens(pairs, kind="score")
+
+    def score_rolling(self, requests: Sequence[RollingRequest]) -> list[float]:
+        """Total log-likelihood of each text, in disjoint max_length windows."""
+        self._count("score_rolling", len(requests))
+        windows, owner = [], []
+        for i, r in enumerate(requests):
+            for w in self.rolling_windows(r.text):
+                windows.append(w)
+                owner.append(i)
+        totals = [0.0] * len(requests)
+        for i, (ll, _) in zip(owner, self.score_tokens(windows, kind="score_rolling")):
+            totals[i] += ll
+        return totals
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Continuations of each context, cut at the first stop string (EOS also stops)."""
+        from accbench.evaluate.generation import generate_batched
+
+        self._count("generate", len(requests))
+        return generate_batched(self, list(requests))
+
+    def truncates(self, kind: str, request: Any) -> bool:
+        """Whether answering `request` cuts its context from the left (to count answers reused from a store)."""
+        if kind == "score":
+            ctx, cont = self.encode_pair(request.context, request.continuation)
+            return len(ctx) + len(cont) > self.max_length + 1
+        if kind == "generate":
+            return len(self.tok_encode(request.context)) > self.max_length - request.max_new_tokens
+        return False
+
+    # ------------------------------------------------------------------ scoring core
+
+    def score_tokens(self, pairs: Sequence[tuple[Tokens, Tokens]], kind: str = "score") -> list[tuple[float, bool]]:
+        """Score token-level (context, continuation) pairs; the context of equal pairs runs once."""
+        L = self.max_length
+        results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        groups: dict[tuple[int, ...], list[tuple[int, Tokens]]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                results[i] = (0.0, True)  # nothing to predict: log 1, trivially greedy
+                continue
+            if len(cont) > L:
+                raise AccbenchError(f"a continuation of {len(cont)} tokens is longer than the model window ({L})",
+                                    "shorten the choices/targets or use a model with a longer context")
+            if len(ctx) + len(cont) > L + 1:  # lm-eval keeps the last L+1 tokens: the window plus the target
+                ctx = (ctx + cont)[-(L + 1):][: -len(cont)]
+                self.stats.truncated += 1
+            groups.setdefault(tuple(ctx), []).append((i, cont))
+        # longest first: an out-of-memory shows up at once, and similar lengths share a batch
+        order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(c) for _, c in kv[1])))
+        start = 0
+        bs = self._initial_batch_size(kind, order)
+        while start < len(order):
+            chunk = order[start : start + bs]
+            try:
+                for i, res in self._score_groups(chunk, bs):
+                    results[i] = res
+            except Exception as exc:
+                if not _is_oom(exc) or bs == 1:
+                    raise
+                bs //= 2
+                log.warning("out of memory while scoring; batch size -> %d", bs)
+                _empty_cache()
+                continue
+            start += len(chunk)
+        self.stats.batch_sizes[kind] = min(self.stats.batch_sizes.get(kind, bs), bs)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _score_groups(self, groups: list[tuple[tuple[int, ...], list[tuple[int, Tokens]]]], bs: int
+                      ) -> Iterator[tuple[int, tuple[float, bool]]]:
+        import torch
+
+        dev = self.device
+        ctx_lens = [len(c) for c, _ in groups]
+        Lc = max(ctx_lens)
+        ids = torch.zeros(len(groups), Lc, dtype=torch.long)
+        for r, (c, _) in enumerate(groups):
+            ids[r, : len(c)] = torch.tensor(c)
+        with torch.inference_mode():
+            # phase 1: contexts, right padded, no mask (causal attention never sees the padding on the right)
+            states, cache = self._forward(ids.to(dev), None, None, None)
+            self.stats.forward_tokens += sum(ctx_lens)
+            last = states[torch.arange(len(groups)), torch.tensor(ctx_lens) - 1]
+            first_lp = self._log_softmax(last)  # [G, V]: predicts every continuation's first token
+            first_lp_cpu = first_lp.float().cpu()
+            first_greedy = first_lp_cpu.argmax(-1)
+            rows: list[tuple[int, int, Tokens]] = []  # (group row, request index, continuation)
+            for r, (_, members) in enumerate(groups):
+                for i, cont in members:
+                    if len(cont) == 1:
+                        yield i, (float(first_lp_cpu[r, cont[0]]), bool(first_greedy[r] == cont[0]))
+                    else:
+                        rows.append((r, i, cont))
+            # phase 2: the rest of each continuation, from its context's cache
+            rows.sort(key=lambda x: -len(x[2]))
+            for s in range(0, len(rows), bs):
+                part = rows[s : s + bs]
+                yield from self._score_rest(part, cache, ctx_lens, Lc, first_lp_cpu, first_greedy)
+
+    def _score_rest(self, part: list[tuple[int, int, Tokens]], cache: Any, ctx_lens: list[int], Lc: int,
+                    first_lp: Any, first_greedy: Any) -> Iterator[tuple[int, tuple[float, bool]]]:
+        import torch
+
+        dev = self.device
+        Tc = max(len(c) - 1 for _, _, c in part)
+        n = len(part)
+        ids = torch.zeros(n, Tc, dtype=torch.long)
+        mask = torch.zeros(n, Lc + Tc, dtype=torch.long)
+        pos = torch.zeros(n, Tc, dtype=torch.long)
+        for j, (r, _, cont) in enumerate(part):
+            k = len(cont) - 1
+            ids[j, :k] = torch.tensor(cont[:-1])
+            mask[j, : ctx_lens[r]] = 1
+            mask[j, Lc : Lc + k] = 1
+            pos[j] = ctx_lens[r] + torch.arange(Tc)
+        sub = _select_cache_rows(cache, torch.tensor([r for r, _, _ in part], device=dev))
+        states, _ = self._forward(ids.to(dev), mask.to(dev), pos.to(dev), sub)
+        self.stats.forward_tokens += sum(len(c) - 1 for _, _, c in part)
+        sel_r = torch.cat([torch.full((len(c) - 1,), j) for j, (_, _, c) in enumerate(part)])
+        sel_t = torch.cat([torch.arange(len(c) - 1) for _, _, c in part])
+        lp = self._log_softmax(states[sel_r.to(dev), sel_t.to(dev)]).float().cpu()  # [sum(k), V]
+        targets = torch.cat([torch.tensor(c[1:]) for _, _, c in part])
+        tok_lp = lp.gather(1, targets[:, None])[:, 0]
+        greedy = lp.argmax(-1) == targets
+        off = 0
+        for r, i, cont in part:
+            k = len(cont) - 1
+            ll = float(first_lp[r, cont[0]]) + float(tok_lp[off : off + k].sum())
+            g = bool(first_greedy[r] == cont[0]) and bool(greedy[off : off + k].all())
+            off += k
+            yield i, (ll, g)
+
+    # ------------------------------------------------------------------ model calls
+
+    def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any) -> tuple[Any, Any]:
+        """Hidden states (or logits when the head cannot be split off) and the KV cache."""
+        from transformers import DynamicCache
+
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        if self.split_head:
+            out = self.model.base_model(**kw)
+            return out.last_hidden_state, out.past_key_values
+        out = self.model(**kw)
+        return out.logits, out.past_key_values
+
+    def _log_softmax(self, states: Any) -> Any:
+        import torch.nn.functional as F
+
+        if self.split_head:
+            head = self.model.get_output_embeddings()
+            states = head(states.to(head.weight.device))
+        return F.log_softmax(states.float(), dim=-1)
+
+    def logits_last(self, ids: Any, mask: Any, pos: Any, cache: Any) -> tuple[Any, Any]:
+        """Float32 logits of the last position of each row, and the updated cache (for generation)."""
+        states, cache = self._forward(ids, mask, pos, cache)
+        last = states[:, -1]
+        if self.split_head:
+            head = self.model.get_output_embeddings()
+            last = head(last.to(head.weight.device))
+        return last.float(), cache
+
+    # ------------------------------------------------------------------ batch sizes
+
+    def _initial_batch_size(self, kind: str, order: list) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        if kind in self.stats.batch_sizes:
+            return self.stats.batch_sizes[kind]
+        if not order:
+            return 1
+        longest = len(order[0][0]) + max(len(c) for _, c in order[0][1])
+        if not self.device.startswith("cuda"):
+            return max(1, min(self.max_batch_size, CPU_TOKEN_BUDGET // max(longest, 1)))
+        return self.probe_batch_size(longest)
+
+    def probe_batch_size(self, length: int) -> int:
+        """Largest batch (from max_batch_size, halving) whose forward at `length` tokens fits in memory."""
+        import torch
+
+        bs = self.max_batch_size
+        length = min(length, self.max_length)
+        while True:
+            try:
+                with torch.inference_mode():
+                    ids = torch.zeros(bs, length, dtype=torch.long, device=self.device)
+                    states, _ = self._forward(ids, None, None, None)
+                    self._log_softmax(states[:, -1])
+                return bs
+            except Exception as exc:
+                if not _is_oom(exc) or bs == 1:
+                    raise
+                bs //= 2
+                _empty_cache()
+
+    def _count(self, kind: str, n: int) -> None:
+        self.stats.requests[kind] = self.stats.requests.get(kind, 0) + n
+
+
+def _select_cache_rows(cache: Any, rows: Any) -> Any:
+    """A cache holding `rows` (with repeats) of `cache`; the original is left untouched for the next chunk."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    new.batch_select_indices(rows)  # indexing makes new tensors on the copied layers
+    return new
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+

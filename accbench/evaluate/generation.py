@@ -1,0 +1,145 @@
+"""Batched decoding for the engine's `generate`: left padding, explicit masks and positions, stop strings.
+
+Prompts are tokenized as lm-eval does (left-truncated to max_length - max_new_tokens), sorted by length
+and decoded in batches. Each row's position ids count only its real tokens, so a prompt's tokens see
+the same positions whatever it is batched with; finished rows leave the batch (and the KV cache).
+Sampling draws from a per-request generator seeded with the request's seed, so a sample does not
+depend on the batch it ran in; temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from accbench.errors import AccbenchError
+from accbench.evaluate.requests import GenerateRequest
+
+if TYPE_CHECKING:
+    from accbench.evaluate.engine import Engine
+
+log = logging.getLogger("accbench.engine")
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _eos_ids(engine: "Engine") -> set[int]:
+    ids = {engine.tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return {i for i in ids if i is not None}
+
+
+def _next_token(logits: Any, req: GenerateRequest, gen: Any) -> int:
+    import torch
+
+    if req.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.double().cpu() / req.temperature, dim=-1)
+    if req.top_p < 1.0:
+        p, idx = probs.sort(descending=True)
+        drop = p.cumsum(-1) - p > req.top_p  # keep the smallest prefix whose mass reaches top_p
+        p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, idx, p)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+def generate_batched(engine: "Engine", requests: list[GenerateRequest]) -> list[str]:
+    """Generate for every request; returns texts in request order."""
+    encoded: list[list[int]] = []
+    for r in requests:
+        room = engine.max_length - r.max_new_tokens
+        if room <= 0:
+            raise AccbenchError(f"max_new_tokens={r.max_new_tokens} leaves no room for the prompt in the model "
+                                f"window ({engine.max_length} tokens)", "lower max_new_tokens for this task")
+        ids = engine.tok_encode(r.context) or [engine.prefix_token_id]
+        if len(ids) > room:
+            ids = ids[-room:]
+            engine.stats.truncated += 1
+        encoded.append(ids)
+    order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+    out: list[str | None] = [None] * len(requests)
+    bs = _batch_size(engine, max((len(e) + r.max_new_tokens for e, r in zip(encoded, requests)), default=1))
+    start = 0
+    while start < len(order):
+        idx = order[start : start + bs]
+        try:
+            texts = _generate_batch(engine, [requests[i] for i in idx], [encoded[i] for i in idx])
+        except Exception as exc:
+            from accbench.evaluate.engine import _empty_cache, _is_oom
+
+            if not _is_oom(exc) or bs == 1:
+                raise
+            bs //= 2
+            log.warning("out of memory while generating; batch size -> %d", bs)
+            _empty_cache()
+            continue
+        for i, t in zip(idx, texts):
+            out[i] = t
+        start += len(idx)
+    engine.stats.batch_sizes["generate"] = min(engine.stats.batch_sizes.get("generate", bs), bs)
+    return out  # type: ignore[return-value]
+
+
+def _batch_size(engine: "Engine", longest: int) -> int:
+    from accbench.evaluate.engine import CPU_TOKEN_BUDGET
+
+    if engine.batch_size != "auto":
+        return int(engine.batch_size)
+    if "generate" in engine.stats.batch_sizes:
+        return engine.stats.batch_sizes["generate"]
+    if not engine.device.startswith("cuda"):
+        return max(1, min(engine.max_batch_size, CPU_TOKEN_BUDGET // max(longest, 1)))
+    return engine.probe_batch_size(longest)
+
+
+def _generate_batch(engine: "Engine", reqs: list[GenerateRequest], encoded: list[list[int]]) -> list[str]:
+    import torch
+
+    dev, tok = engine.device, engine.tokenizer
+    B, L = len(reqs), max(len(e) for e in encoded)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((B, L), pad, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    for b, e in enumerate(encoded):
+        ids[b, L - len(e):] = torch.tensor(e)
+        mask[b, L - len(e):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos = _eos_ids(engine)
+    gens = [torch.Generator().manual_seed(r.seed) if r.temperature > 0 else None for r in reqs]
+    tokens: list[list[int]] = [[] for _ in reqs]
+    texts = [""] * B
+    active = list(range(B))  # request row of each batch row
+    with torch.inference_mode():
+        mask, pos = mask.to(dev), pos.to(dev)
+        logits, cache = engine.logits_last(ids.to(dev), mask, pos, None)
+        last_pos = pos[:, -1]
+        while True:
+            nxt, keep = [], []
+            for j, b in enumerate(active):
+                t = _next_token(logits[j], reqs[b], gens[b])
+                done = t in eos
+                if not done:
+                    tokens[b].append(t)
+                    texts[b], done = cut_at_stop(tok.decode(tokens[b], skip_special_tokens=True), reqs[b].stop)
+                done = done or len(tokens[b]) >= reqs[b].max_new_tokens
+                if not done:
+                    keep.append(j)
+                    nxt.append(t)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                rows = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(rows)
+                mask, last_pos = mask[rows], last_pos[rows]
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=dev)], dim=1)
+            last_pos = last_pos + 1
+            step = torch.tensor(nxt, device=dev)[:, None]
+            logits, cache = engine.logits_last(step, mask, last_pos[:, None], cache)
+            engine.stats.forward_tokens += len(active)
+    return texts

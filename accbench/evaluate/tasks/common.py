@@ -1,0 +1,72 @@
+"""Helpers shared by the local tasks: reading jsonl documents with line-numbered errors, few-shot
+prefixes, and the standard error of a mean."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from accbench.errors import DataError
+
+
+def read_jsonl(path: str | None, task: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, document) for every non-blank line; any bad line stops with its number."""
+    if not path:
+        raise DataError(f"task '{task}' needs a path to its data", f"set path: for task '{task}'")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"task '{task}': data file not found: {p}", "check the task's path (relative to where you run)")
+    docs = []
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"task '{task}': {p}:{n}: not valid JSON ({exc.msg})",
+                                "each line must be one JSON object") from None
+            if not isinstance(doc, dict):
+                raise DataError(f"task '{task}': {p}:{n}: expected a JSON object, got {type(doc).__name__}",
+                                "each line must be one JSON object")
+            docs.append((n, doc))
+    if not docs:
+        raise DataError(f"task '{task}': {p} holds no documents", "add one JSON object per line")
+    return docs
+
+
+def field(doc: dict, name: str, where: str, task: str) -> Any:
+    if name not in doc:
+        keys = ", ".join(sorted(doc)) or "none"
+        raise DataError(f"task '{task}': {where}: no field '{name}' (fields: {keys})",
+                        f"rename the field or set the task's *_field option to one of: {keys}")
+    return doc[name]
+
+
+def sample_id(doc: dict, line: int) -> str:
+    """A stable id: the document's own `id` when it has one, else its line number."""
+    return str(doc["id"]) if "id" in doc else f"line{line}"
+
+
+def fewshot_prefix(shots: list[str], k: int, skip: int, seed: int, delimiter: str = "\n\n") -> str:
+    """k solved examples (never the document itself), drawn with a per-document seeded generator."""
+    if k == 0:
+        return ""
+    pool = [i for i in range(len(shots)) if i != skip]
+    if len(pool) < k:
+        raise DataError(f"num_fewshot={k} needs at least {k + 1} documents, the task has {len(shots)}",
+                        "lower num_fewshot")
+    rnd = random.Random(seed * 1_000_003 + skip)
+    return "".join(shots[i] + delimiter for i in rnd.sample(pool, k))
+
+
+def mean_stderr(values: list[float]) -> float | None:
+    """Standard error of the mean (sample standard deviation / sqrt n), as lm-eval reports it."""
+    n = len(values)
+    if n < 2:
+        return None
+    mu = sum(values) / n
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)

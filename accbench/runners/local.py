@@ -1,0 +1,194 @@
+"""Local data-parallel workers: `max_num_workers` shards of every request list, answered by model replicas
+in spawned processes, gathered back in request order.
+
+On GPU each replica gets `num_gpus` devices of its own (CUDA_VISIBLE_DEVICES); when there are fewer than
+num_gpus x max_num_workers, fewer replicas run and the remaining shards wait for a free one. On CPU every
+replica is a process with its share of the cores. A replica that dies is restarted once and its shard
+re-run; a second death stops the run with the worker's log path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from accbench.errors import AccbenchError
+from accbench.evaluate.engine import EngineStats
+from accbench.runners.worker import ReplicaSpec, worker_main
+
+log = logging.getLogger("accbench.runners")
+START_TIMEOUT_S = 1800.0
+
+
+def split_shards(n_items: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges, as equal as possible, none empty."""
+    n_shards = max(1, min(n_shards, n_items))
+    size, extra = divmod(n_items, n_shards)
+    out, start = [], 0
+    for i in range(n_shards):
+        end = start + size + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def visible_gpus() -> list[int]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [int(x) for x in env.split(",") if x.strip().lstrip("-").isdigit() and int(x) >= 0]
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path) -> list[ReplicaSpec]:
+    """One spec per replica that can run at once: GPU groups of num_gpus, or CPU cores split evenly."""
+    if base.device.startswith("cuda"):
+        gpus = visible_gpus()
+        per = max(1, num_gpus)
+        if len(gpus) < per:
+            raise AccbenchError(f"runner.num_gpus={num_gpus} but only {len(gpus)} GPU(s) are visible",
+                                "lower runner.num_gpus or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
+        n = min(workers, len(gpus) // per)
+        if n < workers:
+            log.warning("%d workers x %d GPUs requested, %d GPUs visible: %d replicas, the other shards queue",
+                        workers, per, len(gpus), n)
+        return [replace(base, device="cuda", gpus=tuple(gpus[i * per : (i + 1) * per]),
+                        log_path=str(log_dir / f"worker_{i}.log")) for i in range(n)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    return [replace(base, device="cpu", threads=threads, log_path=str(log_dir / f"worker_{i}.log"))
+            for i in range(workers)]
+
+
+def merge_stats(stats: EngineStats, did: dict) -> None:
+    """Fold one shard's batch sizes (the smallest used wins) and truncation count into `stats`."""
+    for k, v in did["batch_sizes"].items():
+        stats.batch_sizes[k] = min(stats.batch_sizes.get(k, v), v)
+    stats.truncated += did["truncated"]
+
+
+class LocalWorkerPool:
+    """Answers score / score_rolling / generate by sharding the requests over replica processes."""
+
+    def __init__(self, replicas: list[ReplicaSpec], shards: int, batch_size: int | str = "auto", engine: Any = None):
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("spawn")  # a clean interpreter per replica: no forked torch/CUDA state
+        self.replicas, self.shards, self.batch_size = replicas, shards, batch_size
+        self.engine = engine  # the parent's engine, for tasks that need the model itself (perplexity)
+        self.stats = EngineStats()
+        self.results = self.ctx.Queue()
+        self.procs: list[Any] = [None] * len(replicas)
+        self.jobs: list[Any] = [None] * len(replicas)
+        self.restarts = [0] * len(replicas)
+        for i in range(len(replicas)):
+            self._start(i)
+        self._wait_ready(range(len(replicas)))
+
+    # ------------------------------------------------------------------ the answerer interface
+
+    def score(self, requests: list) -> list:
+        return self._run("score", requests)
+
+    def score_rolling(self, requests: list) -> list:
+        return self._run("score_rolling", requests)
+
+    def generate(self, requests: list) -> list:
+        return self._run("generate", requests)
+
+    # ------------------------------------------------------------------ processes
+
+    def _start(self, i: int) -> None:
+        self.jobs[i] = self.ctx.Queue()
+        p = self.ctx.Process(target=worker_main, args=(i, self.replicas[i], self.jobs[i], self.results), daemon=True)
+        p.start()
+        self.procs[i] = p
+
+    def _wait_ready(self, ids: Any) -> None:
+        waiting, deadline = set(ids), time.monotonic() + START_TIMEOUT_S
+        while waiting:
+            try:
+                status, wid, _, info = self.results.get(timeout=1.0)
+            except queue.Empty:
+                for i in list(waiting):
+                    if not self.procs[i].is_alive():
+                        self._fail(i, f"worker {i} exited with code {self.procs[i].exitcode} while loading the model")
+                if time.monotonic() > deadline:
+                    raise AccbenchError(f"workers {sorted(waiting)} did not load the model in {START_TIMEOUT_S:.0f} s",
+                                        f"see {self.replicas[min(waiting)].log_path}")
+                continue
+            if status == "failed":
+                self._fail(wid, f"worker {wid} could not load the model: {info}")
+            waiting.discard(wid)
+
+    def _fail(self, i: int, why: str) -> None:
+        self.close()
+        raise AccbenchError(why, f"the worker's log is {self.replicas[i].log_path}")
+
+    def _run(self, kind: str, requests: list) -> list:
+        if not requests:
+            return []
+        ranges = split_shards(len(requests), self.shards)
+        todo = list(range(len(ranges)))
+        busy: dict[int, int] = {}  # replica -> shard
+        out: list[Any] = [None] * len(requests)
+        left = len(ranges)
+        while left:
+            for i in range(len(self.replicas)):
+                if i not in busy and todo:
+                    s = todo.pop(0)
+                    a, b = ranges[s]
+                    self.jobs[i].put((s, kind, requests[a:b], self.batch_size))
+                    busy[i] = s
+            try:
+                status, wid, s, info = self.results.get(timeout=1.0)
+            except queue.Empty:
+                for i, s in list(busy.items()):
+                    if not self.procs[i].is_alive():
+                        self._restart(i, s, kind)
+                        del busy[i]
+                        todo.insert(0, s)
+                continue
+            if status == "error":
+                self._fail(wid, f"worker {wid} failed on a {kind} shard: {info}")
+            if status == "done":
+                answers, did = info
+                a, b = ranges[s]
+                out[a:b] = answers
+                merge_stats(self.stats, did)
+                busy.pop(wid, None)
+                left -= 1
+        self.stats.requests[kind] = self.stats.requests.get(kind, 0) + len(requests)
+        return out
+
+    def _restart(self, i: int, shard: int, kind: str) -> None:
+        code = self.procs[i].exitcode
+        if self.restarts[i] >= 1:
+            self._fail(i, f"worker {i} died twice (exit code {code}) while answering {kind} requests")
+        self.restarts[i] += 1
+        log.warning("worker %d died (exit code %s) on shard %d; restarting it once", i, code, shard)
+        self._start(i)
+        self._wait_ready([i])
+
+    def close(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p is not None and p.is_alive():
+                self.jobs[i].put(None)
+        for p in self.procs:
+            if p is not None:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+        self.procs = [None] * len(self.replicas)
+
+    def __enter__(self) -> "LocalWorkerPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,111 @@
+"""The same replicas as Ray actors, for a Ray cluster (`runner.address`) or a local Ray instance.
+
+Ray is the optional extra `ray`, imported only here. Each actor holds one model replica (`num_gpus`
+GPUs, which Ray assigns through CUDA_VISIBLE_DEVICES); as many actors start as the cluster's GPUs allow
+and the `max_num_workers` shards queue onto them. Ray restarts a dead actor once (max_restarts=1) and
+retries its call; a second death stops the run with Ray's log directory in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from accbench.errors import AccbenchError
+from accbench.evaluate.engine import EngineStats
+from accbench.runners.local import merge_stats, split_shards
+from accbench.runners.worker import ReplicaSpec
+
+log = logging.getLogger("accbench.runners")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise AccbenchError("runner.type: ray needs the ray package, which is not installed",
+                            "pip install 'accbench[ray]'  (or: pip install ray), or use runner.type: local") from None
+    return ray
+
+
+class _Replica:
+    def __init__(self, spec: ReplicaSpec):
+        import torch
+
+        from accbench.runners.worker import build_engine
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.engine = build_engine(spec)
+
+    def answer(self, kind: str, requests: list, batch_size: int | str) -> tuple[list, dict]:
+        from accbench.runners.worker import answer
+
+        return answer(self.engine, kind, requests, batch_size)
+
+
+class RayWorkerPool:
+    """Answers score / score_rolling / generate by sharding the requests over Ray actors."""
+
+    def __init__(self, spec: ReplicaSpec, workers: int, num_gpus: int, address: str | None, log_dir: Path,
+                 batch_size: int | str = "auto", engine: Any = None):
+        ray = self.ray = import_ray()
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+        self.shards, self.batch_size, self.engine = workers, batch_size, engine
+        self.stats = EngineStats()
+        self.log_dir = "the Ray session's logs (default /tmp/ray/session_latest/logs)"
+        gpu = spec.device.startswith("cuda")
+        if gpu:
+            have = int(ray.cluster_resources().get("GPU", 0))
+            if have < max(1, num_gpus):
+                raise AccbenchError(f"runner.num_gpus={num_gpus} but the Ray cluster has {have} GPU(s)",
+                                    "lower runner.num_gpus or add GPU nodes")
+            n = min(workers, have // max(1, num_gpus))
+            opts = {"num_gpus": max(1, num_gpus), "num_cpus": 1}
+        else:
+            n = workers
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            spec = replace(spec, threads=max(1, cpus // workers))
+            opts = {"num_cpus": 0 if cpus < workers else max(1, cpus // workers)}
+        actor = ray.remote(max_restarts=1, max_task_retries=1, **opts)(_Replica)
+        self.actors = [actor.remote(spec) for _ in range(n)]
+
+    def score(self, requests: list) -> list:
+        return self._run("score", requests)
+
+    def score_rolling(self, requests: list) -> list:
+        return self._run("score_rolling", requests)
+
+    def generate(self, requests: list) -> list:
+        return self._run("generate", requests)
+
+    def _run(self, kind: str, requests: list) -> list:
+        if not requests:
+            return []
+        ranges = split_shards(len(requests), self.shards)
+        futures = [self.actors[s % len(self.actors)].answer.remote(kind, requests[a:b], self.batch_size)
+                   for s, (a, b) in enumerate(ranges)]
+        try:
+            parts = self.ray.get(futures)
+        except self.ray.exceptions.RayActorError as exc:
+            raise AccbenchError(f"a Ray worker died twice while answering {kind} requests: {exc}",
+                                f"see {self.log_dir}") from None
+        except self.ray.exceptions.RayTaskError as exc:
+            raise AccbenchError(f"a Ray worker failed on {kind} requests: {exc.cause if hasattr(exc, 'cause') else exc}",
+                                f"see {self.log_dir}") from None
+        out: list[Any] = []
+        for answers, did in parts:
+            out.extend(answers)
+            merge_stats(self.stats, did)
+        self.stats.requests[kind] = self.stats.requests.get(kind, 0) + len(requests)
+        return out
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []

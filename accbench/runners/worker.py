@@ -1,0 +1,91 @@
+"""One model replica in its own process: loads the model once, then answers request shards until told to stop.
+
+Everything the process prints goes to its log file (logs/worker_<i>.log), whose path a failure reports.
+The replica is pinned before torch is imported: CUDA_VISIBLE_DEVICES for its GPUs, a thread count on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+# test hooks: make a worker die while answering, once (marker file) or always
+FAIL_ONCE_ENV = "ACCBENCH_TEST_WORKER_FAIL_ONCE"
+FAIL_ALWAYS_ENV = "ACCBENCH_TEST_WORKER_FAIL_ALWAYS"
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """How to build one replica: the model on disk and where it runs."""
+
+    model_path: str
+    dtype: str = "auto"
+    device: str = "cpu"  # "cpu" or "cuda" (the visible GPUs of this replica)
+    gpus: tuple[int, ...] = ()
+    threads: int | None = None
+    placement: str = "single"
+    trust_remote_code: bool = False
+    tokenizer_path: str | None = None
+    log_path: str = ""
+
+
+def build_engine(spec: ReplicaSpec) -> Any:
+    from accbench.evaluate.engine import Engine
+    from accbench.models import load_model
+
+    placement = "device_map" if len(spec.gpus) > 1 and spec.placement == "single" else spec.placement
+    loaded = load_model(spec.model_path, spec.dtype, spec.trust_remote_code, spec.tokenizer_path, spec.device,
+                        placement, max(1, len(spec.gpus)))
+    return Engine(loaded.model, loaded.tokenizer, loaded.device)
+
+
+def answer(engine: Any, kind: str, requests: list, batch_size: int | str) -> tuple[list, dict]:
+    """Run one shard; returns the answers and what the engine did (batch sizes, truncations)."""
+    if os.environ.get(FAIL_ALWAYS_ENV):
+        os._exit(17)
+    marker = os.environ.get(FAIL_ONCE_ENV)
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(17)
+    engine.batch_size = batch_size
+    engine.stats.batch_sizes.clear()
+    engine.stats.truncated = 0
+    out = getattr(engine, kind)(requests)
+    return out, {"batch_sizes": dict(engine.stats.batch_sizes), "truncated": engine.stats.truncated}
+
+
+def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> None:
+    """Process entry point (spawned): build the replica, then loop over (job id, kind, requests, batch size)."""
+    if spec.log_path:
+        log = open(spec.log_path, "a", buffering=1)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
+    if spec.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpus))
+    import torch
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        engine = build_engine(spec)
+    except BaseException as exc:  # report why this replica cannot start; the parent decides what to do
+        traceback.print_exc()
+        results.put(("failed", worker_id, None, f"{type(exc).__name__}: {exc}"))
+        return
+    print(f"worker {worker_id}: model loaded on {spec.device} {spec.gpus or ''}", flush=True)
+    results.put(("ready", worker_id, None, None))
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        job_id, kind, requests, batch_size = job
+        try:
+            out, sizes = answer(engine, kind, requests, batch_size)
+            results.put(("done", worker_id, job_id, (out, sizes)))
+        except BaseException as exc:
+            traceback.print_exc()
+            results.put(("error", worker_id, job_id, f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,144 @@
+"""The per-sample store: every request and its response, in SQLite in the run directory (samples.sqlite).
+
+A response is keyed by a hash of (model fingerprint, task name, request kind, request), so a resumed
+run answers finished requests from disk and recomputes only the rest, and `accbench rescore` can
+recompute every metric from the stored responses without loading a model. Anything that changes a
+request (data, prompt, few-shot, sampling seed) changes its key; a metric change does not.
+Written in WAL mode, one transaction per answered chunk, so a crash loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from accbench.errors import AccbenchError
+from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
+
+STORE_FILE = "samples.sqlite"
+CHUNK = 512  # requests answered between two commits
+
+
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def model_fingerprint(path: str, position: str, dtype: str, transform: Any = None) -> str:
+    """Identity of a model as evaluated at a position: its weight files, dtype, position and transform config."""
+    from accbench.models import model_fingerprint as weights_fingerprint
+
+    return weights_fingerprint(path, dtype, f"{position}|{json.dumps(transform, sort_keys=True, default=str)}")
+
+
+class SampleStore:
+    """Key/value rows of (request, response) with the model and task they belong to."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / STORE_FILE
+        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, model TEXT, task TEXT, "
+                        "kind TEXT, request TEXT, response TEXT, created REAL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS models (position TEXT PRIMARY KEY, fingerprint TEXT)")
+        self.db.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for s in range(0, len(keys), 500):
+            part = list(keys[s : s + 500])
+            q = f"SELECT key, response FROM samples WHERE key IN ({','.join('?' * len(part))})"
+            out.update((k, json.loads(v)) for k, v in self.db.execute(q, part))
+        return out
+
+    def put_many(self, rows: Sequence[tuple[str, str, str, str, Any, Any]]) -> None:
+        """rows of (key, model fingerprint, task, kind, request, response), committed together."""
+        now = time.time()
+        self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(k, m, t, kind, json.dumps(req), json.dumps(resp), now)
+                             for k, m, t, kind, req, resp in rows])
+        self.db.commit()
+
+    def set_model(self, position: str, fingerprint: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (position, fingerprint))
+        self.db.commit()
+
+    def models(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT position, fingerprint FROM models"))
+
+    def count(self, model: str | None = None, task: str | None = None) -> int:
+        q, args = "SELECT COUNT(*) FROM samples WHERE 1=1", []
+        if model:
+            q, args = q + " AND model = ?", args + [model]
+        if task:
+            q, args = q + " AND task = ?", args + [task]
+        return int(self.db.execute(q, args).fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _as_response(kind: str, value: Any) -> Any:
+    return [float(value[0]), bool(value[1])] if kind == "score" else value
+
+
+def _from_response(kind: str, value: Any) -> Any:
+    return (float(value[0]), bool(value[1])) if kind == "score" else value
+
+
+class StoredAnswerer:
+    """Answers from the store first; asks `inner` (an Engine, a worker pool) only for what is missing, and
+    stores each chunk as soon as it is answered. With inner=None it only reads (rescoring)."""
+
+    def __init__(self, store: SampleStore, model: str, task: str, inner: Any | None):
+        self.store, self.model, self.task, self.inner = store, model, task, inner
+        self.engine = getattr(inner, "engine", inner)
+        self.reused = 0
+        self.reused_truncated = 0  # reused answers whose context the engine had cut (truncation counts stay whole)
+        self.computed = 0
+
+    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]:
+        return self._answer("score", requests, lambda rs: self.inner.score(rs))
+
+    def score_rolling(self, requests: list[RollingRequest]) -> list[float]:
+        return self._answer("score_rolling", requests, lambda rs: self.inner.score_rolling(rs))
+
+    def generate(self, requests: list[GenerateRequest]) -> list[str]:
+        return self._answer("generate", requests, lambda rs: self.inner.generate(rs))
+
+    def memo(self, kind: str, payload: dict, compute: Callable[[], Any]) -> Any:
+        """A whole-task answer (e.g. perplexity window losses) stored under one key."""
+        return self._answer(kind, [payload], lambda ps: [compute()])[0]
+
+    def _answer(self, kind: str, requests: Sequence[Any], run: Callable[[list], list]) -> list:
+        reqs = [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in requests]
+        keys = [_hash(self.model, self.task, kind, r) for r in reqs]
+        found = self.store.get_many(keys)
+        out: list[Any] = [_from_response(kind, found[k]) if k in found else None for k in keys]
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        self.reused += len(requests) - len(todo)
+        if found and hasattr(self.engine, "truncates"):
+            self.reused_truncated += sum(self.engine.truncates(kind, requests[i])
+                                         for i, k in enumerate(keys) if k in found)
+        if todo and self.inner is None:
+            raise AccbenchError(f"rescore: {len(todo)} of {len(keys)} '{kind}' responses of task '{self.task}' are "
+                                "not in the store (the run did not finish them)",
+                                "finish the run with `accbench run/eval ... --resume` first")
+        for s in range(0, len(todo), CHUNK):
+            part = todo[s : s + CHUNK]
+            answers = run([requests[i] for i in part])
+            self.store.put_many([(keys[i], self.model, self.task, kind, reqs[i], _as_response(kind, a))
+                                 for i, a in zip(part, answers)])
+            for i, a in zip(part, answers):
+                out[i] = _from_response(kind, _as_response(kind, a))
+            self.computed += len(part)
+        return out

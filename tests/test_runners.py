@@ -1,0 +1,77 @@
+"""Data-parallel workers: shards, replica planning, identical per-sample results, restart-once, Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from accbench import cli
+from accbench.results import Results
+from accbench.runners.local import plan_replicas, split_shards
+from accbench.runners.worker import FAIL_ALWAYS_ENV, FAIL_ONCE_ENV, ReplicaSpec
+
+DOCS = [{"id": f"q{i}", "context": f"value = {i} *", "choices": [f" {i}", " 2", f" ({i} + 1)"], "label": i % 3}
+        for i in range(10)]
+
+
+def test_split_shards():
+    assert split_shards(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert split_shards(2, 4) == [(0, 1), (1, 2)]
+
+
+def test_plan_replicas(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    gpu = ReplicaSpec("m", device="cuda")
+    assert [r.gpus for r in plan_replicas(gpu, 3, 1, tmp_path)] == [(0,), (1,), (2,)]
+    assert [r.gpus for r in plan_replicas(gpu, 2, 2, tmp_path)] == [(0, 1)]  # the second shard queues
+    cpu = plan_replicas(ReplicaSpec("m"), 2, 0, tmp_path)
+    assert len(cpu) == 2 and cpu[1].log_path.endswith("worker_1.log") and cpu[0].threads >= 1
+
+
+@pytest.fixture
+def task_yaml(tmp_path) -> Path:
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"prompt": f"x = {i}", "target": str(i)}) + "\n" for i in range(5)))
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text(f"tasks:\n  - {{name: mc, type: multiple_choice, path: {data}, batch_size: 4}}\n"
+                   f"  - {{name: gen, type: generate, path: {gen}, max_new_tokens: 4, batch_size: 2}}\n")
+    return cfg
+
+
+def _eval(model_dir, cfg, out, *overrides) -> int:
+    return cli.main(["eval", "--model", str(model_dir), "--config", str(cfg), "-o", str(out), "--dtype", "float32",
+                     "--device", "cpu", *overrides])
+
+
+def _tasks(run_dir) -> dict:
+    return {t.task: (t.metrics, t.per_sample) for t in Results.load(run_dir).tasks}
+
+
+@pytest.mark.slow  # ~100 s on 2 shared cores (three spawned model-loading processes), ~25 s idle
+def test_two_workers_match_one_and_a_dead_worker_restarts_once(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "died_once"))  # the first shard kills its worker
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "two", "runner.max_num_workers=2") == 0
+    assert (tmp_path / "died_once").exists()
+    assert _tasks(tmp_path / "two") == _tasks(tmp_path / "one")
+    assert (tmp_path / "two" / "logs" / "worker_1.log").is_file()
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores: two model-loading processes that both die
+def test_worker_dying_twice_stops_with_its_log(tiny_model_dir, task_yaml, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(FAIL_ALWAYS_ENV, "1")
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "run", "runner.max_num_workers=2") == 2
+    err = capsys.readouterr().err
+    assert "died twice" in err and "worker_" in err and ".log" in err
+
+
+@pytest.mark.slow  # starts a local Ray instance (~30-60 s on 2 shared cores)
+def test_ray_workers_match_one(tiny_model_dir, task_yaml, tmp_path):
+    pytest.importorskip("ray", reason="runner.type ray needs the optional extra `ray`")
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "ray", "runner.type=ray", "runner.max_num_workers=2") == 0
+    assert _tasks(tmp_path / "ray") == _tasks(tmp_path / "one")

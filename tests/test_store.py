@@ -1,0 +1,89 @@
+"""The per-sample store: an interrupted `accbench eval` resumed gives the uninterrupted results; rescore
+recomputes them from the stored responses without a model."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from accbench import cli, store
+from accbench.evaluate.engine import Engine
+from accbench.results import Results
+
+DOCS = [{"id": f"q{i}", "context": f"x = {i}", "choices": [f"+ {i}", "- 1", f"* {i} + 2"], "label": i % 3}
+        for i in range(12)]
+DOCS.append({"id": "long", "context": "word " * 700, "choices": ["a", "b", "c"], "label": 0})  # > 512-token window
+
+
+@pytest.fixture
+def task_yaml(tmp_path) -> Path:
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"prompt": f"x = {i}", "target": str(i)}) + "\n" for i in range(4)))
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text(f"tasks:\n  - {{name: mc, type: multiple_choice, path: {data}, batch_size: 4}}\n"
+                   f"  - {{name: gen, type: generate, path: {gen}, max_new_tokens: 4, metric: contains}}\n")
+    return cfg
+
+
+def _eval(model_dir, cfg, out, *extra) -> int:
+    return cli.main(["eval", "--model", str(model_dir), "--config", str(cfg), "-o", str(out), "--dtype", "float32",
+                     "--device", "cpu", *extra])
+
+
+def _tasks(run_dir) -> dict:
+    return {t.task: (t.metrics, t.per_sample, t.model_dump().get("truncated")) for t in Results.load(run_dir).tasks}
+
+
+def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "full") == 0
+    full = _tasks(tmp_path / "full")
+    assert full["mc"][2] == 3  # the long question's three requests were cut from the left, and counted
+
+    monkeypatch.setattr(store, "CHUNK", 9)  # three choices per question: 3 questions per commit
+    real, calls, crash = Engine.score, [], [True]
+
+    def dies_on_third_chunk(self, reqs):
+        calls.append(len(reqs))
+        if crash[0] and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, reqs)
+
+    monkeypatch.setattr(Engine, "score", dies_on_third_chunk)
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "cut") == 130
+    assert Results.load(tmp_path / "cut").status == "interrupted"
+    db = sqlite3.connect(tmp_path / "cut" / "samples.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 18  # two chunks survived the crash
+
+    calls.clear()
+    crash[0] = False
+    assert _eval(tiny_model_dir, task_yaml, tmp_path / "cut", "--resume") == 0
+    assert sum(calls) == 39 - 18  # only the missing requests were recomputed
+    assert _tasks(tmp_path / "cut") == full
+    assert Results.load(tmp_path / "cut").status == "complete"
+
+
+def test_rescore_without_a_model(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert _eval(tiny_model_dir, task_yaml, run) == 0
+    before = _tasks(run)
+    # a changed metric is recomputed from the stored outputs; the model is never loaded
+    cfg = (run / "config.yaml").read_text().replace("metric: contains", "metric: exact_match")
+    (run / "config.yaml").write_text(cfg)
+    monkeypatch.setattr("accbench.models.load_model", lambda *a, **k: pytest.fail("rescore loaded a model"))
+    assert cli.main(["rescore", str(run)]) == 0
+    after = _tasks(run)
+    assert after["mc"] == before["mc"]
+    assert list(after["gen"][0]) == ["exact_match"]
+
+
+def test_rescore_reports_missing_responses(tiny_model_dir, task_yaml, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _eval(tiny_model_dir, task_yaml, run) == 0
+    sqlite3.connect(run / "samples.sqlite").execute("DELETE FROM samples WHERE kind = 'generate'").connection.commit()
+    assert cli.main(["rescore", str(run)]) == 2
+    assert "not in the store" in capsys.readouterr().err
