@@ -190,15 +190,16 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
             log.info("resume: task %s/%s already evaluated", position, t.name)
     if not todo:
         return
-    from accbench.evaluate.tasks import run_task
+    from accbench.evaluate.tasks import TaskContext, run_task
     from accbench.results import TaskEntry
 
+    task_ctx = TaskContext(loaded.tokenizer, ctx.run_dir, position, lambda j: _load_hf_judge(j, loaded.device))
     pool = _start_workers(ctx, position, loaded)
     try:
         for task in todo:
             answerer, stats = _task_answerer(ctx, position, loaded, task, pool)
             with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
-                res = run_task(task, answerer)
+                res = run_task(task, answerer, task_ctx)
             extra = dict(res.extra)
             extra.update(batch_sizes=dict(stats.batch_sizes), truncated=stats.truncated + answerer.reused_truncated,
                          requests=dict(stats.requests), reused_from_store=answerer.reused)
@@ -211,6 +212,17 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     finally:
         if pool is not None:
             pool.close()
+
+
+def _load_hf_judge(judge_cfg: Any, device: str) -> Any:
+    """A local judge model for MT-bench, answering through our own engine."""
+    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.judge import HFJudge
+    from accbench.models import load_model
+
+    judge = load_model(judge_cfg.path, device=device)
+    engine = Engine(judge.model, judge.tokenizer, judge.device)
+    return HFJudge(engine.generate, judge.tokenizer, judge_cfg.path, judge_cfg.max_tokens)
 
 
 def _start_workers(ctx: RunContext, position: str, loaded: Any) -> Any:
@@ -265,7 +277,7 @@ def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any, pool:
 def rescore_run(run_dir: Path, console: Any) -> Results:
     """Recompute every task's metrics from the responses in the run's per-sample store, without a model."""
     from accbench.config import load_config
-    from accbench.evaluate.tasks import run_task
+    from accbench.evaluate.tasks import TaskContext, run_task
     from accbench.results import TaskEntry
     from accbench.store import STORE_FILE, SampleStore, StoredAnswerer
 
@@ -281,7 +293,8 @@ def rescore_run(run_dir: Path, console: Any) -> Results:
         task = next((t for t in cfg.tasks if t.name == entry.task), None)
         if task is None or entry.model not in models:
             continue
-        res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None))
+        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model)
+        res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None), task_ctx)
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
         keep.update({k: v for k, v in res.extra.items()})
@@ -292,3 +305,12 @@ def rescore_run(run_dir: Path, console: Any) -> Results:
     store.close()
     results.save(run_dir)
     return results
+
+
+def _rescore_tokenizer(results: Results, task: Any) -> Any:
+    """Chat-templated tasks need the tokenizer (never the model) to rebuild their prompts."""
+    if task.type not in ("mtbench",) and not getattr(task, "chat_template", False):
+        return None
+    from accbench.models import load_tokenizer
+
+    return load_tokenizer(results.models.get("pretrain", ""))

@@ -7,6 +7,8 @@ per-sample store; the store alone when rescoring; a pool of workers) and turns t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from accbench.errors import AccbenchError
@@ -45,10 +47,46 @@ def check_tasks(cfgs: list[Any]) -> None:
             mods[cfg.type].check(cfg)
 
 
-def run_task(cfg: Any, answerer: Answerer) -> TaskResult:
-    """Evaluate one task config (MultipleChoiceTask, GenerateTask, ...) with `answerer`."""
+@dataclass
+class TaskContext:
+    """What the chat/code/judge tasks need beyond an answerer: the tokenizer (chat templates), a work
+    directory for their own caches (judge replies), the position being evaluated, and a judge loader."""
+
+    tokenizer: Any = None
+    work_dir: Path | None = None
+    position: str = ""
+    load_judge: Callable[[Any], Any] | None = None  # JudgeCfg -> JudgeClient, for `hf` judges
+
+
+def _run_humaneval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+    from accbench.evaluate.tasks.humaneval import evaluate_humaneval
+
+    return evaluate_humaneval(cfg, answerer.generate, ctx.tokenizer)
+
+
+def _run_mtbench(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+    from accbench.evaluate.tasks.mtbench import evaluate_mtbench
+
+    if ctx.work_dir is None:
+        raise AccbenchError(f"task '{cfg.name}': MT-bench needs a run directory for its judge cache")
+    judge = ctx.load_judge(cfg.judge) if cfg.judge.type == "hf" and ctx.load_judge else None
+    return evaluate_mtbench(cfg, answerer.generate, ctx.tokenizer, ctx.work_dir / "mtbench" / cfg.name / ctx.position,
+                            judge=judge, model_id=ctx.position)
+
+
+# tasks that need more than an answerer (tokenizer for chat templates, the sandbox, a judge)
+CONTEXT_TASKS: dict[str, Callable[[Any, Answerer, TaskContext], TaskResult]] = {
+    "humaneval": _run_humaneval,
+    "mtbench": _run_mtbench,
+}
+
+
+def run_task(cfg: Any, answerer: Answerer, ctx: TaskContext | None = None) -> TaskResult:
+    """Evaluate one task config (MultipleChoiceTask, GenerateTask, HumanEvalTask, ...) with `answerer`."""
+    if cfg.type in CONTEXT_TASKS:
+        return CONTEXT_TASKS[cfg.type](cfg, answerer, ctx or TaskContext())
     runners = _runners()
     if cfg.type not in runners:
         raise AccbenchError(f"task '{cfg.name}': type '{cfg.type}' is not implemented in this version",
-                            f"use one of: {', '.join(sorted(runners))}")
+                            f"use one of: {', '.join(sorted(runners) + sorted(CONTEXT_TASKS))}")
     return runners[cfg.type](cfg, answerer)
