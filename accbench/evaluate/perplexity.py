@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 HEAD_CHUNK_TOKENS = 2048
-LogitsHook = Callable[[int, Any, Any], None]  # (first token index in the position's stream, logits [n,V], labels [n])
+LogitsHook = Callable[[int, Any, Any], None]  # (first token index in the position's stream, float logits [n,V], labels [n])
 
 
 @dataclass
@@ -67,8 +67,9 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
             batch = windows[i : i + bs].to(device)
             sums = torch.zeros(batch.shape[0], dtype=torch.float64)
             for r, s, logits in forward_logit_chunks(model, batch):
+                logits = logits.float()  # once, shared by the loss and the hook
                 labels = batch[r, s + 1 : s + 1 + logits.shape[0]].to(logits.device)
-                sums[r] += F.cross_entropy(logits.float(), labels, reduction="sum").double().cpu()
+                sums[r] += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
                 if on_logits is not None:
                     on_logits((i + r) * (seq_len - 1) + s, logits, labels)
             losses.extend((sums / (seq_len - 1)).tolist())
