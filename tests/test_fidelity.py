@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.fidelity import (DistributionRecorder, FidelityComparer, bucketed_kl, compare_recordings,
-                                        read_recording, recording_dir, summarize_logits, tail_logmass)
+from accbench.evaluate.fidelity import (DistributionRecorder, FidelityComparer, compare_recordings, read_recording,
+                                        recording_dir, score_logprobs, summarize_logprobs, tail_logmass)
 from accbench.evaluate.perplexity import perplexity
 
 META = {"position": "pretrain", "dataset": "toy", "seq_len": 9}
@@ -48,18 +48,16 @@ def _direct_bucketed_kl(lp: torch.Tensor, lq: torch.Tensor, k: int) -> torch.Ten
 
 
 def _score(lp: torch.Tensor, lq: torch.Tensor, k: int) -> torch.Tensor:
-    """bucketed_kl on float32 logits without storage (no float16 rounding)."""
+    """Bucketed KL from float32 log-probs, without storage (no float16 rounding)."""
     labels = torch.zeros(lp.shape[0], dtype=torch.long)
-    s = summarize_logits(lp, labels, k)
-    lse = torch.logsumexp(lq, -1)
-    q_top = lq.gather(1, s["top_idx"]) - lse[:, None]
-    return bucketed_kl(s["top_logp"], s["tail_logp"], q_top, tail_logmass(lq, lse, s["top_idx"], q_top))
+    s = summarize_logprobs(lp.log_softmax(-1), labels, k)
+    return score_logprobs(lq.log_softmax(-1), labels, s["top_logp"], s["top_idx"], s["tail_logp"])["kl"]
 
 
 def _record(path: Path, lp: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 37) -> Path:
     rec = DistributionRecorder(path, lp.shape[0], k, META)
     for s in range(0, lp.shape[0], chunk):
-        rec(s, lp[s : s + chunk], labels[s : s + chunk])
+        rec(s, lp[s : s + chunk].log_softmax(-1), labels[s : s + chunk])
     return rec.finish()
 
 
@@ -79,7 +77,7 @@ def test_top_k_equal_to_vocabulary_is_the_exact_kl(tmp_path):
     # through the float16 recording on disk: the storage rounding stays below 1e-3 relative
     labels = torch.randint(0, 23, (64,), generator=torch.Generator().manual_seed(1))
     cmp = FidelityComparer(_record(tmp_path / "rec", lp, labels, 64))  # k capped at the vocabulary
-    cmp(0, lq, labels)
+    cmp(0, lq.log_softmax(-1), labels)
     e = cmp.entry("model")
     assert e.top_k == 23 and e.tail_mass_mean == 0.0
     assert e.kld_mean == pytest.approx(exact.mean().item(), rel=1e-3)
@@ -114,12 +112,22 @@ def test_tail_bucket_error_is_within_the_documented_bound(k):
 
 def test_tail_mass_is_summed_directly_when_tiny():
     # a very confident row: 1 - sum(top-k) would cancel to 0 in float arithmetic
-    logits = torch.tensor([[40.0, 0.0, 0.0, 0.0, -1.0]])
-    lse = torch.logsumexp(logits, -1)
+    logp = torch.tensor([[40.0, 0.0, 0.0, 0.0, -1.0]]).log_softmax(-1)
     idx = torch.tensor([[0]])
-    tail = tail_logmass(logits, lse, idx, logits.gather(1, idx) - lse[:, None])
-    expected = torch.logsumexp(logits[0, 1:].double(), 0) - torch.logsumexp(logits[0].double(), 0)
+    tail = tail_logmass(logp, idx, logp.gather(1, idx))
+    expected = torch.logsumexp(logp[0, 1:].double(), 0)
     assert tail.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="expects log-probabilities"):
+        tail_logmass(logp + 1, idx, logp.gather(1, idx) + 1)
+
+
+def test_argmax_is_torchs_first_maximum_also_from_the_top_k():
+    logp = torch.tensor([[0.0, 2.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 3.0, 0.0]]).log_softmax(-1)
+    for k in (1, 2, 4):
+        s = summarize_logprobs(logp, torch.zeros(3, dtype=torch.long), k)
+        assert s["argmax"].tolist() == logp.argmax(-1).tolist() == [1, 0, 0]
+        sc = score_logprobs(logp, torch.zeros(3, dtype=torch.long), s["top_logp"], s["top_idx"], s["tail_logp"])
+        assert sc["argmax"].tolist() == [1, 0, 0]
 
 
 # ----------------------------------------------------------------------------- recording on disk
@@ -142,7 +150,7 @@ def test_recording_is_compact_and_complete(tmp_path):
 def test_unfinished_recording_is_refused(tmp_path):
     lp, _ = _logits(10, 20)
     rec = DistributionRecorder(tmp_path / "rec", 20, 4, META)  # expects 20 tokens, gets 10
-    rec(0, lp, torch.zeros(10, dtype=torch.long))
+    rec(0, lp.log_softmax(-1), torch.zeros(10, dtype=torch.long))
     with pytest.raises(AccbenchError, match="got 10 tokens, expected 20"):
         rec.finish()
     with pytest.raises(AccbenchError, match="no finished fidelity recording"):
@@ -154,8 +162,8 @@ def test_comparer_refuses_other_windows(tmp_path):
     labels = torch.zeros(30, dtype=torch.long)
     cmp = FidelityComparer(_record(tmp_path / "rec", lp, labels, 4))
     with pytest.raises(AccbenchError, match="does not match the baseline recording"):
-        cmp(0, lq, labels + 1)
-    cmp(0, lq[:10], labels[:10])
+        cmp(0, lq.log_softmax(-1), labels + 1)
+    cmp(0, lq[:10].log_softmax(-1), labels[:10])
     with pytest.raises(AccbenchError, match="covered 10 of the 30"):
         cmp.entry("model")
 
@@ -167,7 +175,7 @@ def test_compare_recordings_is_a_lower_bound_with_exact_agreement(tmp_path):
         a = _record(tmp_path / f"a{k}", lp, labels, k)
         b = _record(tmp_path / f"b{k}", lq, labels, k)
         cmp = FidelityComparer(a)
-        cmp(0, lq, labels)
+        cmp(0, lq.log_softmax(-1), labels)
         in_pass, from_files = cmp.entry("model"), compare_recordings(a, b)
         assert from_files.top1_agreement == in_pass.top1_agreement
         assert from_files.delta_p_mean == pytest.approx(in_pass.delta_p_mean, abs=1e-7)
@@ -349,3 +357,14 @@ quant: {{method: {method}, weight: {{bit: 3, group_size: 128}}}}
         (f,) = Results.load(tmp_path / method).fidelity
         kld[method] = f.kld_mean
     assert kld["RTN"] > kld["GPTQ"] > 0, kld
+
+
+@pytest.mark.parametrize("vocab,k", [(100, 7), (3000, 64), (9000, 64), (40, 40)])
+def test_top_k_rows_is_torch_topk(vocab, k):
+    from accbench.evaluate.fidelity import top_k_rows
+
+    x = torch.randn(50, vocab, generator=torch.Generator().manual_seed(vocab))
+    x[0, :5] = 9.0  # ties
+    values, idx = top_k_rows(x, k)
+    ref = torch.topk(x, k, -1)
+    assert torch.equal(values, ref.values) and torch.equal(x.gather(1, idx), values)

@@ -27,6 +27,7 @@ from accbench.results import FidelityEntry
 FORMAT = "accbench-fidelity/1"
 # below this tail mass, 1 - sum(top-k) loses too many digits; the tail is summed directly instead
 _EXACT_TAIL_BELOW = 1e-3
+_NUMPY_TOPK_BELOW = 8192  # vocabulary size up to which top-k on CPU goes through numpy (faster there)
 HIST_EDGES = [0.0] + [float(x) for x in np.logspace(-6, 2, 33)]  # nats; 4 bins per decade
 _ARRAYS = ("top_logp", "top_idx", "tail_logp", "target_logp", "argmax", "labels")
 
@@ -56,19 +57,20 @@ def read_recording(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
 # ----------------------------------------------------------------------------- the math, on torch tensors
 
 
-def tail_logmass(logits: Any, lse: Any, idx: Any, top_logp: Any) -> Any:
+def tail_logmass(logp: Any, idx: Any, top_logp: Any) -> Any:
     """log of the probability mass outside `idx` per row: log(1 - sum exp(top_logp)), summed directly where small."""
     import torch
 
-    n, vocab = logits.shape
+    n, vocab = logp.shape
     if idx.shape[1] >= vocab:
-        return torch.full((n,), -math.inf, device=logits.device)
+        return torch.full((n,), -math.inf, device=logp.device)
     rest = 1.0 - top_logp.double().exp().sum(-1)
+    if bool((rest < -1e-3).any()):
+        raise ValueError("fidelity expects log-probabilities (log_softmax of the logits), got unnormalised logits")
     tail = rest.clamp_min(0).log().float()
     rows = (rest < _EXACT_TAIL_BELOW).nonzero().squeeze(1)
     if rows.numel():
-        sub = logits[rows].float().scatter(1, idx[rows].long(), -math.inf)
-        tail[rows] = torch.logsumexp(sub, -1) - lse[rows]
+        tail[rows] = torch.logsumexp(logp[rows].scatter(1, idx[rows].long(), -math.inf), -1)
     return tail
 
 
@@ -89,39 +91,71 @@ def bucketed_kl(p_top: Any, p_tail: Any, q_top: Any, q_tail: Any) -> Any:
     return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(1).clamp_min(0)
 
 
-def first_argmax(logits: Any, top_values: Any, top_idx: Any) -> Any:
-    """torch.argmax's answer (first maximal index) from the top-k, without another pass over the vocabulary."""
-    tied = top_values == top_values[:, :1]
-    out = top_idx.masked_fill(~tied, logits.shape[1]).min(-1).values
-    if top_idx.shape[1] < logits.shape[1]:
-        full = tied.all(-1).nonzero().squeeze(1)  # more ties than k: only the full row knows the first
-        if full.numel():
-            out[full] = logits[full].argmax(-1)
+def first_argmax(logp: Any, top_logp: Any, top_idx: Any, tail: Any | None = None) -> Any:
+    """torch.argmax's answer (the first maximal index) per row, from the log-probs at `top_idx`.
+
+    `tail` None: `top_idx` are the row's own top-k, so they hold its maximum; only rows where all k tie
+    need the full row. Otherwise (another model's top-k): when the best of them beats the whole tail mass,
+    no token outside can beat or tie it; the other rows take argmax over the full row.
+    """
+    best = top_logp.max(-1, keepdim=True).values
+    tied = top_logp == best
+    out = top_idx.masked_fill(~tied, logp.shape[1]).min(-1).values
+    if top_idx.shape[1] >= logp.shape[1]:
+        return out
+    full = tied.all(-1) if tail is None else best.squeeze(1) <= tail + 1e-4  # margin: the tail is summed in float
+    rows = full.nonzero().squeeze(1)
+    if rows.numel() > logp.shape[0] // 8:  # many rows: one pass beats copying them out
+        return logp.argmax(-1)
+    if rows.numel():
+        out[rows] = logp[rows].argmax(-1).to(out.dtype)
     return out
 
 
-def summarize_logits(logits: Any, labels: Any, top_k: int) -> dict[str, Any]:
-    """What the recorder keeps per token, from float logits [n, V] and labels [n]."""
+def top_k_rows(x: Any, k: int) -> tuple[Any, Any]:
+    """The k largest values per row and their indices, largest first (torch.topk's answer)."""
     import torch
 
-    k = min(top_k, logits.shape[1])
-    lse = torch.logsumexp(logits, -1)
-    top = torch.topk(logits, k, -1, sorted=True)
-    top_logp = top.values - lse[:, None]
-    return {
-        "top_logp": top_logp,
-        "top_idx": top.indices,
-        "tail_logp": tail_logmass(logits, lse, top.indices, top_logp),
-        "target_logp": logits.gather(1, labels[:, None].long()).squeeze(1) - lse,
-        "argmax": first_argmax(logits, top.values, top.indices),
-    }
+    n, vocab = x.shape
+    if x.device.type != "cpu" or vocab > _NUMPY_TOPK_BELOW or k >= vocab:
+        top = torch.topk(x, k, -1, sorted=True)
+        return top.values, top.indices
+    # on CPU, torch.topk costs ~20x a log_softmax for small vocabularies (the built-in model); numpy's
+    # value-only partition finds each row's k-th value far faster, and the k tokens at or above it follow
+    a = np.ascontiguousarray(x.numpy())
+    kth = np.partition(a, vocab - k, axis=1)[:, vocab - k : vocab - k + 1]
+    flat = np.flatnonzero(a >= kth)
+    if flat.size == n * k:
+        cols = (flat % vocab).reshape(n, k)
+    else:  # ties at the k-th value: keep exactly k per row
+        cols = np.argpartition(a, vocab - k, axis=1)[:, -k:]
+    vals = np.take_along_axis(a, cols, 1)
+    order = np.argsort(-vals, axis=1)
+    return torch.from_numpy(np.take_along_axis(vals, order, 1)), torch.from_numpy(np.take_along_axis(cols, order, 1))
+
+
+def summarize_logprobs(logp: Any, labels: Any, top_k: int) -> dict[str, Any]:
+    """What the recorder keeps per token, from log-probabilities [n, V] (float32) and labels [n]."""
+    top_logp, top_idx = top_k_rows(logp, min(top_k, logp.shape[1]))
+    tail = tail_logmass(logp, top_idx, top_logp)
+    return {"top_logp": top_logp, "top_idx": top_idx, "tail_logp": tail,
+            "target_logp": logp.gather(1, labels[:, None].long()).squeeze(1),
+            "argmax": first_argmax(logp, top_logp, top_idx)}
+
+
+def score_logprobs(logq: Any, labels: Any, p_top: Any, p_idx: Any, p_tail: Any) -> dict[str, Any]:
+    """A model's log-probabilities [n, V] against a baseline's top-k: per-token KL, argmax, target log-prob."""
+    q_top = logq.gather(1, p_idx)
+    q_tail = tail_logmass(logq, p_idx, q_top)
+    return {"kl": bucketed_kl(p_top, p_tail, q_top, q_tail), "argmax": first_argmax(logq, q_top, p_idx, q_tail),
+            "target_logp": logq.gather(1, labels[:, None].long()).squeeze(1)}
 
 
 # ----------------------------------------------------------------------------- recording and comparing
 
 
 class DistributionRecorder:
-    """`on_logits` hook for the baseline's pass: writes its compact distributions to `path` (.npy files)."""
+    """`on_logp` hook for the baseline's pass: writes its compact distributions to `path` (.npy files)."""
 
     def __init__(self, path: str | Path, n_tokens: int, top_k: int, meta: dict[str, Any]):
         self.path, self.n_tokens, self.top_k, self.written = Path(path), n_tokens, top_k, 0
@@ -140,19 +174,19 @@ class DistributionRecorder:
         self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", "w+", dtype, shape)
                        for name, (shape, dtype) in shapes.items()}
 
-    def __call__(self, first: int, logits: Any, labels: Any) -> None:
+    def __call__(self, first: int, logp: Any, labels: Any) -> None:
         if not self.arrays:
-            self._allocate(logits.shape[1])
-        end = first + logits.shape[0]
-        if logits.shape[1] != self.meta["vocab_size"] or end > self.n_tokens:
-            raise AccbenchError(f"fidelity recorder: tokens {first}..{end} of {logits.shape[1]} logits do not fit "
+            self._allocate(logp.shape[1])
+        end = first + logp.shape[0]
+        if logp.shape[1] != self.meta["vocab_size"] or end > self.n_tokens:
+            raise AccbenchError(f"fidelity recorder: tokens {first}..{end} of {logp.shape[1]} logp do not fit "
                                 f"{self.n_tokens} tokens of {self.meta['vocab_size']}",
                                 "this is a bug in how the recorder was set up; please report it")
-        s = summarize_logits(logits.float(), labels, self.meta["top_k"])
+        s = summarize_logprobs(logp, labels, self.meta["top_k"])
         s["labels"] = labels
         for name, t in s.items():
             self.arrays[name][first:end] = t.cpu().numpy()
-        self.written += logits.shape[0]
+        self.written += logp.shape[0]
 
     def finish(self) -> Path:
         """Flush and publish the recording (meta.json written last marks it complete)."""
@@ -180,7 +214,7 @@ class TokenScores:
 
 
 class FidelityComparer:
-    """`on_logits` hook for another model's pass: scores its full distributions against a recording."""
+    """`on_logp` hook for another model's pass: scores its full distributions against a recording."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -190,10 +224,10 @@ class FidelityComparer:
         self.agree, self.model_target = np.zeros(n, bool), np.zeros(n)
         self.seen = np.zeros(n, bool)
 
-    def __call__(self, first: int, logits: Any, labels: Any) -> None:
+    def __call__(self, first: int, logp: Any, labels: Any) -> None:
         import torch
 
-        n, vocab = logits.shape
+        n, vocab = logp.shape
         end = first + n
         if vocab != self.meta["vocab_size"] or end > self.meta["tokens"] or not np.array_equal(
                 np.asarray(self.rec["labels"][first:end]), labels.cpu().numpy()):
@@ -202,18 +236,14 @@ class FidelityComparer:
                                 "fidelity needs the same tokenizer, dataset, seq_len and num_samples as the "
                                 "baseline; delete that recording to re-record it")
         def get(name: str, dtype: Any = None) -> Any:
-            return torch.from_numpy(np.array(self.rec[name][first:end])).to(logits.device, dtype)
+            return torch.from_numpy(np.array(self.rec[name][first:end])).to(logp.device, dtype)
 
-        logits = logits.float()
-        idx = get("top_idx", torch.long)
-        lse = torch.logsumexp(logits, -1)
-        q_top = logits.gather(1, idx) - lse[:, None]
-        q_tail = tail_logmass(logits, lse, idx, q_top)
         p_tail = get("tail_logp")
-        self.kl[first:end] = bucketed_kl(get("top_logp", torch.float32), p_tail, q_top, q_tail).cpu().numpy()
+        sc = score_logprobs(logp, labels, get("top_logp", torch.float32), get("top_idx", torch.long), p_tail)
+        self.kl[first:end] = sc["kl"].cpu().numpy()
         self.tail[first:end] = p_tail.double().exp().cpu().numpy()
-        self.agree[first:end] = (logits.argmax(-1) == get("argmax", torch.long)).cpu().numpy()
-        self.model_target[first:end] = (logits.gather(1, labels[:, None].long()).squeeze(1) - lse).cpu().numpy()
+        self.agree[first:end] = (sc["argmax"] == get("argmax", torch.long)).cpu().numpy()
+        self.model_target[first:end] = sc["target_logp"].cpu().numpy()
         self.seen[first:end] = True
 
     def scores(self) -> TokenScores:
