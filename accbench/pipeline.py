@@ -202,6 +202,7 @@ def _fidelity_hook(ctx: RunContext, position: str, ev: EvalData, loaded: Any) ->
            for f in ctx.results.fidelity):
         return None
     if not recording_complete(path):
+        log.warning("fidelity skipped at %s %s: no recording of the baseline %s", position, ev.name, ctx.baseline)
         ctx.console.print(f"[yellow]fidelity skipped at {position} {ev.name}: the baseline '{ctx.baseline}' was "
                           f"not evaluated on it first (add {ctx.baseline} to eval_pos)[/]")
         return None

@@ -325,6 +325,29 @@ def test_pipeline_compares_a_second_position(tmp_path, tiny, tiny_model_dir, eva
     assert len(ctx.results.fidelity) == 1 and len(ctx.results.ppl) == 2
 
 
+def test_position_before_its_baseline_is_skipped_then_completed(tmp_path, tiny, tiny_model_dir, eval_txt):
+    from rich.console import Console
+
+    from accbench.config import load_config
+    from accbench.models import LoadedModel
+    from accbench.pipeline import RunContext, evaluate_position, prepare_eval_data
+    from accbench.results import Results
+
+    loaded, _ = tiny
+    cfg = load_config(_config(tmp_path, tiny_model_dir, eval_txt, "[pretrain, fake_quant]",
+                              "quant: {method: RTN, weight: {bit: 3}}"))
+    console = Console(record=True, width=200)
+    ctx = RunContext(cfg, tmp_path, Results(), console)
+    ctx.evals = [prepare_eval_data(e, loaded.tokenizer) for e in cfg.eval]
+    noisy = LoadedModel(_noisy(loaded.model, 10.0), loaded.tokenizer, loaded.path, "cpu", "single")
+    evaluate_position(ctx, "fake_quant", noisy)
+    assert "fidelity skipped at fake_quant custom" in console.export_text() and ctx.results.fidelity == []
+    evaluate_position(ctx, "pretrain", loaded)
+    evaluate_position(ctx, "fake_quant", noisy)  # ppl is kept, the pass reruns for fidelity only
+    assert [p.position for p in ctx.results.ppl] == ["fake_quant", "pretrain"]
+    assert [f.position for f in ctx.results.fidelity] == ["fake_quant"]
+
+
 def test_baseline_position_of_training_runs(tiny_model_dir):
     from accbench.config import validate_config
     from accbench.pipeline import baseline_position
