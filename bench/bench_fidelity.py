@@ -13,6 +13,7 @@ model with its own recording: its cost does not depend on how far the two models
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -109,6 +110,7 @@ def main() -> None:
     print(f"  recording pass / plain pass = {best['record'] / best['plain']:.3f}   (goal <= 1.10)")
     print(f"  fidelity pass  / plain pass = {best['compare'] / best['plain']:.3f}   (goal <= 1.10)")
     print(f"  recording: {size / 1e6:.2f} MB for {n_tokens} tokens = {size / n_tokens:.0f} bytes/token")
+    shutil.rmtree(rec_path.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
