@@ -15,7 +15,7 @@ from typing import Any
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
-from accbench.results import PplEntry, Results, Timer, collect_versions
+from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
 log = logging.getLogger("accbench")
 
@@ -39,6 +39,7 @@ class RunContext:
     resume: bool = False
     evals: list[EvalData] = field(default_factory=list)
     store: Any = None  # the per-sample store (accbench.store.SampleStore), opened by the first task
+    baseline: str = "pretrain"  # the position (or variant) whose output distributions fidelity compares against
 
     def save(self) -> None:
         self.results.save(self.run_dir)
@@ -79,7 +80,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     results.run_dir, results.status, results.error = str(run_dir), "running", None
     results.versions = collect_versions()
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    ctx = RunContext(cfg, run_dir, results, console, resume)
+    ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
 
     if cfg.tasks:  # bad task data or an unknown lm-eval task fails now, not after the model has loaded
@@ -138,6 +139,15 @@ def run_compare_stage(ctx: RunContext) -> None:
              len(ctx.results.compare["comparisons"]), "held" if ctx.results.compare["all_held"] else "FAILED")
 
 
+def baseline_position(cfg: RunConfig) -> str:
+    """The reference model: compare.baseline if set, else 'pretrain', or the first training variant."""
+    if cfg.compare.baseline:
+        return cfg.compare.baseline
+    if cfg.train is not None and cfg.train.variants:
+        return next(iter(cfg.train.variants))
+    return "pretrain"
+
+
 def _load(cfg: RunConfig) -> Any:
     from accbench.models import load_model
 
@@ -165,20 +175,67 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
     for ev in ctx.evals:
         if position not in ev.cfg.eval_pos:
             continue
-        if any(p.position == position and p.dataset == ev.name and p.seq_len == ev.cfg.seq_len
-               for p in ctx.results.ppl):
+        fidelity = _fidelity_hook(ctx, position, ev, loaded)
+        have_ppl = any(p.position == position and p.dataset == ev.name and p.seq_len == ev.cfg.seq_len
+                       for p in ctx.results.ppl)
+        if have_ppl and fidelity is None:
             log.info("resume: ppl %s/%s already computed", position, ev.name)
             continue
         with Timer(ctx.results.timings, f"ppl_{position}"):
             res = perplexity(loaded.model, ev.stream, ev.cfg.seq_len, ev.cfg.bs, loaded.device,
-                             max_windows=ev.cfg.num_samples, desc=f"ppl {position} {ev.name}")
-        ctx.results.ppl.append(PplEntry(position=position, dataset=ev.name, ppl=res.ppl, seq_len=res.seq_len,
-                                        windows=res.windows, tokens=res.tokens, recipe=ev.recipe,
-                                        window_losses=res.window_losses))
-        log.info("ppl %s %s = %.4f (%d windows)", position, ev.name, res.ppl, res.windows)
-        ctx.console.print(f"[bold]{position}[/] {ev.name}: ppl = {res.ppl:.4f}  ({res.windows} windows x {res.seq_len})")
+                             max_windows=ev.cfg.num_samples, desc=f"ppl {position} {ev.name}", on_logits=fidelity)
+        if not have_ppl:
+            ctx.results.ppl.append(PplEntry(position=position, dataset=ev.name, ppl=res.ppl, seq_len=res.seq_len,
+                                            windows=res.windows, tokens=res.tokens, recipe=ev.recipe,
+                                            window_losses=res.window_losses))
+            log.info("ppl %s %s = %.4f (%d windows)", position, ev.name, res.ppl, res.windows)
+            ctx.console.print(f"[bold]{position}[/] {ev.name}: ppl = {res.ppl:.4f}  ({res.windows} windows x {res.seq_len})")
+        if fidelity is not None:
+            _finish_fidelity(ctx, position, ev, fidelity)
         ctx.save()
     run_tasks(ctx, position, loaded)
+
+
+def _fidelity_hook(ctx: RunContext, position: str, ev: EvalData, loaded: Any) -> Any:
+    """The perplexity hook fidelity needs here: record at the baseline, compare elsewhere, or None."""
+    from accbench.evaluate.fidelity import DistributionRecorder, FidelityComparer, recording_complete, recording_dir
+
+    top_k = ev.cfg.fidelity_top_k()
+    if top_k is None:
+        return None
+    path = recording_dir(ctx.run_dir, ev.name, ev.cfg.seq_len)
+    if position == ctx.baseline:
+        if recording_complete(path):
+            return None
+        n_windows = ev.stream.numel() // ev.cfg.seq_len
+        if ev.cfg.num_samples is not None:
+            n_windows = min(n_windows, ev.cfg.num_samples)
+        return DistributionRecorder(path, n_windows * (ev.cfg.seq_len - 1), top_k,
+                                    {"position": position, "dataset": ev.name, "seq_len": ev.cfg.seq_len})
+    if any(f.position == position and f.dataset == ev.name and getattr(f, "seq_len", None) == ev.cfg.seq_len
+           for f in ctx.results.fidelity):
+        return None
+    if not recording_complete(path):
+        log.warning("fidelity skipped at %s %s: no recording of the baseline %s", position, ev.name, ctx.baseline)
+        ctx.console.print(f"[yellow]fidelity skipped at {position} {ev.name}: the baseline '{ctx.baseline}' was "
+                          f"not evaluated on it first (add {ctx.baseline} to eval_pos)[/]")
+        return None
+    return FidelityComparer(path)
+
+
+def _finish_fidelity(ctx: RunContext, position: str, ev: EvalData, hook: Any) -> None:
+    from accbench.evaluate.fidelity import DistributionRecorder
+
+    if isinstance(hook, DistributionRecorder):
+        path = hook.finish()
+        log.info("fidelity: recorded %s distributions (top %d) to %s", position, hook.meta["top_k"], path)
+        return
+    e: FidelityEntry = hook.entry(position)
+    ctx.results.fidelity.append(e)
+    log.info("fidelity %s %s vs %s: %s", position, ev.name, ctx.baseline, e.model_dump_json())
+    ctx.console.print(f"[bold]{position}[/] {ev.name}: KL vs {ctx.baseline} = {e.kld_mean:.4g} ± {e.kld_stderr:.2g} "
+                      f"(median {e.kld_median:.4g}, p99 {e.kld_p99:.4g}), top-1 agree {e.top1_agreement:.2%}, "
+                      f"Δp {e.delta_p_mean:+.4f} (rms {e.delta_p_rms:.4f}), ppl ratio {e.ppl_ratio:.4f}")
 
 
 def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:

@@ -3,7 +3,8 @@
 Windows are `seq_len` non-overlapping slices of one token stream (tail dropped); each window's loss is
 the mean next-token cross-entropy over its `seq_len - 1` predictions; ppl = exp(mean window loss).
 The head is applied in token chunks to the backbone's hidden states, so peak memory is one chunk of
-logits, not [bs, seq_len, vocab]. `on_logits` lets a caller (the fidelity recorder) see each chunk.
+logits, not [bs, seq_len, vocab]. `on_logits` lets a caller (the fidelity recorder) see each chunk, as the
+log-probabilities the loss was computed from (logits normalised: log_softmax of them is themselves).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 HEAD_CHUNK_TOKENS = 2048
-LogitsHook = Callable[[int, Any, Any], None]  # (index of the first prediction across all windows, logits [n,V], labels [n])
+LogitsHook = Callable[[int, Any, Any], None]  # (index of the first prediction across all windows, log-probs [n,V] float32, labels [n])
 
 
 @dataclass
@@ -69,9 +70,11 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
             token_losses = torch.empty(all_labels.numel(), dtype=torch.float32)
             for s, logits in forward_logit_chunks(model, batch):
                 labels = all_labels[s : s + logits.shape[0]].to(logits.device)
-                token_losses[s : s + logits.shape[0]] = F.cross_entropy(logits.float(), labels, reduction="none").cpu()
+                # cross_entropy is exactly nll_loss(log_softmax): computed once, shared with the hook
+                logp = F.log_softmax(logits.float(), -1)
+                token_losses[s : s + logits.shape[0]] = F.nll_loss(logp, labels, reduction="none").cpu()
                 if on_logits is not None:
-                    on_logits(i * (seq_len - 1) + s, logits, labels)
+                    on_logits(i * (seq_len - 1) + s, logp, labels)
             losses.extend(token_losses.view(batch.shape[0], -1).double().mean(dim=1).tolist())
             bar.update(batch.shape[0])
     ppl = math.exp(sum(losses) / len(losses))
