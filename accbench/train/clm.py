@@ -36,7 +36,7 @@ def build_train_blocks(texts: list[str], tokenizer: Any, block_size: int) -> Any
     """Tokenize each document, group into `block_size` blocks: a LongTensor [n_blocks, block_size]."""
     import torch
 
-    token_lists = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    token_lists = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]  # long docs are fine: they get cut
     blocks = group_texts(token_lists, block_size)
     n_tokens = sum(len(t) for t in token_lists)
     if not blocks:
@@ -82,8 +82,14 @@ class TrainSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def train_clm(spec: TrainSpec) -> dict[str, float]:
+TIMING_FILE = "accbench_worker_timing.json"  # wall-clock marks of the worker's phases (for bench_train.py)
+
+
+def train_clm(spec: TrainSpec, started_at: float | None = None) -> dict[str, float]:
     """Train with the Hugging Face Trainer; save model, tokenizer, all_results.json, trainer_state.json."""
+    import time
+
+    marks = {"process_start": started_at or time.time()}
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
@@ -93,6 +99,7 @@ def train_clm(spec: TrainSpec) -> dict[str, float]:
     if "use_cpu" not in targs and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         targs["use_cpu"] = True  # the Trainer refuses bf16 on a machine without an accelerator unless told
     args = TrainingArguments(output_dir=spec.output_dir, **targs)
+    marks["imported"] = time.time()
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code,
                               "dtype": "auto" if spec.torch_dtype == "auto" else getattr(torch, spec.torch_dtype)}
     if spec.attn_implementation:
@@ -104,11 +111,16 @@ def train_clm(spec: TrainSpec) -> dict[str, float]:
 
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                       data_collator=default_data_collator)
+    marks["train_start"] = time.time()
     result = trainer.train()
+    marks["train_end"] = time.time()
     trainer.save_model()  # model + tokenizer into output_dir, as run_clm
     metrics = dict(result.metrics)
     metrics["train_samples"] = len(train_dataset)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)  # train_results.json and all_results.json
     trainer.save_state()  # trainer_state.json with log_history (the loss curve)
+    marks["saved"] = time.time()
+    if trainer.is_world_process_zero():
+        (Path(spec.output_dir) / TIMING_FILE).write_text(json.dumps(marks, indent=2))
     return metrics
