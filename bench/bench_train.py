@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +79,7 @@ def main() -> None:
     p.add_argument("--variants", default="native", help="comma list of native,foreach,bf16,compiled")
     a = p.parse_args()
     r = bench(a.model, a.steps, a.block_size, a.batch, a.variants.split(","))
+    shutil.rmtree(r["run_dir"], ignore_errors=True)
     print(f"training stage {r['stage_seconds']:.1f} s, inside Trainer.train() {r['train_seconds']:.1f} s, "
           f"ours/outside {r['overhead_seconds']:.1f} s = {100 * r['overhead_share']:.1f}% (goal < 5%)")
     print(f"  data prep (once) {r['data_prep']:.2f} s")

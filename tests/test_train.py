@@ -186,21 +186,24 @@ def _train(tmp_path: Path, model_dir: Path, tokenizer, name: str, steps: int = 1
 
 def test_native_and_optimizer_variant_train_the_same_way(tmp_path, tiny_model_dir, tiny_tokenizer):
     """Same seed, data and order: the fused and the for-each AdamW give the same losses to float noise."""
-    native = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "native")
-    other = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "foreach", optim="adamw_torch")
+    native = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "native", steps=8)
+    other = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "foreach", steps=8, optim="adamw_torch")
     curve_n = read_trainer_results(native["out"], "native").loss_curve
     curve_o = read_trainer_results(other["out"], "foreach").loss_curve
-    assert [p["step"] for p in curve_n] == list(range(1, 13))
-    assert curve_n[-1]["loss"] < curve_n[0]["loss"] - 0.3  # it learned something
+    assert [p["step"] for p in curve_n] == list(range(1, 9))
+    assert curve_n[-1]["loss"] < curve_n[0]["loss"] - 0.2  # it learned something
     assert native["train_loss"] == pytest.approx(other["train_loss"], abs=1e-4)
     for a, b in zip(curve_n, curve_o):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-3)
     assert (native["out"] / "model.safetensors").is_file() and (native["out"] / "tokenizer.json").is_file()
+    # control: another seed is another data order, and the tolerance above does tell them apart
+    reshuffled = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "seed7", steps=8, user_args={"seed": 7})
+    assert abs(reshuffled["train_loss"] - native["train_loss"]) > 1e-3
 
 
 def test_bf16_variant_close_to_native(tmp_path, tiny_model_dir, tiny_tokenizer):
-    native = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "native", steps=8)
-    bf16 = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "bf16", steps=8, bf16=True)
+    native = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "native", steps=4)
+    bf16 = _train(tmp_path, tiny_model_dir, tiny_tokenizer, "bf16", steps=4, bf16=True)
     assert bf16["train_loss"] != native["train_loss"]  # bf16 autocast really ran
     assert bf16["train_loss"] == pytest.approx(native["train_loss"], abs=0.05)
 
@@ -219,6 +222,7 @@ FAKE_TRAINER = textwrap.dedent('''
     import json, os, shutil, sys
     model, out, seed, train_file, mode = sys.argv[1:6]
     print("fake trainer starting", model, out, seed)
+    print(out, file=open(os.path.join(out, "..", "..", "calls.txt"), "a"))
     if os.environ.get("USE_TORCHACC") != "1":
         sys.exit("USE_TORCHACC not passed")
     assert os.path.getsize(train_file) > 0 and json.loads(open(train_file).readline())["text"]
@@ -274,6 +278,12 @@ def test_command_variants_are_read_from_their_files(tmp_path, tiny_model_dir, ev
     out = capsys.readouterr().out
     assert "Training Results" in out and "acc speed-up vs ref" in out
     assert any(ln.startswith("ref train loss") and ln.endswith("= 2.042000") for ln in out.splitlines())
+    # --resume keeps finished variants: nothing is trained again, the results stay
+    from accbench.cli import main
+
+    assert main(["run", str(cfg), "-o", str(run), "--resume"]) == 0
+    assert len((run / "calls.txt").read_text().splitlines()) == 2
+    assert Results.load(run).train == res.train
 
 
 @pytest.mark.parametrize("mode, message", [
