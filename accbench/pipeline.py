@@ -133,10 +133,7 @@ def run_training_stage(ctx: RunContext, loaded: Any) -> None:
         check_trainer_args(v.trainer_args, f"train.variants.{name}.trainer_args")
         check_trainer_args(variant_args[name], f"train.variants.{name}")
 
-    evaluate_position(ctx, "pretrain", loaded)
-    _release_device_memory(loaded)  # the variants' processes need the accelerator, not our copy of the model
-
-    with Timer(ctx.results.timings, "train_data"):
+    with Timer(ctx.results.timings, "train_data"):  # before any evaluation: data problems surface first
         d = t.dataset
         texts = load_texts(d.name, d.path, d.download, d.text_column, d.split, builtin_split="train")
         max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -146,6 +143,9 @@ def run_training_stage(ctx: RunContext, loaded: Any) -> None:
         data_dir = run_dir / "train_data"
         data_dir.mkdir(exist_ok=True)
         _save_train_data(build_train_blocks(texts, loaded.tokenizer, t.block_size), texts, data_dir)
+
+    evaluate_position(ctx, "pretrain", loaded)
+    _release_device_memory(loaded)  # the variants' processes need the accelerator, not our copy of the model
 
     for name in order:
         entry = _train_variant(ctx, loaded, name, variant_args[name], data_dir, baseline)

@@ -345,3 +345,18 @@ def test_builtin_variants_end_to_end_and_a_failing_variant(tmp_path, tiny_model_
     spec = json.loads((run / "train_data" / "spec_foreach.json").read_text())
     assert spec["training_args"]["optim"] == "adamw_torch" and spec["training_args"]["seed"] == 42
     assert (run / "models" / "foreach" / "model.safetensors").is_file()
+
+
+def test_bad_training_setup_fails_before_any_training(tmp_path, tiny_model_dir, capsys):
+    from accbench.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {{path: {tiny_model_dir}}}\n"
+                   "train:\n  dataset: {name: builtin:pydoc}\n  block_size: 1024\n"
+                   "  variants: {native: {}, fast: {optim: adamw_torch_fuse}}\n")
+    assert main(["run", str(cfg), "-o", str(tmp_path / "r1")]) == 2
+    assert "optim 'adamw_torch_fuse' is not an optimizer" in capsys.readouterr().err
+    cfg.write_text(cfg.read_text().replace("adamw_torch_fuse", "adamw_torch"))
+    assert main(["run", str(cfg), "-o", str(tmp_path / "r2")]) == 2
+    assert "train.block_size 1024 exceeds the model's max_position_embeddings 512" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "logs" / "train_native.log").exists()
