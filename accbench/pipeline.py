@@ -114,9 +114,155 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
 
 
 def run_training_stage(ctx: RunContext, loaded: Any) -> None:
-    """Train the baseline and every variant the same way; evaluate the original and each checkpoint."""
-    raise AccbenchError("training (the train section) is not implemented in this version yet",
-                        "remove the train section")
+    """Train the baseline and every variant the same way; evaluate the original and each checkpoint.
+
+    The original model is the position `pretrain`; each variant's checkpoint is the position named after
+    the variant. Every eval block and task applies to all of them (eval_pos is ignored in training runs).
+    Each variant trains in its own process (log: logs/train_<variant>.log); the baseline trains first.
+    """
+    from accbench.data.text import load_texts
+    from accbench.report.training import print_training_block
+    from accbench.train.clm import build_train_blocks
+    from accbench.train.variants import baseline_trainer_args, check_trainer_args, variant_trainer_args
+
+    t, run_dir = ctx.cfg.train, ctx.run_dir
+    baseline = _training_baseline(ctx.cfg)
+    order = [baseline] + [n for n in t.variants if n != baseline]
+    base_args = baseline_trainer_args(t.seed, t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                                      t.num_train_epochs, t.max_steps, t.learning_rate, t.trainer_args)
+    check_trainer_args(t.trainer_args, "train.trainer_args")
+    variant_args = {}
+    for name in order:
+        v = t.variants[name]
+        variant_args[name] = variant_trainer_args(base_args, v.torch_compile, v.bf16, v.fp16, v.optim,
+                                                  v.gradient_checkpointing, v.trainer_args)
+        check_trainer_args(v.trainer_args, f"train.variants.{name}.trainer_args")
+        check_trainer_args(variant_args[name], f"train.variants.{name}")
+
+    with Timer(ctx.results.timings, "train_data"):  # before any evaluation: data problems surface first
+        d = t.dataset
+        texts = load_texts(d.name, d.path, d.download, d.text_column, d.split, builtin_split="train")
+        max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
+        if max_pos and t.block_size > max_pos:
+            raise AccbenchError(f"train.block_size {t.block_size} exceeds the model's max_position_embeddings "
+                                f"{max_pos}", f"set train.block_size to at most {max_pos}")
+        data_dir = run_dir / "train_data"
+        data_dir.mkdir(exist_ok=True)
+        _save_train_data(build_train_blocks(texts, loaded.tokenizer, t.block_size), texts, data_dir)
+
+    evaluate_position(ctx, "pretrain", loaded)
+    _release_device_memory(loaded)  # the variants' processes need the accelerator, not our copy of the model
+
+    for name in order:
+        entry = _train_variant(ctx, loaded, name, variant_args[name], data_dir, baseline)
+        ckpt = entry.checkpoint
+        ctx.results.models[name] = ckpt
+        ctx.save()
+        model_v = _load_checkpoint(ctx.cfg, ckpt, loaded.path, name)
+        evaluate_position(ctx, name, model_v)
+        del model_v
+        if not t.save_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            entry.checkpoint = None
+            ctx.results.models.pop(name, None)
+            ctx.save()
+    print_training_block(ctx.results, ctx.console)
+
+
+def _training_baseline(cfg: RunConfig) -> str:
+    """compare.baseline when it names a variant, else the first variant."""
+    names = list(cfg.train.variants)
+    base = cfg.compare.baseline
+    if base is None or base == "pretrain":
+        return names[0]
+    if base not in names:
+        raise AccbenchError(f"compare.baseline '{base}' is not a training variant (variants: {', '.join(names)})",
+                            "set compare.baseline to one of train.variants, usually the plain PyTorch one")
+    return base
+
+
+def _release_device_memory(loaded: Any) -> None:
+    import torch
+
+    if str(loaded.device).startswith("cuda") and loaded.placement == "single":
+        loaded.model.to("cpu")
+        torch.cuda.empty_cache()
+
+
+def _save_train_data(blocks: Any, texts: list[str], data_dir: Path) -> None:
+    """blocks.pt for built-in variants; train.json (JSON lines {"text"}) for a command's {train_file}."""
+    import json
+
+    import torch
+
+    torch.save(blocks, data_dir / "blocks.pt")
+    with open(data_dir / "train.json", "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}) + "\n")
+
+
+def _train_variant(ctx: RunContext, loaded: Any, name: str, trainer_args: dict, data_dir: Path,
+                   baseline: str) -> Any:
+    """Train one variant in its own process (or reuse it on --resume) and record its TrainEntry."""
+    from accbench.results import TrainEntry
+    from accbench.train.clm import TrainSpec
+    from accbench.train.launch import child_env, run_logged, worker_command
+    from accbench.train.variants import fill_placeholders, read_trainer_results
+
+    t, m = ctx.cfg.train, ctx.cfg.model
+    v = t.variants[name]
+    out = ctx.run_dir / "models" / name
+    log_path = ctx.run_dir / "logs" / f"train_{name}.log"
+    done = next((e for e in ctx.results.train if e.variant == name), None)
+    if done is not None and ctx.resume and (out / "config.json").is_file():
+        log.info("resume: variant %s already trained", name)
+        return done
+    if out.exists():  # a partial run of this variant: start it clean
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    ctx.console.print(f"training [bold]{name}[/] → {log_path}")
+    t0 = time.perf_counter()
+    if v.command is not None:
+        cmd = fill_placeholders(v.command, {"model": loaded.path, "output_dir": str(out), "seed": str(t.seed),
+                                            "train_file": str(data_dir / "train.json")})
+        run_logged(name, cmd, log_path, child_env(v.env))
+    else:
+        spec = TrainSpec(loaded.path, str(data_dir / "blocks.pt"), str(out), trainer_args, m.torch_dtype,
+                         m.trust_remote_code, v.attn_implementation or m.attn_implementation, m.tokenizer_path)
+        spec_path = spec.save(ctx.run_dir / "train_data" / f"spec_{name}.json")
+        argv = worker_command(spec_path, t.launcher.type, t.launcher.nproc_per_node, t.launcher.extra_args)
+        run_logged(name, argv, log_path, child_env(v.env))
+    wall = time.perf_counter() - t0
+    ctx.results.timings[f"train_{name}"] = round(wall, 3)
+    res = read_trainer_results(out, name)
+    base = next((e for e in ctx.results.train if e.variant == baseline), None)
+    sps = res.train_steps_per_second
+    speedup = 1.0 if name == baseline else (
+        sps / base.train_steps_per_second if base and sps and base.train_steps_per_second else None)
+    entry = TrainEntry(variant=name, train_loss=res.train_loss, train_runtime=res.train_runtime,
+                       train_steps_per_second=sps, checkpoint=str(out), baseline=name == baseline,
+                       speedup=speedup, global_step=res.global_step, wall_time=round(wall, 3), log=str(log_path),
+                       kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve)
+    ctx.results.train = [e for e in ctx.results.train if e.variant != name] + [entry]
+    log.info("trained %s: loss %.6f, %s steps/s, %.1f s", name, res.train_loss, sps, wall)
+    ctx.console.print(f"[bold]{name}[/]: train loss = {res.train_loss:.6f}, steps/s = {sps}, "
+                      f"runtime = {res.train_runtime} s")
+    return entry
+
+
+def _load_checkpoint(cfg: RunConfig, ckpt: str, original: str, variant: str) -> Any:
+    """Load a variant's checkpoint for evaluation; its own tokenizer if it saved one, else the original's."""
+    from accbench.models import load_model
+
+    p = Path(ckpt)
+    if not (p / "config.json").is_file():
+        raise AccbenchError(f"training variant '{variant}' left no model in {p} (no config.json)",
+                            "the training must save the final model to its output_dir (trainer.save_model())")
+    m = cfg.model
+    has_tok = (p / "tokenizer_config.json").is_file() or (p / "tokenizer.json").is_file()
+    tok = m.tokenizer_path or (None if has_tok else original)
+    return load_model(ckpt, m.torch_dtype, m.trust_remote_code, tok, m.device, m.placement, cfg.runner.num_gpus,
+                      m.attn_implementation, m.tokenizer_mode == "fast")
 
 
 def run_opencompass_stage(ctx: RunContext) -> None:
@@ -173,7 +319,7 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
     from accbench.evaluate.perplexity import perplexity
 
     for ev in ctx.evals:
-        if position not in ev.cfg.eval_pos:
+        if ctx.cfg.train is None and position not in ev.cfg.eval_pos:  # training runs: every block, every model
             continue
         fidelity = _fidelity_hook(ctx, position, ev, loaded)
         have_ppl = any(p.position == position and p.dataset == ev.name and p.seq_len == ev.cfg.seq_len

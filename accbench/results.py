@@ -48,9 +48,16 @@ class TaskEntry(Entry):
 class TrainEntry(Entry):
     variant: str
     train_loss: float | None = None
-    train_runtime: float | None = None
+    train_runtime: float | None = None  # seconds inside trainer.train(), as the Trainer reports it
     train_steps_per_second: float | None = None
     checkpoint: str | None = None
+    baseline: bool = False
+    speedup: float | None = None  # steps/s over the baseline's steps/s (1.0 for the baseline)
+    global_step: int | None = None
+    wall_time: float | None = None  # seconds for the whole variant: process start, load, train, save
+    log: str | None = None
+    kind: str = "builtin"  # builtin | command
+    loss_curve: list[dict[str, int | float]] = Field(default_factory=list)  # [{step, loss}] from trainer_state.json
 
 
 class FidelityEntry(Entry):

@@ -1,0 +1,1 @@
+"""Causal-LM fine-tuning (Hugging Face Trainer) and training variants, one process per variant."""
