@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from accbench.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_OK, AccbenchError
+from accbench.errors import EXIT_CRASH, EXIT_OK, AccbenchError
 
 log = logging.getLogger("accbench")
 
@@ -36,7 +36,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from accbench.config import load_config
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
-    from accbench.results import Results
 
     cfg = load_config(args.config, args.overrides)  # all config errors surface here, before any model loads
     run_dir = resolve_run_dir(cfg, args.output)

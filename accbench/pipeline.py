@@ -121,7 +121,6 @@ def run_training_stage(ctx: RunContext, loaded: Any) -> None:
     Each variant trains in its own process (log: logs/train_<variant>.log); the baseline trains first.
     """
     from accbench.data.text import load_texts
-    from accbench.report.training import print_training_block
     from accbench.train.clm import build_train_blocks
     from accbench.train.variants import baseline_trainer_args, check_trainer_args, variant_trainer_args
 
@@ -166,7 +165,6 @@ def run_training_stage(ctx: RunContext, loaded: Any) -> None:
             entry.checkpoint = None
             ctx.results.models.pop(name, None)
             ctx.save()
-    print_training_block(ctx.results, ctx.console)
 
 
 def _training_baseline(cfg: RunConfig) -> str:
@@ -286,12 +284,10 @@ def run_compare_stage(ctx: RunContext) -> None:
 
 
 def baseline_position(cfg: RunConfig) -> str:
-    """The reference model: compare.baseline if set, else 'pretrain', or the first training variant."""
-    if cfg.compare.baseline:
-        return cfg.compare.baseline
-    if cfg.train is not None and cfg.train.variants:
-        return next(iter(cfg.train.variants))
-    return "pretrain"
+    """The reference model: compare.baseline if set, else 'pretrain', or the baseline training variant."""
+    if cfg.train is not None:
+        return _training_baseline(cfg)
+    return cfg.compare.baseline or "pretrain"
 
 
 def _load(cfg: RunConfig) -> Any:

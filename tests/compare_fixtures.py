@@ -89,7 +89,8 @@ def training_results(run_dir: Path, loss_gap: float = 0.0001) -> Results:
     for v, loss, sps in (("native", 2.0916, 5.785), ("compiled", 2.0916 + loss_gap, 6.5)):
         curve = [{"step": s, "loss": 4.0 * math.exp(-s / 30) + loss} for s in range(0, 101, 10)]
         r.train.append(TrainEntry(variant=v, train_loss=loss, train_runtime=round(600 / sps, 1),
-                                  train_steps_per_second=sps, loss_curve=curve))
+                                  train_steps_per_second=sps, loss_curve=curve, baseline=v == "native",
+                                  speedup=sps / 5.785))  # as the training stage writes them
     base = mc_pattern(80)
     for model, vals in (("pretrain", flipped(base, 10, 0)), ("native", base), ("compiled", flipped(base, 1, 1))):
         r.tasks.append(task_entry(model, "mc", "acc", vals))

@@ -213,7 +213,7 @@ def test_flipped_helper_is_what_the_tests_assume():
 
 def test_training_baseline_flag_wins_over_order(tmp_path: Path):
     res = training_results(tmp_path)
-    res.train[1].baseline = True  # the train stage marks its baseline variant
+    res.train[0].baseline, res.train[1].baseline = False, True  # the train stage marks its baseline variant
     assert run_comparison(res, CompareCfg())["baseline"] == "compiled"
 
 

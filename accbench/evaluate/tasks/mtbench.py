@@ -30,7 +30,7 @@ from typing import Any
 
 from accbench.config import JudgeCfg, MTBenchTask
 from accbench.errors import AccbenchError, DataError
-from accbench.evaluate.judge import (HFJudge, JsonlCache, JudgeClient, Judgment, Messages, OpenAIJudge,
+from accbench.evaluate.judge import (JsonlCache, JudgeClient, Judgment, Messages, OpenAIJudge,
                                      ReplyCache, judge_ratings, request_key)
 from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
 
@@ -62,7 +62,7 @@ def _resolve(spec: str, which: int) -> tuple[Path, bool]:
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name not in BUILTIN:
-            raise DataError(f"unknown built-in MT-bench file {spec!r}", f"use one of: "
+            raise DataError(f"unknown built-in MT-bench file {spec!r}", "use one of: "
                             + ", ".join(f"builtin:{k}" for k in BUILTIN))
         return Path(str(resources.files("accbench") / "assets" / BUILTIN[name][which])), True
     p = Path(spec).expanduser()
