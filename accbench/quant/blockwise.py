@@ -167,15 +167,18 @@ def trace_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) 
     norms = {n: m for n, m in block.named_modules() if _is_norm(m)}
     norm_out: dict[int, str] = {}
     groups: list[tuple[int, list[str]]] = []
+    keep: list[torch.Tensor] = []  # hold every tensor whose id we record, so no id is reused mid-trace
     handles = []
 
     def on_norm(name: str) -> Callable:
         def hook(mod: Any, args: tuple, out: Any) -> None:
-            norm_out[id(block_output(out))] = name
+            keep.append(block_output(out))
+            norm_out[id(keep[-1])] = name
         return hook
 
     def on_linear(name: str) -> Callable:
         def hook(mod: Any, args: tuple) -> None:
+            keep.append(args[0])
             key = id(args[0])
             for k, names in groups:
                 if k == key:
