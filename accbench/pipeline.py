@@ -115,7 +115,7 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
     batches = None
     if cfg.calib is not None and needs_calibration(spec.method, spec.act is not None and spec.act.static):
         with Timer(res.timings, "calib_data"):
-            batches = build_calib_batches(cfg)
+            batches = build_calib_batches(cfg, loaded.tokenizer)
         n = sum(len(b) for b in batches)
         ctx.console.print(f"calibration: {n} samples x {cfg.calib.seq_len} tokens ({cfg.calib.preproc}, "
                           f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
@@ -178,16 +178,13 @@ def quant_spec(cfg: RunConfig) -> Any:
     return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens)
 
 
-def build_calib_batches(cfg: RunConfig) -> list:
+def build_calib_batches(cfg: RunConfig, tok: Any) -> list:
     """Calibration token batches from the calib section (llmc's preprocessing and grouping)."""
     from accbench.data.calib import calib_batches, calib_samples
     from accbench.data.text import load_texts
-    from accbench.models import load_tokenizer, resolve_model_path
 
     c = cfg.calib
     texts = load_texts(c.name, c.path, c.download, c.text_column, c.split, builtin_split="calib")
-    tok = load_tokenizer(cfg.model.tokenizer_path or resolve_model_path(cfg.model.path), cfg.model.trust_remote_code,
-                         cfg.model.tokenizer_mode == "fast")
     return calib_batches(calib_samples(texts, tok, c.preproc, c.n_samples, c.seq_len, c.seed), c.bs)
 
 
