@@ -99,13 +99,14 @@ def search_clip(w: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec, n_samp
     x = x[0:: max(1, x.shape[0] // n_sample_token)]
     if spec.act is not None:
         x = fake_quantize_act_dynamic(x, spec.act)
-    x = x.reshape(1, x.shape[0], -1, gs)
+    x = x.reshape(x.shape[0], -1, gs)  # [tokens, groups, gs]
     per_row = replace(spec.weight, granularity="per_channel")
     best_lo, best_hi = [], []
-    step = 64
+    step = 256
     for o in range(0, oc, step):
-        wb = w[o : o + step].float().reshape(-1, 1, ic // gs, gs)
-        org_out = (x * wb).sum(-1)  # [rows, tokens, groups]
+        wb = w[o : o + step].float().reshape(-1, ic // gs, gs)  # [rows, groups, gs]
+        # per-group partial dot products x_g . w_g as one batched matmul: [rows, tokens, groups]
+        org_out = torch.einsum("tgk,rgk->rtg", x, wb)
         org_hi = wb.abs().amax(-1, keepdim=True) if clip_sym else wb.amax(-1, keepdim=True)
         org_lo = wb.amin(-1, keepdim=True)
         b_hi, b_lo = org_hi.clone(), org_lo.clone()
@@ -115,7 +116,7 @@ def search_clip(w: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec, n_samp
             lo = -hi if clip_sym else org_lo * (1 - i / n_grid)
             cw = torch.clamp(wb, lo, hi)
             qw = fake_quantize_weight(cw.reshape(-1, gs), per_row).reshape(cw.shape)
-            err = ((x * qw).sum(-1) - org_out).pow(2).mean(dim=1).view(min_err.shape)
+            err = (torch.einsum("tgk,rgk->rtg", x, qw) - org_out).pow(2).mean(dim=1).unsqueeze(-1)
             better = err < min_err
             min_err = torch.where(better, err, min_err)
             b_hi = torch.where(better, hi, b_hi)
