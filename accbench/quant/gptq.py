@@ -126,7 +126,7 @@ def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qua
             q, loss = gptq_quantize_weight(lin.weight.data, acc[n].H, spec.weight, int(sp.get("blocksize", 128)),
                                            float(sp.get("percdamp", 0.01)), bool(sp.get("actorder", False)),
                                            bool(sp.get("static_groups", False)))
-            lin.weight.data = q
+            lin.weight.data.copy_(q)
             state.losses[prefix + n] = loss
             log.info("gptq %s%s: error %.4g", prefix, n, loss)
             del acc[n]

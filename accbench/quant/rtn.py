@@ -20,4 +20,4 @@ def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantS
             clip = state.clips.get(prefix + name)
             if clip is not None:
                 clip = (clip[0].to(lin.weight.device), clip[1].to(lin.weight.device))
-            lin.weight.data = fake_quantize_weight(lin.weight.data, spec.weight, clip)
+            lin.weight.data.copy_(fake_quantize_weight(lin.weight.data, spec.weight, clip))  # in place: no 2nd copy

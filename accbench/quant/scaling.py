@@ -16,11 +16,11 @@ def apply_scale(prev: nn.Module, layers: list[nn.Linear], scale: torch.Tensor) -
     """Fold `scale` (one value per channel of the shared input) into `prev` and `layers`, in place."""
     s = scale.float()
     if isinstance(prev, nn.Linear):
-        prev.weight.data = (prev.weight.data.float() / s.view(-1, 1).to(prev.weight.device)).to(prev.weight.dtype)
+        prev.weight.data.copy_(prev.weight.data.float() / s.view(-1, 1).to(prev.weight.device))
     else:
-        prev.weight.data = (prev.weight.data.float() / s.to(prev.weight.device)).to(prev.weight.dtype)
+        prev.weight.data.copy_(prev.weight.data.float() / s.to(prev.weight.device))
     bias = getattr(prev, "bias", None)
     if bias is not None:
-        bias.data = (bias.data.float() / s.to(bias.device)).to(bias.dtype)
+        bias.data.copy_(bias.data.float() / s.to(bias.device))
     for lin in layers:
-        lin.weight.data = (lin.weight.data.float() * s.view(1, -1).to(lin.weight.device)).to(lin.weight.dtype)
+        lin.weight.data.copy_(lin.weight.data.float() * s.view(1, -1).to(lin.weight.device))
