@@ -87,6 +87,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
         from accbench.evaluate.tasks import check_tasks
 
         check_tasks(cfg.tasks)
+    if cfg.quant is not None:
+        precheck_quant(cfg)  # quant settings vs the model's shapes, before any weights load
     with Timer(results.timings, "load_model"):
         loaded = _load(cfg)
     results.models["pretrain"] = loaded.path
@@ -109,8 +111,106 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
 
 def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
     """Calibrate and quantize block by block; evaluate `transformed` and `fake_quant`; save as asked."""
-    raise AccbenchError("quantization (the quant section) is not implemented in this version yet",
-                        "remove the quant section and evaluate eval_pos: [pretrain]")
+    from accbench.models import save_model
+    from accbench.quant.methods import needs_calibration
+    from accbench.quant.runner import check_quant, fake_quantize_model, transform_model
+
+    cfg, res = ctx.cfg, ctx.results
+    spec = quant_spec(cfg)
+    check_quant(loaded.model, spec, cfg.calib is not None)
+    batches = None
+    if cfg.calib is not None and needs_calibration(spec.method, spec.act is not None and spec.act.static):
+        with Timer(res.timings, "calib_data"):
+            batches = build_calib_batches(cfg, loaded.tokenizer)
+        n = sum(len(b) for b in batches)
+        ctx.console.print(f"calibration: {n} samples x {cfg.calib.seq_len} tokens ({cfg.calib.preproc}, "
+                          f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
+    res.quant = {"method": spec.method, "weight": cfg.quant.weight.model_dump(),
+                 "act": cfg.quant.act.model_dump() if cfg.quant.act else None, "special": spec.special,
+                 "quant_out": spec.quant_out, "calib_samples": sum(len(b) for b in batches) if batches else 0}
+    save_root = Path(cfg.save.save_path) if cfg.save.save_path else ctx.run_dir / "models"
+
+    with Timer(res.timings, "quant_transform"):
+        state = transform_model(loaded.model, spec, batches, loaded.device)
+    ctx.save()
+    if "transformed" in cfg.positions():
+        evaluate_position(ctx, "transformed", loaded)
+    if cfg.save.save_trans:
+        with Timer(res.timings, "save_transformed"):
+            res.models["transformed"] = str(save_model(loaded.model, loaded.tokenizer, save_root / "transformed"))
+        ctx.console.print(f"saved transformed model → {res.models['transformed']}")
+        ctx.save()
+
+    with Timer(res.timings, "quant_fake"):
+        fake_quantize_model(loaded.model, spec, batches, loaded.device, state)
+    if state.losses:
+        res.quant["gptq_error_sum"] = sum(state.losses.values())
+    ctx.save()
+    if "fake_quant" in cfg.positions():
+        evaluate_position(ctx, "fake_quant", loaded)
+    if cfg.save.save_fake:
+        with Timer(res.timings, "save_fake_quant"):
+            res.models["fake_quant"] = str(save_model(loaded.model, loaded.tokenizer, save_root / "fake_quant"))
+        ctx.console.print(f"saved fake-quantized model → {res.models['fake_quant']}"
+                          + (" (weights only: activation quantization is applied at run time, not saved)"
+                             if spec.act is not None else ""))
+        ctx.save()
+    if spec.special.get("save_scale") or spec.special.get("save_clip"):
+        import torch
+
+        save_root.mkdir(parents=True, exist_ok=True)
+        if spec.special.get("save_scale"):
+            torch.save(state.scales, save_root / "scales.pt")
+        if spec.special.get("save_clip"):
+            torch.save(state.clips, save_root / "clips.pt")
+
+
+def quant_spec(cfg: RunConfig) -> Any:
+    """The quant section as the plain spec the quantizer takes."""
+    from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
+    from accbench.quant.spec import QuantSpec
+
+    q = cfg.quant
+    if q.weight.int_range is not None:
+        raise AccbenchError("quant.weight.int_range is an llmc option accbench does not support yet",
+                            "remove it; the integer range follows from bit and symmetric")
+    try:
+        w = WeightQuantSpec(q.weight.bit, q.weight.symmetric, q.weight.granularity, q.weight.group_size,
+                            q.weight.calib_algo)
+        a = ActQuantSpec(q.act.bit, q.act.symmetric, q.act.granularity, q.act.static) if q.act else None
+    except ValueError as exc:
+        raise AccbenchError(f"quant section: {exc}", "see docs/quantization.md for the valid settings") from None
+    clip_tokens = cfg.calib.seq_len if cfg.calib is not None else 512
+    return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens)
+
+
+def build_calib_batches(cfg: RunConfig, tok: Any) -> list:
+    """Calibration token batches from the calib section (llmc's preprocessing and grouping)."""
+    from accbench.data.calib import calib_batches, calib_samples
+    from accbench.data.text import load_texts
+
+    c = cfg.calib
+    texts = load_texts(c.name, c.path, c.download, c.text_column, c.split, builtin_split="calib")
+    return calib_batches(calib_samples(texts, tok, c.preproc, c.n_samples, c.seq_len, c.seed), c.bs)
+
+
+def precheck_quant(cfg: RunConfig) -> None:
+    """Check the quant section against the model's shapes (from config.json, no weights) before loading."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from accbench.models import resolve_model_path
+    from accbench.quant.runner import check_quant
+
+    spec = quant_spec(cfg)
+    try:
+        mcfg = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path),
+                                          trust_remote_code=cfg.model.trust_remote_code)
+        with torch.device("meta"):
+            meta = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return  # load_model reports an unloadable model with its own message
+    check_quant(meta, spec, cfg.calib is not None)
 
 
 def run_training_stage(ctx: RunContext, loaded: Any) -> None:

@@ -1,0 +1,139 @@
+"""Calibration samples by llmc's preprocessing names, seeded by `calib.seed`, then grouped by `calib.bs`.
+
+- `wikitext2_gptq`: documents joined with blank lines, tokenized once, `n_samples` random windows of
+  `seq_len` tokens (GPTQ's recipe).
+- `random_truncate_txt`: the same after shuffling the documents.
+- `c4_gptq`: for each sample, a random document longer than `seq_len` tokens and a random window of it.
+- `pileval_awq`: shuffled documents, each stripped and tokenized; those longer than `seq_len` skipped;
+  the first `n_samples` kept, concatenated and cut into consecutive `seq_len` windows (so the number
+  of windows is usually smaller than `n_samples`, as in AWQ).
+- `txt_general_preproc`: shuffled documents tokenized and truncated to `seq_len`; only documents with at
+  least `seq_len` tokens are used, up to `n_samples` (fewer if the data runs out; a warning says so).
+
+All randomness comes from one `random.Random(seed)` (llmc seeds Python's global `random` and shuffles
+some datasets with a fixed 42; the default `calib.seed` is 42). Batches: `bs: -1` one batch of all
+samples, `bs: k` batches of k. Every failure is a DataError that names the dataset and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Callable
+
+from accbench.errors import DataError
+
+log = logging.getLogger("accbench.data")
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text).input_ids)
+
+
+def _random_windows(ids: list[int], n_samples: int, seq_len: int, rng: random.Random, where: str) -> list[list[int]]:
+    if len(ids) <= seq_len:
+        raise DataError(f"calibration data {where} has {len(ids)} tokens, not more than calib.seq_len={seq_len}",
+                        "lower calib.seq_len or give more calibration text")
+    out = []
+    for _ in range(n_samples):
+        i = rng.randint(0, len(ids) - seq_len - 1)
+        out.append(ids[i : i + seq_len])
+    return out
+
+
+def wikitext2_gptq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, rng: random.Random) -> list[list[int]]:
+    return _random_windows(_encode(tokenizer, "\n\n".join(texts)), n_samples, seq_len, rng, "(joined)")
+
+
+def random_truncate_txt(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
+                        rng: random.Random) -> list[list[int]]:
+    texts = list(texts)
+    rng.shuffle(texts)
+    return _random_windows(_encode(tokenizer, "\n\n".join(texts)), n_samples, seq_len, rng, "(joined)")
+
+
+def c4_gptq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, rng: random.Random) -> list[list[int]]:
+    encoded = [_encode(tokenizer, t) for t in texts]
+    long = [e for e in encoded if len(e) > seq_len]
+    if not long:
+        raise DataError(f"no calibration document is longer than calib.seq_len={seq_len} tokens (c4_gptq needs one)",
+                        "lower calib.seq_len, or use preproc: wikitext2_gptq / random_truncate_txt")
+    out = []
+    for _ in range(n_samples):
+        doc = long[rng.randint(0, len(long) - 1)]
+        i = rng.randint(0, len(doc) - seq_len - 1)
+        out.append(doc[i : i + seq_len])
+    return out
+
+
+def pileval_awq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, rng: random.Random) -> list[list[int]]:
+    order = list(texts)
+    rng.shuffle(order)
+    stream: list[int] = []
+    kept = 0
+    for t in order:
+        ids = _encode(tokenizer, t.strip())
+        if len(ids) > seq_len or not ids:
+            continue
+        stream += ids
+        kept += 1
+        if kept == n_samples:
+            break
+    windows = [stream[i * seq_len : (i + 1) * seq_len] for i in range(len(stream) // seq_len)]
+    if not windows:
+        raise DataError(f"pileval_awq found {kept} documents of at most calib.seq_len={seq_len} tokens, "
+                        f"{len(stream)} tokens in all: not one window",
+                        "pileval_awq wants many short documents; use preproc: random_truncate_txt for long ones")
+    return windows
+
+
+def txt_general_preproc(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
+                        rng: random.Random) -> list[list[int]]:
+    order = list(texts)
+    rng.shuffle(order)
+    out = []
+    for t in order:
+        ids = _encode(tokenizer, t)[:seq_len]
+        if len(ids) < seq_len:
+            continue
+        out.append(ids)
+        if len(out) == n_samples:
+            break
+    if not out:
+        raise DataError(f"txt_general_preproc: no calibration document has calib.seq_len={seq_len} tokens",
+                        "lower calib.seq_len, or use preproc: random_truncate_txt (windows across documents)")
+    if len(out) < n_samples:
+        log.warning("txt_general_preproc: only %d documents have %d tokens; calibrating on %d of %d samples",
+                    len(out), seq_len, len(out), n_samples)
+    return out
+
+
+PREPROC: dict[str, Callable[..., list[list[int]]]] = {
+    "wikitext2_gptq": wikitext2_gptq,
+    "random_truncate_txt": random_truncate_txt,
+    "c4_gptq": c4_gptq,
+    "pileval_awq": pileval_awq,
+    "txt_general_preproc": txt_general_preproc,
+}
+
+
+def calib_samples(texts: list[str], tokenizer: Any, preproc: str, n_samples: int, seq_len: int,
+                  seed: int) -> list[list[int]]:
+    """Token-id samples of exactly `seq_len` tokens each, by llmc's preprocessing `preproc`."""
+    if preproc not in PREPROC:
+        raise DataError(f"unknown calib.preproc '{preproc}'", f"use one of: {', '.join(PREPROC)}")
+    if not texts or not any(t.strip() for t in texts):
+        raise DataError("the calibration dataset is empty", "point calib at a dataset with text in it")
+    return PREPROC[preproc](texts, tokenizer, n_samples, seq_len, random.Random(seed))
+
+
+def calib_batches(samples: list[list[int]], bs: int) -> list[Any]:
+    """Stack samples into LongTensor batches: bs=-1 one batch, bs=k batches of k (llmc's grouping)."""
+    import torch
+
+    if bs == 0 or bs < -1:
+        raise DataError(f"calib.bs must be -1 (one batch) or a positive batch size, got {bs}", "set calib.bs: -1")
+    t = torch.tensor(samples, dtype=torch.long)
+    if bs == -1:
+        return [t]
+    return [t[i : i + bs] for i in range(0, len(t), bs)]

@@ -1,0 +1,132 @@
+"""GPTQ: quantize a linear's weight column by column, pushing each column's rounding error onto the
+columns not yet quantized, weighted by the inverse Hessian H = 2/n sum x x^T of the layer's inputs.
+
+Options (`special`, llmc's names): `blocksize` columns updated together (lazy batch updates), `percdamp`
+(H += percdamp * mean(diag H) * I before inverting), `actorder` (quantize columns by decreasing diag H),
+`static_groups` (group scales from the original weight before any update; otherwise each group's scale
+is taken from the partially updated weight when the group's first column is reached), and
+`true_sequential` (within a block, quantize q/k/v, then o, then gate/up, then down, each on inputs
+produced by the already-quantized earlier layers; otherwise every layer sees the float block's inputs).
+
+The result is the dequantized weight, written into the layer. GPTQ has no equivalent transform: the
+`transformed` position of a GPTQ run is the unchanged pretrained model (llmc instead reports the
+error-compensated float weights there, which are not an equivalent model).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from accbench.quant.blockwise import BlockInputs, forward_block, trace_block
+from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, weight_qparams
+from accbench.quant.spec import QuantSpec, QuantState
+
+log = logging.getLogger("accbench.quant")
+
+
+class HessianAccumulator:
+    """Running H = 2/n sum_i x_i x_i^T over the tokens a linear sees (llmc's and GPTQ's update rule)."""
+
+    def __init__(self, columns: int, device: Any):
+        self.H = torch.zeros(columns, columns, device=device, dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        batch = x.shape[0] if x.dim() > 2 else 1
+        x = x.reshape(-1, x.shape[-1]).float().t()
+        self.H *= self.n / (self.n + batch)
+        self.n += batch
+        x = math.sqrt(2 / self.n) * x
+        self.H += x @ x.t()
+
+
+@torch.no_grad()
+def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, spec: WeightQuantSpec, blocksize: int = 128,
+                         percdamp: float = 0.01, actorder: bool = False,
+                         static_groups: bool = False) -> tuple[torch.Tensor, float]:
+    """Return (dequantized weight in W's dtype, sum of GPTQ's per-column losses)."""
+    dtype = W.dtype
+    W = W.float().clone()
+    H = H.clone()
+    rows, cols = W.shape
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    per_group = spec.granularity == "per_group"
+    gs = spec.group_size
+    col_spec = replace(spec, granularity="per_channel")
+    groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if per_group and static_groups:
+        groups = [weight_qparams(W[:, g : g + gs], col_spec) for g in range(0, cols, gs)]
+    elif not per_group:
+        scale, zero = weight_qparams(W, spec)  # [rows, 1] or [1, 1], from the original weight
+    perm = None
+    if actorder:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    damp = percdamp * torch.mean(torch.diag(H))
+    H[range(cols), range(cols)] += damp
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    Q = torch.zeros_like(W)
+    losses = torch.zeros_like(W)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if per_group:
+                if static_groups:
+                    scale, zero = groups[(int(perm[col]) if perm is not None else col) // gs]
+                elif col % gs == 0:
+                    # as the GPTQ reference: read from W, whose columns inside the current block do not yet
+                    # hold this block's updates (identical when group_size divides blocksize)
+                    scale, zero = weight_qparams(W[:, col : col + gs], col_spec)
+            w, d = W1[:, i], Hinv1[i, i]
+            q = quant_dequant(w.unsqueeze(1), scale, zero, spec.bit, spec.symmetric).squeeze(1)
+            Q[:, col] = q
+            losses[:, col] = (w - q) ** 2 / d**2 / 2
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q.to(dtype), float(losses.sum())
+
+
+@torch.no_grad()
+def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, state: QuantState) -> None:
+    """Quantize every linear of the block with GPTQ (sequentially by input group when true_sequential)."""
+    sp = spec.special
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    if sp.get("true_sequential", True):
+        order = [s.layers for s in trace_block(block, inputs.hidden[0], inputs.kwargs[0])]
+    else:
+        order = [list(linears)]
+    for names in order:
+        acc = {n: HessianAccumulator(linears[n].in_features, linears[n].weight.device) for n in names}
+        handles = [linears[n].register_forward_pre_hook(lambda m, args, n=n: acc[n].add(args[0].detach()))
+                   for n in names]
+        try:
+            forward_block(block, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        for n in names:
+            lin = linears[n]
+            q, loss = gptq_quantize_weight(lin.weight.data, acc[n].H, spec.weight, int(sp.get("blocksize", 128)),
+                                           float(sp.get("percdamp", 0.01)), bool(sp.get("actorder", False)),
+                                           bool(sp.get("static_groups", False)))
+            lin.weight.data.copy_(q)
+            state.losses[prefix + n] = loss
+            log.info("gptq %s%s: error %.4g", prefix, n, loss)
+            del acc[n]

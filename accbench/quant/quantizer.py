@@ -1,0 +1,190 @@
+"""Integer fake quantization of weights and activations, with llmc's (and AutoAWQ's) conventions.
+
+Fake quantization rounds a float tensor onto an integer grid and maps it straight back to floats, so
+the model keeps running in floating point but only holds values a b-bit kernel could represent.
+
+Conventions (the same formulas as llmc's `Quantizer` and AutoAWQ's `pseudo_quantize_tensor`):
+
+- symmetric, b bits:  qmin = -2^(b-1), qmax = 2^(b-1) - 1,
+  scale = max(|min|, |max|).clamp(1e-5) / qmax, zero = 0.
+- asymmetric, b bits: qmin = 0, qmax = 2^b - 1,
+  scale = (max - min).clamp(1e-5) / qmax, zero = clamp(-round(min / scale), qmin, qmax).
+- q = clamp(round(x / scale) + zero, qmin, qmax); x_hat = (q - zero) * scale.
+  `round` is torch.round: half to even.
+- The range is the tensor's own min and max; zero is NOT forced into it. A group whose values are all
+  positive therefore gets zero clamped to 0 and its top end clipped (llmc and AutoAWQ behave the same;
+  we keep it so that numbers match theirs). Weight groups in real models straddle zero.
+
+Granularity: `per_tensor` (one scale), `per_channel` (one per output row of a weight), `per_group`
+(one per `group_size` consecutive input columns of each row), and for activations `per_token` (one per
+row of the flattened [tokens, features] input). `calib_algo: mse` searches a shrink factor p of the
+range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+ACT_GRANULARITIES = ("per_token", "per_tensor")
+MSE_GRID, MSE_MAXSHRINK, MSE_NORM = 100, 0.8, 2.4
+
+
+@dataclass(frozen=True)
+class WeightQuantSpec:
+    """How weights are quantized: bits, symmetry, granularity, range search."""
+
+    bit: int = 4
+    symmetric: bool = False
+    granularity: str = "per_group"
+    group_size: int = 128
+    calib_algo: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bit <= 8:
+            raise ValueError(f"weight bit must be 2..8, got {self.bit}")
+        if self.granularity not in WEIGHT_GRANULARITIES:
+            raise ValueError(f"unknown weight granularity {self.granularity!r}; valid: {WEIGHT_GRANULARITIES}")
+        if self.granularity == "per_group" and self.group_size <= 0:
+            raise ValueError("per_group needs a positive group_size")
+        if self.calib_algo not in ("minmax", "mse"):
+            raise ValueError(f"unknown calib_algo {self.calib_algo!r}; valid: minmax, mse")
+
+
+@dataclass(frozen=True)
+class ActQuantSpec:
+    """How linear-layer inputs are quantized: per token on the fly, or per tensor with a calibrated range."""
+
+    bit: int = 8
+    symmetric: bool = True
+    granularity: str = "per_token"
+    static: bool = False
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bit <= 8:
+            raise ValueError(f"act bit must be 2..8, got {self.bit}")
+        if self.granularity not in ACT_GRANULARITIES:
+            raise ValueError(f"unknown act granularity {self.granularity!r}; valid: {ACT_GRANULARITIES}")
+        if self.static and self.granularity != "per_tensor":
+            raise ValueError("static activation quantization is per_tensor (a per-token range cannot be calibrated)")
+
+
+def int_range(bit: int, symmetric: bool) -> tuple[int, int]:
+    """(qmin, qmax) of the integer grid."""
+    if symmetric:
+        return -(2 ** (bit - 1)), 2 ** (bit - 1) - 1
+    return 0, 2**bit - 1
+
+
+def qparams(min_val: torch.Tensor, max_val: torch.Tensor, bit: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for a range (tensors broadcast against the quantized rows)."""
+    qmin, qmax = int_range(bit, symmetric)
+    if symmetric:
+        scale = torch.maximum(min_val.abs(), max_val.abs()).clamp(min=1e-5) / qmax
+        return scale, torch.zeros_like(scale)
+    scale = (max_val - min_val).clamp(min=1e-5) / qmax
+    zero = (-torch.round(min_val / scale)).clamp(qmin, qmax)
+    return scale, zero
+
+
+def quant_dequant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit: int, symmetric: bool) -> torch.Tensor:
+    """Round onto the grid and back: (clamp(round(x/scale) + zero) - zero) * scale."""
+    qmin, qmax = int_range(bit, symmetric)
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def to_rows(w: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
+    """View a [out, in] weight as the rows that share one scale (per_tensor keeps the 2-D shape)."""
+    if granularity == "per_group":
+        if w.shape[-1] % group_size:
+            raise ValueError(f"group_size {group_size} does not divide the input dimension {w.shape[-1]}")
+        return w.reshape(-1, group_size)
+    return w
+
+
+def row_range(rows: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if per_tensor:
+        return rows.min().reshape(1, 1), rows.max().reshape(1, 1)
+    return rows.amin(dim=-1, keepdim=True), rows.amax(dim=-1, keepdim=True)
+
+
+def mse_range(rows: torch.Tensor, bit: int, symmetric: bool, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """llmc's grid search of a shrink factor of the min/max range, per row, minimising |err|^2.4."""
+    lo, hi = row_range(rows, per_tensor)
+    best_err = torch.full_like(lo, float("inf"))
+    best_lo, best_hi = lo.clone(), hi.clone()
+    for i in range(int(MSE_MAXSHRINK * MSE_GRID)):
+        p = 1 - i / MSE_GRID
+        s, z = qparams(p * lo, p * hi, bit, symmetric)
+        err = (quant_dequant(rows, s, z, bit, symmetric) - rows).abs_().pow_(MSE_NORM)
+        err = err.sum().reshape(1, 1) if per_tensor else err.sum(dim=-1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo = torch.where(better, p * lo, best_lo)
+        best_hi = torch.where(better, p * hi, best_hi)
+    return best_lo, best_hi
+
+
+def weight_qparams(w: torch.Tensor, spec: WeightQuantSpec,
+                   clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero per row of `to_rows(w)`; `clip` (min, max per row) overrides the observed range."""
+    rows = to_rows(w.float(), spec.granularity, spec.group_size)
+    per_tensor = spec.granularity == "per_tensor"
+    if clip is not None:
+        lo, hi = clip
+    elif spec.calib_algo == "mse":
+        lo, hi = mse_range(rows, spec.bit, spec.symmetric, per_tensor)
+    else:
+        lo, hi = row_range(rows, per_tensor)
+    return qparams(lo, hi, spec.bit, spec.symmetric)
+
+
+def fake_quantize_weight(w: torch.Tensor, spec: WeightQuantSpec,
+                         clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The [out, in] weight rounded to `spec` and dequantized, in the weight's dtype."""
+    rows = to_rows(w.float(), spec.granularity, spec.group_size)
+    scale, zero = weight_qparams(w, spec, clip)
+    return quant_dequant(rows, scale, zero, spec.bit, spec.symmetric).reshape(w.shape).to(w.dtype)
+
+
+def fake_quantize_act_dynamic(x: torch.Tensor, spec: ActQuantSpec) -> torch.Tensor:
+    """Quantize activations with a range taken from the tensor itself (per token or per tensor)."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    lo, hi = row_range(rows, spec.granularity == "per_tensor")
+    scale, zero = qparams(lo, hi, spec.bit, spec.symmetric)
+    return quant_dequant(rows, scale, zero, spec.bit, spec.symmetric).reshape(x.shape).to(x.dtype)
+
+
+def fake_quantize_act_static(x: torch.Tensor, spec: ActQuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Quantize activations with a calibrated per-tensor range (lo, hi)."""
+    scale, zero = qparams(lo.float(), hi.float(), spec.bit, spec.symmetric)
+    return quant_dequant(x.float(), scale.to(x.device), zero.to(x.device), spec.bit, spec.symmetric).to(x.dtype)
+
+
+def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10 log10(|x|^2 / |x - x_hat|^2)."""
+    x, x_hat = x.double(), x_hat.double()
+    noise = (x - x_hat).pow(2).sum()
+    return float("inf") if noise == 0 else float(10 * torch.log10(x.pow(2).sum() / noise))
+
+
+def install_act_quant(linears: dict[str, Any], spec: ActQuantSpec,
+                      static_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list:
+    """Quantize every input of these linears at run time (forward pre-hooks; the state dict is untouched)."""
+    handles = []
+    for name, lin in linears.items():
+        if spec.static:
+            if not static_ranges or name not in static_ranges:
+                raise ValueError(f"no calibrated activation range for {name}")
+            lo, hi = static_ranges[name]
+
+            def hook(mod: Any, args: tuple, lo: torch.Tensor = lo, hi: torch.Tensor = hi) -> tuple:
+                return (fake_quantize_act_static(args[0], spec, lo, hi),) + tuple(args[1:])
+        else:
+            def hook(mod: Any, args: tuple) -> tuple:
+                return (fake_quantize_act_dynamic(args[0], spec),) + tuple(args[1:])
+        handles.append(lin.register_forward_pre_hook(hook))
+    return handles

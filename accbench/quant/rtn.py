@@ -1,0 +1,23 @@
+"""Round-to-nearest: every linear weight of every decoder block rounded on its own, no calibration.
+
+The baseline every other method must beat. No equivalent transform exists, so the `transformed`
+position of an RTN run is the unchanged pretrained model. With static activation quantization the
+runner still makes one calibration pass to record each linear's input range.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from accbench.quant.quantizer import fake_quantize_weight
+from accbench.quant.spec import QuantSpec, QuantState
+
+
+def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantState) -> None:
+    """Fake-quantize the block's linear weights in place, using clip ranges a method left in `state`."""
+    for name, lin in block.named_modules():
+        if isinstance(lin, nn.Linear):
+            clip = state.clips.get(prefix + name)
+            if clip is not None:
+                clip = (clip[0].to(lin.weight.device), clip[1].to(lin.weight.device))
+            lin.weight.data.copy_(fake_quantize_weight(lin.weight.data, spec.weight, clip))  # in place: no 2nd copy

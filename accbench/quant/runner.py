@@ -1,0 +1,179 @@
+"""Quantize a whole model with one method: check the inputs, transform, then fake-quantize.
+
+`check_quant` runs before calibration (and works on a meta-device model built from config.json, so
+the pipeline can call it before any weights load). `transform_model` applies the method's
+function-preserving transform block by block (AWQ, SmoothQuant; nothing for RTN and GPTQ) and returns
+the state the fake-quant step needs; the caller evaluates/saves the `transformed` model in between;
+`fake_quantize_model` then rounds every decoder-block linear (GPTQ with its own calibration pass) and,
+when `act` is set, quantizes every such linear's input at run time (forward pre-hooks).
+Embeddings and the LM head stay in full precision, as in llmc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from accbench.errors import AccbenchError
+from accbench.quant.blockwise import BlockInputs, catch_block_inputs, collect_input_ranges, run_blockwise
+from accbench.quant.methods import METHODS, needs_calibration
+from accbench.quant.quantizer import fake_quantize_weight, install_act_quant
+from accbench.quant.spec import QuantSpec, QuantState
+
+log = logging.getLogger("accbench.quant")
+
+
+def _blocks(model: Any) -> tuple[Any, str]:
+    from accbench.models import find_parts
+
+    try:
+        parts = find_parts(model)
+    except AccbenchError as exc:
+        raise AccbenchError(f"cannot quantize: {exc.message}", exc.hint) from None
+    name = next((n for n, m in model.named_modules() if m is parts.blocks), "blocks")
+    return parts.blocks, name
+
+
+def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
+    """Every problem we can see before calibration, as one AccbenchError (what, where, how to fix)."""
+    problems: list[str] = []
+    sp = spec.special
+    blocks, prefix = _blocks(model)
+    linears = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
+               if isinstance(m, nn.Linear)}
+    if not linears:
+        problems.append(f"the decoder blocks ({prefix}) hold no nn.Linear layers to quantize")
+    if spec.weight.granularity == "per_group":
+        gs = spec.weight.group_size
+        bad = {n: m.in_features for n, m in linears.items() if m.in_features % gs}
+        if bad:
+            n, dim = next(iter(bad.items()))
+            common = sorted({d for d in (16, 32, 64, 128, 256) if all(m.in_features % d == 0 for m in linears.values())})
+            problems.append(f"quant.weight.group_size {gs} does not divide the input dimension {dim} of {n} "
+                            f"({len(bad)} layers affected); group sizes that fit every layer: {common or 'none'}")
+    if spec.act is not None and spec.act.static and not has_calib:
+        problems.append("static activation quantization (quant.act.static: true) needs calibration data: add a calib section")
+    if needs_calibration(spec.method, False) and not has_calib:
+        problems.append(f"quant method {spec.method} needs calibration data: add a calib section")
+    if spec.method == "Awq":
+        if sp.get("trans_version", "v2") not in ("v1", "v2"):
+            problems.append(f"quant.special.trans_version must be v1 or v2, got {sp.get('trans_version')!r}")
+        if sp.get("clip_version", "v1") not in ("v1", "v2"):
+            problems.append(f"quant.special.clip_version must be v1 or v2, got {sp.get('clip_version')!r}")
+        if not isinstance(sp.get("n_grid", 20), int) or sp.get("n_grid", 20) < 1:
+            problems.append(f"quant.special.n_grid must be a positive integer, got {sp.get('n_grid')!r}")
+        if sp.get("weight_clip") and spec.weight.granularity == "per_tensor":
+            problems.append("quant.special.weight_clip searches per row or group; it does not apply to per_tensor weights")
+    if spec.method == "GPTQ":
+        if not isinstance(sp.get("blocksize", 128), int) or sp.get("blocksize", 128) < 1:
+            problems.append(f"quant.special.blocksize must be a positive integer, got {sp.get('blocksize')!r}")
+        pd = sp.get("percdamp", 0.01)
+        if not isinstance(pd, (int, float)) or not 0 < pd <= 1:
+            problems.append(f"quant.special.percdamp must be in (0, 1], got {pd!r}")
+        if sp.get("owq"):
+            problems.append("quant.special.owq (outlier-aware GPTQ) is an llmc option accbench does not support yet; remove it")
+    if spec.method == "SmoothQuant":
+        a = sp.get("alpha", 0.5)
+        if not isinstance(a, (int, float)) or not 0 <= a <= 1:
+            problems.append(f"quant.special.alpha must be in [0, 1], got {a!r}")
+    if problems:
+        raise AccbenchError("cannot quantize:\n" + "\n".join(f"  - {p}" for p in problems),
+                            "fix the quant section (see docs/quantization.md)")
+
+
+@contextlib.contextmanager
+def _no_offload(model: Any, device: str) -> Iterator[None]:
+    """Block offload hooks would move blocks back to CPU mid-calibration: lift them while we work."""
+    from accbench.models import disable_block_offload, enable_block_offload
+
+    had = bool(getattr(model, "_accbench_offload_handles", []))
+    if had:
+        disable_block_offload(model)
+    try:
+        yield
+    finally:
+        if had:
+            enable_block_offload(model, device)
+
+
+def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too: bool):
+    """A context factory for run_blockwise's quant_out: the block as fake_quant will see it."""
+
+    @contextlib.contextmanager
+    def ctx(i: int, block: nn.Module) -> Iterator[None]:
+        lins = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        saved = {n: m.weight.data for n, m in lins.items()}
+        handles = []
+        try:
+            if weights_too:
+                for n, m in lins.items():
+                    clip = state.clips.get(f"{prefix}.{i}.{n}")
+                    clip = None if clip is None else (clip[0].to(m.weight.device), clip[1].to(m.weight.device))
+                    m.weight.data = fake_quantize_weight(m.weight.data, spec.weight, clip)
+            if spec.act is not None:
+                ranges = {n: state.act_ranges[f"{prefix}.{i}.{n}"] for n in lins} if spec.act.static else None
+                handles = install_act_quant(lins, spec.act, ranges)
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for n, m in lins.items():
+                m.weight.data = saved[n]
+
+    return ctx
+
+
+def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | None, device: str) -> QuantState:
+    """Run the method's equivalent transform (if any) block by block; collect static act ranges if needed."""
+    method = METHODS[spec.method]
+    state = QuantState()
+    act_static = spec.act is not None and spec.act.static
+    collect_here = act_static and not method.quantize_calibrated
+    if method.transform is None and not collect_here:
+        return state
+    blocks, prefix = _blocks(model)
+
+    def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
+        if method.transform is not None:
+            method.transform(f"{prefix}.{i}.", block, inputs, spec, state)
+        if collect_here:
+            collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges)
+
+    with _no_offload(model, device), torch.no_grad():
+        inputs = catch_block_inputs(model, blocks, batches or [], device)
+        run_blockwise(blocks, inputs, device, process, spec.quant_out, _quantized_view(spec, state, prefix, True),
+                      desc=f"{spec.method} transform")
+    return state
+
+
+def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | None, device: str,
+                        state: QuantState) -> list:
+    """Fake-quantize every decoder-block linear in place; install activation quantization; return hook handles."""
+    method = METHODS[spec.method]
+    blocks, prefix = _blocks(model)
+    with _no_offload(model, device), torch.no_grad():
+        if method.quantize_calibrated:
+            act_static = spec.act is not None and spec.act.static
+
+            def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
+                method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
+                if act_static:
+                    collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges)
+
+            inputs = catch_block_inputs(model, blocks, batches or [], device)
+            run_blockwise(blocks, inputs, device, process, spec.quant_out, _quantized_view(spec, state, prefix, False),
+                          desc=f"{spec.method} quantize")
+        else:
+            for i, block in enumerate(blocks):
+                method.quantize(f"{prefix}.{i}.", block, spec, state)
+    handles: list = []
+    if spec.act is not None:
+        lins = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
+                if isinstance(m, nn.Linear)}
+        handles = install_act_quant(lins, spec.act, state.act_ranges if spec.act.static else None)
+        model._accbench_act_quant_handles = handles
+    return handles

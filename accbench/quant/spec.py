@@ -1,0 +1,35 @@
+"""What a quantization method is given (`QuantSpec`) and what it leaves for the fake-quant step (`QuantState`).
+
+Both are plain data built by the pipeline from the `quant` config section; methods never see the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Weight (and optional activation) quantization plus the method's `special` options (defaults filled)."""
+
+    method: str
+    weight: WeightQuantSpec
+    act: ActQuantSpec | None = None
+    special: dict[str, Any] = field(default_factory=dict)
+    quant_out: bool = False
+    clip_tokens: int = 512  # tokens AWQ's clip search samples (llmc: calib.seq_len)
+
+
+@dataclass
+class QuantState:
+    """Per-linear results a method hands to the fake-quant step, keyed by the linear's full module name."""
+
+    clips: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # per-row (lo, hi)
+    act_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # static acts
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)  # AWQ / SmoothQuant scales, by subset
+    losses: dict[str, float] = field(default_factory=dict)  # GPTQ's per-layer error, for the log
