@@ -53,6 +53,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(results.compare.get("exit_code", EXIT_OK)) if results.compare else EXIT_OK
 
 
+def cmd_setup_opencompass(args: argparse.Namespace) -> int:
+    from accbench.backends.opencompass import setup_env
+
+    setup_env(Path(args.dir), args.python)
+    return EXIT_OK
+
+
 def _mark_failed(run_dir: Path, exc: BaseException) -> None:
     from accbench.results import Results
 
@@ -86,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_validate)
+
+    o = sub.add_parser("setup-opencompass", help="create a virtual environment with OpenCompass and its working pins")
+    o.add_argument("dir", help="directory of the new environment; then set opencompass.python: DIR/bin/python")
+    o.add_argument("--python", help="interpreter to base the environment on (default: the one running accbench)")
+    o.set_defaults(func=cmd_setup_opencompass)
     return p
 
 
