@@ -256,27 +256,95 @@ def _oc_python() -> str | None:
     return str(cached) if cached.is_file() else None
 
 
+def _sharp_long_rope_model(src: Path, out: Path) -> Path:
+    """The tiny model with rope_theta 500000 and sharpened attention, so a misread rope visibly changes losses."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    sharp = type(model)(model.config)
+    sharp.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for layer in sharp.model.layers:
+            layer.self_attn.q_proj.weight.mul_(30)
+            layer.self_attn.k_proj.weight.mul_(30)
+    sharp.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
+
+
+def _opencompass_ppl(model_dir: Path, texts: list[str]) -> list[float]:
+    """OpenCompass's ppl-mode score, computed here with transformers 5: summed next-token loss / token count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for text in texts:
+        ids = tok(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1]
+        out.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item() / ids.shape[1])
+    return out
+
+
+def test_v4_view_of_a_transformers5_model(tmp_path, tiny_model_dir):
+    view, changes = oc.v4_compatible_model_dir(Path(tiny_model_dir), tmp_path / "view")
+    assert view == tmp_path / "view" and len(changes) == 2
+    cfg = json.loads((view / "config.json").read_text())
+    assert cfg["rope_theta"] == 10000.0 and "rope_parameters" not in cfg and "rope_scaling" not in cfg
+    assert json.loads((view / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (view / "model.safetensors").resolve() == (Path(tiny_model_dir) / "model.safetensors").resolve()
+    assert json.loads((Path(tiny_model_dir) / "config.json").read_text())["rope_parameters"]  # original untouched
+
+    scaled = tmp_path / "scaled"
+    scaled.mkdir()
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    (scaled / "config.json").write_text(json.dumps({"model_type": "llama", "rope_parameters": llama3}))
+    view2, changes2 = oc.v4_compatible_model_dir(scaled, tmp_path / "view2")
+    cfg2 = json.loads((view2 / "config.json").read_text())
+    assert cfg2["rope_theta"] == 500000.0 and cfg2["rope_scaling"] == {k: v for k, v in llama3.items()
+                                                                      if k != "rope_theta"}
+    assert changes2 == [f"config.json: rope_parameters -> rope_theta=500000.0, rope_scaling={cfg2['rope_scaling']}"]
+
+    v4_style = tmp_path / "v4"
+    v4_style.mkdir()
+    (v4_style / "config.json").write_text(json.dumps({"rope_theta": 500000.0}))
+    (v4_style / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    assert oc.v4_compatible_model_dir(v4_style, tmp_path / "view3") == (v4_style, [])
+    assert not (tmp_path / "view3").exists()
+
+
 @pytest.mark.slow
-def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_txt):
+def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_txt, monkeypatch):
     py = _oc_python()
     if py is None:
         pytest.skip("no OpenCompass environment: set ACCBENCH_OC_PYTHON or run "
                     "`accbench setup-opencompass ~/.cache/accbench/opencompass-env`")
+    model_dir = _sharp_long_rope_model(Path(tiny_model_dir), tmp_path / "model")
     data = tmp_path / "ocdata"
     data.mkdir()
     with open(data / "quick_mcq.jsonl", "w") as f:
         for q, a, b, c, d, ans in MCQ:
             f.write(json.dumps({"question": q, "A": a, "B": b, "C": c, "D": d, "answer": ans}) + "\n")
     (data / "eval_quick.py").write_text(
+        "import os.path as osp\n"
         "from opencompass.models import HuggingFaceBaseModel\n"
-        "datasets = [dict(path='{{fileDirname}}/quick_mcq.jsonl', data_type='mcq', infer_method='ppl')]\n"
-        "models = [dict(type=HuggingFaceBaseModel, abbr='tiny', max_seq_len=256, max_out_len=8, batch_size=4,\n"
+        "datasets = [dict(path=osp.join(osp.dirname(__file__), 'quick_mcq.jsonl'), data_type='mcq', "
+        "infer_method='ppl')]\n"
+        # batch_size=1: OpenCompass 0.5.4 pads ppl batches on the left and then also scores the first real token
+        # (predicted from a pad), so its ppl-mode numbers depend on the batch; one text per batch is exact
+        "models = [dict(type=HuggingFaceBaseModel, abbr='tiny', max_seq_len=256, max_out_len=8, batch_size=1,\n"
         "               model_kwargs=dict(torch_dtype='torch.float32'), run_cfg=dict(num_gpus=0))]\n")
     before = (data / "eval_quick.py").read_text()
-    cfg = _run_config(tmp_path, tiny_model_dir, eval_txt,
+    cfg = _run_config(tmp_path, model_dir, eval_txt,
                       {"cfg_path": str(data / "eval_quick.py"), "python": py, "num_gpus": 0, "max_num_workers": 2})
+    monkeypatch.chdir(tmp_path)  # OpenCompass leaves its tmp/ folder in the directory accbench starts from
     run = tmp_path / "run"
-    assert main(["run", cfg, "-o", str(run)]) == 0
+    assert main(["run", cfg, "-o", str(run), "eval.num_samples=2"]) == 0
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "complete" and (data / "eval_quick.py").read_text() == before
 
@@ -290,7 +358,7 @@ def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_tx
         rows = list(csv.DictReader(f))
     assert entry["score"] == float(rows[0]["tiny_pretrain"]) and entry["raw"] == rows[0]["tiny_pretrain"]
 
-    # independent check: the accuracy recomputed from OpenCompass's own predictions of the 8 questions
+    # the accuracy recomputed from OpenCompass's own predictions of the 8 questions
     preds = {}
     for shard in sorted((summary.parent.parent / "predictions" / "tiny_pretrain").glob("quick_mcq*.json")):
         preds.update(json.loads(shard.read_text()))
@@ -298,6 +366,10 @@ def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_tx
     acc = 100 * sum(p["prediction"] == p["gold"] for p in preds.values()) / len(preds)
     assert entry["score"] == pytest.approx(acc, abs=0.005)
 
-    # the generated model entry carries the original model's path (the pretrain position)
+    # OpenCompass (transformers 4) scored exactly our model: its per-option losses equal transformers 5's on the
+    # original folder. Without accbench's v4 view, 4.x reads rope_theta as 10000 and these differ by ~0.03.
+    texts = [p[f"label: {x}"]["testing input"] for p in preds.values() for x in "ABCD"]
+    theirs = [p[f"label: {x}"]["PPL"] for p in preds.values() for x in "ABCD"]
+    assert theirs == pytest.approx(_opencompass_ppl(model_dir, texts), abs=1e-4)
     gen = (run / "opencompass" / oc.GENERATED_CONFIG).read_text()
-    assert repr(str(Path(tiny_model_dir).resolve())) in gen
+    assert repr(str((run / "opencompass" / "models" / "pretrain").resolve())) in gen
