@@ -295,7 +295,9 @@ def test_v4_view_of_a_transformers5_model(tmp_path, tiny_model_dir):
     assert view == tmp_path / "view" and len(changes) == 2
     cfg = json.loads((view / "config.json").read_text())
     assert cfg["rope_theta"] == 10000.0 and "rope_parameters" not in cfg and "rope_scaling" not in cfg
-    assert json.loads((view / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tok = json.loads((view / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok["model_input_names"] == ["input_ids", "attention_mask"]  # no token_type_ids for generate()
     assert (view / "model.safetensors").resolve() == (Path(tiny_model_dir) / "model.safetensors").resolve()
     assert json.loads((Path(tiny_model_dir) / "config.json").read_text())["rope_parameters"]  # original untouched
 

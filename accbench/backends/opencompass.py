@@ -173,7 +173,7 @@ def v4_compatible_model_dir(model_dir: Path, out_dir: Path) -> tuple[Path, list[
 
     transformers 5 writes two things 4.x gets wrong: `rope_parameters` (4.x ignores it and silently falls back
     to rope_theta=10000, wrong for e.g. Llama 3's 500000) and tokenizer_class `TokenizersBackend` (4.x cannot
-    load it; it is 4.x's PreTrainedTokenizerFast). When either is present, out_dir gets symlinks to every
+    load it; it is 4.x's PreTrainedTokenizerFast, told to return no token_type_ids). When either is present, out_dir gets symlinks to every
     file of model_dir plus rewritten config.json / tokenizer_config.json; otherwise model_dir is used as is.
     Returns the folder to evaluate and what was changed.
     """
@@ -191,6 +191,8 @@ def v4_compatible_model_dir(model_dir: Path, out_dir: Path) -> tuple[Path, list[
     tok = _read_json(model_dir / "tokenizer_config.json")
     if tok and tok.get("tokenizer_class") == "TokenizersBackend":
         tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+        # 4.x's PreTrainedTokenizerFast also returns token_type_ids, which generate() of a causal LM rejects
+        tok.setdefault("model_input_names", ["input_ids", "attention_mask"])
         changes.append("tokenizer_config.json: tokenizer_class TokenizersBackend -> PreTrainedTokenizerFast")
     if not changes:
         return model_dir, []

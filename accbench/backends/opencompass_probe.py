@@ -8,7 +8,12 @@ model entries and build a generated config from them without importing OpenCompa
 """
 
 import json
+import os
 import sys
+
+# this folder holds accbench's opencompass.py, which would shadow the real opencompass package
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 
 def to_plain(obj):
