@@ -139,7 +139,7 @@ def run_opencompass_stage(ctx: RunContext) -> None:
     log.info("opencompass: %s -> %s (work dir %s)", cfg_path, generated, work_dir)
     started = time.time()
     with Timer(ctx.results.timings, "opencompass"):
-        oc.run_opencompass(env, generated, work_dir, occ.max_num_workers, ctx.resume, log_path, Path.cwd())
+        oc.run_opencompass(env, generated, work_dir, occ.max_num_workers, ctx.resume, log_path, oc_dir, Path.cwd())
     summary = oc.find_summary(work_dir, started, log_path)
     scores = oc.parse_summary_csv(summary, abbr_to_position)
     ctx.results.opencompass = [asdict(s) for s in scores]
@@ -171,10 +171,11 @@ def check_opencompass_ready(ctx: RunContext) -> tuple[Path, Any, Any]:
     if unsaved:
         raise AccbenchError(f"opencompass.eval_pos lists models this run does not save: {', '.join(unsaved)}",
                             "set the save flag or remove the position from opencompass.eval_pos")
-    oc_dir = ctx.run_dir / "opencompass"
+    oc_dir = (ctx.run_dir / "opencompass").resolve()
     oc_dir.mkdir(parents=True, exist_ok=True)
     env = oc.find_env(occ.python)
-    probed = oc.probe_config(env, cfg_path.resolve(), oc_dir, ctx.run_dir / "logs" / "opencompass.log", Path.cwd())
+    probed = oc.probe_config(env, cfg_path.resolve(), oc_dir, (ctx.run_dir / "logs" / "opencompass.log").resolve(),
+                             oc_dir)
     oc.check_model_entries(probed.models, str(cfg_path))
     oc.check_gpus(occ.num_gpus, occ.max_num_workers)
     return cfg_path.resolve(), env, probed

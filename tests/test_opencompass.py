@@ -149,27 +149,34 @@ def test_find_summary_takes_latest_experiment_and_refuses_stale(tmp_path):
 # ----------------------------------------------------------------------------- running and environment
 
 
-def test_failing_opencompass_stops_with_log_path_and_tail(tmp_path):
-    env = oc.OpenCompassEnv(sys.executable, [sys.executable, "-c",
-                                             "import sys; print('loading'); print('CUDA out of memory'); sys.exit(3)"])
+def test_failing_opencompass_stops_with_log_path_and_tail(tmp_path, monkeypatch):
+    env = oc.OpenCompassEnv(sys.executable, [sys.executable, "-c", "import os, sys; print('data', "
+                                             "os.environ['COMPASS_DATA_CACHE'], os.getcwd()); print('loading'); "
+                                             "print('CUDA out of memory'); sys.exit(3)"])
+    monkeypatch.delenv("COMPASS_DATA_CACHE", raising=False)
     log, work = tmp_path / "opencompass.log", tmp_path / "work"
     with pytest.raises(AccbenchError) as exc:
-        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, True, log, tmp_path)
+        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, True, log, tmp_path, tmp_path)
     msg = str(exc.value)
     assert "exit code 3" in msg and str(log) in msg and "CUDA out of memory" in msg and "--resume" in msg
     logged = log.read_text()
     assert logged.splitlines()[0].endswith("--max-num-workers 2") and "loading" in logged  # nothing to reuse yet
+    assert f"data {tmp_path} {tmp_path}" in logged  # ./data resolves where accbench started; runs in cwd
+    monkeypatch.setenv("COMPASS_DATA_CACHE", "/data/oc")  # the user's own setting wins
+    with pytest.raises(AccbenchError):
+        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, False, log, tmp_path, tmp_path)
+    assert "data /data/oc" in log.read_text()
 
     # on resume the latest experiment is reused by name; accbench's own files in the work dir are not experiments
     for name in ("20250101_000000", "20250102_000000", "models", "zz"):
         (work / name).mkdir()
     (work / "probe.json").write_text("{}")
     with pytest.raises(AccbenchError):
-        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, True, log, tmp_path)
+        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, True, log, tmp_path, tmp_path)
     assert "--max-num-workers 2 -r 20250102_000000\n" in log.read_text()
     with pytest.raises(AccbenchError):
-        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, False, log, tmp_path)
-    assert log.read_text().splitlines()[-3].endswith("--max-num-workers 2")  # a fresh run reuses nothing
+        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, False, log, tmp_path, tmp_path)
+    assert log.read_text().splitlines()[-4].endswith("--max-num-workers 2")  # a fresh run reuses nothing
 
 
 def test_missing_opencompass_says_how_to_install(tmp_path, monkeypatch):
@@ -344,7 +351,7 @@ def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_tx
     before = (data / "eval_quick.py").read_text()
     cfg = _run_config(tmp_path, model_dir, eval_txt,
                       {"cfg_path": str(data / "eval_quick.py"), "python": py, "num_gpus": 0, "max_num_workers": 2})
-    monkeypatch.chdir(tmp_path)  # OpenCompass leaves its tmp/ folder in the directory accbench starts from
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     assert main(["run", cfg, "-o", str(run), "eval.num_samples=2"]) == 0
     res = json.loads((run / "results.json").read_text())
@@ -375,3 +382,4 @@ def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_tx
     assert theirs == pytest.approx(_opencompass_ppl(model_dir, texts), abs=1e-4)
     gen = (run / "opencompass" / oc.GENERATED_CONFIG).read_text()
     assert repr(str((run / "opencompass" / "models" / "pretrain").resolve())) in gen
+    assert not (tmp_path / "tmp").exists() and (run / "opencompass" / "tmp").is_dir()  # OpenCompass's litter stays in the run

@@ -106,7 +106,7 @@ def find_env(python: str | None) -> OpenCompassEnv:
 
 def probe_config(env: OpenCompassEnv, cfg_path: Path, out_dir: Path, log_path: Path, cwd: Path) -> ProbedConfig:
     """Load the user's config with OpenCompass's mmengine and return its models and infer sections."""
-    out = out_dir / "probe.json"
+    out = (out_dir / "probe.json").resolve()  # the probe runs in cwd
     proc = subprocess.run([env.python, str(PROBE_SCRIPT), str(cfg_path), str(out)], capture_output=True, text=True,
                           cwd=cwd)
     with open(log_path, "a", encoding="utf-8") as log:
@@ -285,11 +285,13 @@ def check_gpus(num_gpus: int, max_num_workers: int) -> str | None:
 
 
 def run_opencompass(env: OpenCompassEnv, config: Path, work_dir: Path, max_num_workers: int, reuse: bool,
-                    log_path: Path, cwd: Path) -> None:
+                    log_path: Path, cwd: Path, data_root: Path) -> None:
     """Run OpenCompass to completion, output appended to log_path; a non-zero exit is an AccbenchError.
 
-    cwd is where OpenCompass resolves relative dataset paths (./data) and leaves its `tmp/` folder: the
-    directory accbench was started from, as if the user had run `opencompass` there by hand.
+    OpenCompass leaves `tmp/`, `icl_inference_output/` and a dataset-size cache (`.cache/`) in its working
+    directory, so it runs in `cwd` (in the run directory). Its standard relative dataset paths (./data/...)
+    resolve against $COMPASS_DATA_CACHE, which is set to data_root (where accbench was started, as if the
+    user had run `opencompass` there) unless the user set it.
     """
     cmd = env.command + [str(config), "-w", str(work_dir), "--max-num-workers", str(max_num_workers)]
     previous = experiment_dirs(work_dir)
@@ -300,7 +302,8 @@ def run_opencompass(env: OpenCompassEnv, config: Path, work_dir: Path, max_num_w
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd).returncode
+        env_vars = {**os.environ, "COMPASS_DATA_CACHE": os.environ.get("COMPASS_DATA_CACHE") or str(data_root)}
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env_vars).returncode
     if code != 0:
         raise AccbenchError(f"OpenCompass failed with exit code {code}; log: {log_path}\n"
                             f"  last lines:\n{tail_text(log_path.read_text(errors='replace'), 20)}",
