@@ -139,7 +139,9 @@ def run_opencompass_stage(ctx: RunContext) -> None:
     log.info("opencompass: %s -> %s (work dir %s)", cfg_path, generated, work_dir)
     started = time.time()
     with Timer(ctx.results.timings, "opencompass"):
-        oc.run_opencompass(env, generated, work_dir, occ.max_num_workers, ctx.resume, log_path, oc_dir, Path.cwd())
+        earlier = Path(ctx.results.opencompass_output.get("experiment_dir", "")).name or None
+        oc.run_opencompass(env, generated, work_dir, occ.max_num_workers, ctx.resume, log_path, oc_dir, Path.cwd(),
+                           earlier)
     summary = oc.find_summary(work_dir, started, log_path)
     scores = oc.parse_summary_csv(summary, abbr_to_position)
     ctx.results.opencompass = [asdict(s) for s in scores]

@@ -1,8 +1,10 @@
 """The opencompass section: generated config, summary parsing, failure paths, and (slow) a real OpenCompass run.
 
-The slow test runs OpenCompass for real on the tiny model through `accbench run` (~1-2 min on 2 CPU cores).
+The slow test runs OpenCompass for real on the tiny model through `accbench run`, then resumes it (~2-3 min
+on 2 CPU cores).
 It needs an OpenCompass environment: ACCBENCH_OC_PYTHON=/path/to/env/bin/python, or one made with
-`accbench setup-opencompass ~/.cache/accbench/opencompass-env`; without one it is skipped.
+`accbench setup-opencompass ~/.cache/accbench/opencompass-env` (under $ACCBENCH_CACHE when that is set);
+without one it is skipped.
 Run it with: pytest tests/test_opencompass.py -m slow
 """
 
@@ -121,6 +123,22 @@ def test_summary_parsing_keeps_missing_and_non_numeric_cells_missing(tmp_path):
     assert all(s.score is None or s.score > 0 for s in scores)  # nothing missing turned into 0
 
 
+def test_console_table_shows_missing_as_missing(tmp_path):
+    from rich.console import Console
+
+    p = tmp_path / "summary.csv"
+    p.write_text(SUMMARY)
+    console = Console(record=True, width=160)
+    console.print(oc.scores_table(oc.parse_summary_csv(p, {"tiny_pretrain": "pretrain",
+                                                           "tiny_fake_quant": "fake_quant"})))
+    text = console.export_text()
+    quick = next(line for line in text.splitlines() if "quick_mcq" in line)
+    assert "37.50" in quick and "25.00" in quick and "12.00" in quick
+    human = next(line for line in text.splitlines() if "humaneval" in line)
+    assert human.count("missing") == 3 and "0.00" not in human
+    assert "fake_quant" in text and "(tiny_fake_quant)" in text
+
+
 @pytest.mark.parametrize("raw,value", [("37.50", 37.5), (" 0.00 ", 0.0), ("-", None), ("", None), ("nan", None),
                                        ("inf", None), ("12%", None)])
 def test_parse_score(raw, value):
@@ -140,6 +158,10 @@ def test_find_summary_takes_latest_experiment_and_refuses_stale(tmp_path):
         (tmp_path / ts / "summary").mkdir(parents=True)
         (tmp_path / ts / "summary" / f"summary_{ts}.csv").write_text(SUMMARY)
     assert oc.find_summary(tmp_path, time.time() - 60, tmp_path / "log").parent.parent.name == "20250102_000000"
+    time.sleep(0.01)  # a resumed run writes its new summary into the older experiment it reused
+    (tmp_path / "20250101_000000" / "summary" / "summary_20250103_000000.csv").write_text(SUMMARY)
+    found = oc.find_summary(tmp_path, time.time() - 60, tmp_path / "log")
+    assert (found.parent.parent.name, found.name) == ("20250101_000000", "summary_20250103_000000.csv")
     with pytest.raises(AccbenchError, match="without writing a summary"):
         oc.find_summary(tmp_path, time.time() + 60, tmp_path / "log")
     with pytest.raises(AccbenchError, match="without writing a summary"):
@@ -174,6 +196,9 @@ def test_failing_opencompass_stops_with_log_path_and_tail(tmp_path, monkeypatch)
     with pytest.raises(AccbenchError):
         oc.run_opencompass(env, tmp_path / "gen.py", work, 2, True, log, tmp_path, tmp_path)
     assert "--max-num-workers 2 -r 20250102_000000\n" in log.read_text()
+    with pytest.raises(AccbenchError):  # the experiment this run used before, when it is known
+        oc.run_opencompass(env, tmp_path / "gen.py", work, 2, True, log, tmp_path, tmp_path, "20250101_000000")
+    assert "--max-num-workers 2 -r 20250101_000000\n" in log.read_text()
     with pytest.raises(AccbenchError):
         oc.run_opencompass(env, tmp_path / "gen.py", work, 2, False, log, tmp_path, tmp_path)
     assert log.read_text().splitlines()[-4].endswith("--max-num-workers 2")  # a fresh run reuses nothing
@@ -259,7 +284,9 @@ def _oc_python() -> str | None:
     env = os.environ.get("ACCBENCH_OC_PYTHON")
     if env:
         return env
-    cached = Path.home() / ".cache" / "accbench" / "opencompass-env" / "bin" / "python"
+    root = Path(os.environ["ACCBENCH_CACHE"]).expanduser() if os.environ.get("ACCBENCH_CACHE") else \
+        Path.home() / ".cache" / "accbench"
+    cached = root / "opencompass-env" / "bin" / "python"
     return str(cached) if cached.is_file() else None
 
 
@@ -383,3 +410,11 @@ def test_real_opencompass_run_through_accbench(tmp_path, tiny_model_dir, eval_tx
     gen = (run / "opencompass" / oc.GENERATED_CONFIG).read_text()
     assert repr(str((run / "opencompass" / "models" / "pretrain").resolve())) in gen
     assert not (tmp_path / "tmp").exists() and (run / "opencompass" / "tmp").is_dir()  # OpenCompass's litter stays in the run
+
+    # --resume reuses the finished OpenCompass experiment: no task runs again, the same number comes back
+    assert main(["run", cfg, "-o", str(run), "eval.num_samples=2", "--resume"]) == 0
+    again = json.loads((run / "results.json").read_text())
+    log = Path(out["log"]).read_text()
+    assert f"-r {summary.parent.parent.name}" in log and log.count("Partitioned into 0 tasks") == 2
+    assert again["opencompass"] == res["opencompass"]
+    assert Path(again["opencompass_output"]["summary_csv"]).parent == summary.parent

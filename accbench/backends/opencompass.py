@@ -285,7 +285,7 @@ def check_gpus(num_gpus: int, max_num_workers: int) -> str | None:
 
 
 def run_opencompass(env: OpenCompassEnv, config: Path, work_dir: Path, max_num_workers: int, reuse: bool,
-                    log_path: Path, cwd: Path, data_root: Path) -> None:
+                    log_path: Path, cwd: Path, data_root: Path, previous_experiment: str | None = None) -> None:
     """Run OpenCompass to completion, output appended to log_path; a non-zero exit is an AccbenchError.
 
     OpenCompass leaves `tmp/`, `icl_inference_output/` and a dataset-size cache (`.cache/`) in its working
@@ -294,10 +294,11 @@ def run_opencompass(env: OpenCompassEnv, config: Path, work_dir: Path, max_num_w
     user had run `opencompass` there) unless the user set it.
     """
     cmd = env.command + [str(config), "-w", str(work_dir), "--max-num-workers", str(max_num_workers)]
-    previous = experiment_dirs(work_dir)
+    previous = [p.name for p in experiment_dirs(work_dir)]
     if reuse and previous:
-        # named explicitly: OpenCompass's own "latest" is the last name in the folder, which need not be an experiment
-        cmd += ["-r", previous[-1].name]
+        # named explicitly: OpenCompass's own "latest" is the last name in the folder, which need not be an
+        # experiment; the one this run used before wins over a newer one from another run in a shared work dir
+        cmd += ["-r", previous_experiment if previous_experiment in previous else previous[-1]]
     work_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
@@ -319,11 +320,14 @@ def experiment_dirs(work_dir: Path) -> list[Path]:
 
 
 def find_summary(work_dir: Path, since: float, log_path: Path) -> Path:
-    """The summary csv of the run that just finished: in the latest experiment folder, newer than `since`."""
+    """The summary csv of the run that just finished: the newest in any experiment folder, written after `since`.
+
+    (A reused experiment is not the latest folder, so every experiment is looked at.)
+    """
     exps = experiment_dirs(work_dir)
-    csvs = sorted(exps[-1].glob("summary/summary_*.csv"), key=lambda p: p.stat().st_mtime) if exps else []
+    csvs = sorted((c for e in exps for c in e.glob("summary/summary_*.csv")), key=lambda c: c.stat().st_mtime)
     if not csvs or csvs[-1].stat().st_mtime < since - 1:
-        where = exps[-1] / "summary" if exps else work_dir
+        where = f"{work_dir}/<experiment>/summary" if exps else work_dir
         raise AccbenchError(f"OpenCompass exited without writing a summary csv in {where}",
                             f"see its log {log_path}")
     return csvs[-1]
