@@ -214,6 +214,16 @@ def test_missing_opencompass_says_how_to_install(tmp_path, monkeypatch):
         oc.find_env(sys.executable)  # a python without OpenCompass
 
 
+def test_config_opencompass_cannot_read_is_reported_with_its_error(tmp_path):
+    env = oc.OpenCompassEnv(sys.executable, [])  # accbench's python has no mmengine: the probe fails
+    user = tmp_path / "eval.py"
+    user.write_text("models = []\n")
+    with pytest.raises(AccbenchError) as exc:
+        oc.probe_config(env, user, tmp_path, tmp_path / "oc.log", tmp_path)
+    assert f"could not read the config {user}" in str(exc.value) and "mmengine" in str(exc.value)
+    assert "mmengine" in (tmp_path / "oc.log").read_text()
+
+
 def test_executable_on_path_is_used_with_its_shebang_python(tmp_path, monkeypatch):
     exe = tmp_path / "opencompass"
     exe.write_text(f"#!{sys.executable}\nprint('hi')\n")

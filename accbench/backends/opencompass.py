@@ -88,7 +88,7 @@ def find_env(python: str | None) -> OpenCompassEnv:
             raise AccbenchError(f"opencompass.python: {python} is not an executable file", INSTALL_HINT)
         check = subprocess.run([str(py), "-c", "import importlib.util as u, sys; "
                                 "sys.exit(u.find_spec('opencompass') is None or u.find_spec('mmengine') is None)"],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, cwd="/")  # a folder named opencompass here must not count
         if check.returncode != 0:
             raise AccbenchError(f"opencompass.python: {python} cannot import opencompass and mmengine", INSTALL_HINT)
         return OpenCompassEnv(str(py), [str(py), "-m", "opencompass.cli.main"])
