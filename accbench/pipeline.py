@@ -185,7 +185,7 @@ def check_opencompass_ready(ctx: RunContext) -> tuple[Path, Any, Any]:
 
 def _opencompass_models(ctx: RunContext, eval_pos: list[str] | None, oc_dir: Path) -> dict[str, str]:
     """position -> model folder for OpenCompass: the original (when evaluated) and every saved model."""
-    from accbench.backends.opencompass import v4_compatible_model_dir
+    from accbench.backends.hf_v4_view import v4_compatible_model_dir
 
     models = ctx.results.models
     if eval_pos is not None:

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from accbench.backends import opencompass as oc
+from accbench.backends.hf_v4_view import v4_compatible_model_dir
 from accbench.cli import main
 from accbench.errors import AccbenchError
 
@@ -335,7 +336,7 @@ def _opencompass_ppl(model_dir: Path, texts: list[str]) -> list[float]:
 
 
 def test_v4_view_of_a_transformers5_model(tmp_path, tiny_model_dir):
-    view, changes = oc.v4_compatible_model_dir(Path(tiny_model_dir), tmp_path / "view")
+    view, changes = v4_compatible_model_dir(Path(tiny_model_dir), tmp_path / "view")
     assert view == tmp_path / "view" and len(changes) == 2
     cfg = json.loads((view / "config.json").read_text())
     assert cfg["rope_theta"] == 10000.0 and "rope_parameters" not in cfg and "rope_scaling" not in cfg
@@ -350,7 +351,7 @@ def test_v4_view_of_a_transformers5_model(tmp_path, tiny_model_dir):
     llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     (scaled / "config.json").write_text(json.dumps({"model_type": "llama", "rope_parameters": llama3}))
-    view2, changes2 = oc.v4_compatible_model_dir(scaled, tmp_path / "view2")
+    view2, changes2 = v4_compatible_model_dir(scaled, tmp_path / "view2")
     cfg2 = json.loads((view2 / "config.json").read_text())
     assert cfg2["rope_theta"] == 500000.0 and cfg2["rope_scaling"] == {k: v for k, v in llama3.items()
                                                                       if k != "rope_theta"}
@@ -360,7 +361,7 @@ def test_v4_view_of_a_transformers5_model(tmp_path, tiny_model_dir):
     v4_style.mkdir()
     (v4_style / "config.json").write_text(json.dumps({"rope_theta": 500000.0}))
     (v4_style / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
-    assert oc.v4_compatible_model_dir(v4_style, tmp_path / "view3") == (v4_style, [])
+    assert v4_compatible_model_dir(v4_style, tmp_path / "view3") == (v4_style, [])
     assert not (tmp_path / "view3").exists()
 
 
