@@ -173,6 +173,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     rescore_run(Path(args.run_dir), _console())
     print(f"results: {Path(args.run_dir) / 'results.json'}")
+def cmd_setup_opencompass(args: argparse.Namespace) -> int:
+    from accbench.backends.opencompass import setup_env
+
+    setup_env(Path(args.dir), args.python)
     return EXIT_OK
 
 
@@ -276,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
     sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
     sc.set_defaults(func=cmd_score_code)
+    o = sub.add_parser("setup-opencompass", help="create a virtual environment with OpenCompass and its working pins")
+    o.add_argument("dir", help="directory of the new environment; then set opencompass.python: DIR/bin/python")
+    o.add_argument("--python", help="interpreter to base the environment on (default: the one running accbench)")
+    o.set_defaults(func=cmd_setup_opencompass)
     return p
 
 

@@ -82,6 +82,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
+    if cfg.opencompass is not None:
+        check_opencompass_ready(ctx)  # a wrong OpenCompass setup fails now, not after the quantization
 
     if cfg.tasks:  # bad task data or an unknown lm-eval task fails now, not after the model has loaded
         from accbench.evaluate.tasks import check_tasks
@@ -365,8 +367,102 @@ def _load_checkpoint(cfg: RunConfig, ckpt: str, original: str, variant: str) -> 
 
 def run_opencompass_stage(ctx: RunContext) -> None:
     """Evaluate the saved models with the user's OpenCompass config and read its summary back."""
-    raise AccbenchError("the opencompass section is not implemented in this version yet",
-                        "remove the opencompass section")
+    from dataclasses import asdict
+
+    from accbench.backends import opencompass as oc
+
+    occ = ctx.cfg.opencompass
+    assert occ is not None
+    cfg_path, env, probed = check_opencompass_ready(ctx)
+    oc_dir = (ctx.run_dir / "opencompass").resolve()
+    work_dir = Path(occ.output_path).expanduser().resolve() if occ.output_path else oc_dir
+    log_path = (ctx.run_dir / "logs" / "opencompass.log").resolve()
+    paths = _opencompass_models(ctx, occ.eval_pos, oc_dir)
+    entries, abbr_to_position = oc.build_models(probed.models, paths, occ.num_gpus, str(cfg_path))
+    queue_note = oc.check_gpus(occ.num_gpus, occ.max_num_workers)
+    if queue_note:
+        ctx.console.print(f"[yellow]{queue_note}[/]")
+    generated = oc.write_generated_config(oc_dir / oc.GENERATED_CONFIG, cfg_path, entries,
+                                          oc.runner_settings(probed.infer, occ.max_num_workers))
+    ctx.console.print(f"OpenCompass: {len(entries)} model(s) x {probed.n_datasets} dataset(s) "
+                      f"({', '.join(abbr_to_position)}); log: {log_path}")
+    log.info("opencompass: %s -> %s (work dir %s)", cfg_path, generated, work_dir)
+    started = time.time()
+    with Timer(ctx.results.timings, "opencompass"):
+        earlier = Path(ctx.results.opencompass_output.get("experiment_dir", "")).name or None
+        oc.run_opencompass(env, generated, work_dir, occ.max_num_workers, ctx.resume, log_path, oc_dir, Path.cwd(),
+                           earlier)
+    summary = oc.find_summary(work_dir, started, log_path)
+    scores = oc.parse_summary_csv(summary, abbr_to_position)
+    ctx.results.opencompass = [asdict(s) for s in scores]
+    ctx.results.opencompass_output = {"summary_csv": str(summary), "summary_txt": str(summary.with_suffix(".txt")),
+                                      "experiment_dir": str(summary.parent.parent), "work_dir": str(work_dir),
+                                      "log": str(log_path), "config": str(generated)}
+    ctx.save()
+    ctx.console.print(oc.scores_table(scores))
+    missing = [f"{s.position or s.abbr}/{s.dataset}" for s in scores if s.score is None]
+    if missing:
+        ctx.console.print(f"[yellow]OpenCompass produced no score for {', '.join(missing)}: reported as missing; "
+                          f"its task logs are in {summary.parent.parent / 'logs'}[/]")
+    ctx.console.print(f"OpenCompass summary: {summary}")
+
+
+def check_opencompass_ready(ctx: RunContext) -> tuple[Path, Any, Any]:
+    """Everything about the opencompass section that can fail before a model loads: the config file, the
+    OpenCompass environment, the config's model entries, the GPUs and the positions asked for."""
+    from accbench.backends import opencompass as oc
+
+    occ = ctx.cfg.opencompass
+    assert occ is not None
+    cfg_path = Path(occ.cfg_path).expanduser()
+    if not cfg_path.is_file():
+        raise AccbenchError(f"opencompass.cfg_path: {occ.cfg_path} not found",
+                            "point it to an OpenCompass config (.py), see docs/opencompass.md for examples")
+    needs = {"transformed": ("save_trans", ctx.cfg.save.save_trans), "fake_quant": ("save_fake", ctx.cfg.save.save_fake)}
+    unsaved = [f"{p} (needs save.{needs[p][0]}: true)" for p in occ.eval_pos or [] if p in needs and not needs[p][1]]
+    if unsaved:
+        raise AccbenchError(f"opencompass.eval_pos lists models this run does not save: {', '.join(unsaved)}",
+                            "set the save flag or remove the position from opencompass.eval_pos")
+    oc_dir = (ctx.run_dir / "opencompass").resolve()
+    oc_dir.mkdir(parents=True, exist_ok=True)
+    env = oc.find_env(occ.python)
+    probed = oc.probe_config(env, cfg_path.resolve(), oc_dir, (ctx.run_dir / "logs" / "opencompass.log").resolve(),
+                             oc_dir)
+    oc.check_model_entries(probed.models, str(cfg_path))
+    oc.check_gpus(occ.num_gpus, occ.max_num_workers)
+    return cfg_path.resolve(), env, probed
+
+
+def _opencompass_models(ctx: RunContext, eval_pos: list[str] | None, oc_dir: Path) -> dict[str, str]:
+    """position -> model folder for OpenCompass: the original (when evaluated) and every saved model."""
+    from accbench.backends.hf_v4_view import v4_compatible_model_dir
+
+    models = ctx.results.models
+    if eval_pos is not None:
+        absent = [p for p in eval_pos if p not in models]
+        if absent:
+            raise AccbenchError(f"opencompass.eval_pos lists {absent} but this run has no model for "
+                                f"{'it' if len(absent) == 1 else 'them'} (it has: {', '.join(models) or 'none'})",
+                                "save the model (save.save_trans: true for transformed, save.save_fake: true "
+                                "for fake_quant) or remove it from opencompass.eval_pos")
+        wanted = list(eval_pos)
+    else:
+        wanted = [p for p in models if p != "pretrain" or "pretrain" in ctx.cfg.positions()]
+    if not wanted:
+        raise AccbenchError("opencompass: this run has no model to evaluate with OpenCompass",
+                            "set save.save_trans: true or save.save_fake: true, or add pretrain to eval_pos")
+    paths = {}
+    for p in wanted:
+        path = Path(models[p]).expanduser()
+        if not path.is_dir():
+            raise AccbenchError(f"opencompass: the {p} model is not on disk at {path}",
+                                "OpenCompass evaluates saved models: check save.save_path and the save flags")
+        # OpenCompass runs transformers 4: it gets a view of the folder that 4.x reads as 5.x meant it
+        view, changes = v4_compatible_model_dir(path.resolve(), oc_dir / "models" / p)
+        if changes:
+            log.info("opencompass: %s model seen through %s: %s", p, view, "; ".join(changes))
+        paths[p] = str(view)
+    return paths
 
 
 def run_compare_stage(ctx: RunContext) -> None:

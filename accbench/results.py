@@ -87,6 +87,7 @@ class Results(BaseModel):
     tasks: list[TaskEntry] = Field(default_factory=list)
     train: list[TrainEntry] = Field(default_factory=list)
     opencompass: list[dict[str, Any]] = Field(default_factory=list)
+    opencompass_output: dict[str, str] = Field(default_factory=dict)  # paths: summary csv/txt, log, work dir
     compare: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
