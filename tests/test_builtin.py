@@ -113,6 +113,23 @@ def test_cached_and_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert all(a[k].equal(b[k]) for k in a)
 
 
+def test_embeddings_stay_at_their_random_init(tiny_model: Path) -> None:
+    """The input embedding is frozen, so the decoder blocks (what quantizers change) carry the model."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = BUILTIN_MODELS["tiny-llama"]
+    assert spec["freeze_embeddings"]
+    saved = load_file(tiny_model / "model.safetensors")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_model))
+    init = fresh.model.embed_tokens.weight.detach()
+    assert saved["model.embed_tokens.weight"].equal(init)
+    assert not saved["lm_head.weight"].equal(fresh.lm_head.weight.detach())  # the head does train
+
+
 def test_failed_build_leaves_no_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object) -> None:
         raise RuntimeError("crash mid-build")
@@ -130,3 +147,29 @@ def test_real_model_builds(cache: Path) -> None:
     assert meta["spec"]["steps"] == BUILTIN_MODELS["tiny-llama"]["steps"]
     assert 1_000_000 < meta["params"] < 20_000_000
     assert meta["final_train_loss"] < 5.0
+    # the point of the model: 3-bit RTN of the decoder Linears must visibly raise held-out perplexity
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = tok("\n\n".join(builtin_texts("pydoc", "test")), return_tensors="pt").input_ids
+    x = ids[0, : (ids.shape[1] // 256) * 256].view(-1, 256)
+
+    def ppl() -> float:
+        with torch.no_grad():
+            return math.exp(sum(model(input_ids=w[None], labels=w[None]).loss.item() for w in x) / len(x))
+
+    base = ppl()
+    with torch.no_grad():
+        for name, mod in model.model.layers.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                w = mod.weight.view(mod.weight.shape[0], -1, 32)
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                scale = ((hi - lo) / 7).clamp(min=1e-8)
+                zero = torch.round(-lo / scale)
+                q = torch.clamp(torch.round(w / scale) + zero, 0, 7)
+                mod.weight.copy_(((q - zero) * scale).view_as(mod.weight))
+    assert ppl() > 1.005 * base
