@@ -148,6 +148,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = write_reports(res, Path(args.run_dir))
     print_summary(res, _console())
     print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from accbench.config import eval_config
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
@@ -173,6 +176,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     rescore_run(Path(args.run_dir), _console())
     print(f"results: {Path(args.run_dir) / 'results.json'}")
+    return EXIT_OK
+
+
 def cmd_setup_opencompass(args: argparse.Namespace) -> int:
     from accbench.backends.opencompass import setup_env
 
