@@ -245,3 +245,21 @@ def test_significance_on_perplexity_and_without_per_sample_data(tmp_path: Path):
         e.stderr = {}
     out = _gates(res, GateCfg(task="mc", metric="acc", max_drop=0.01, significance=0.05))
     assert not out["gates"][0]["held"] and "counted as significant" in out["gates"][0]["reason"]
+
+
+def test_opencompass_scores_appear_in_the_report_tables_and_missing_stays_missing(tmp_path: Path):
+    from accbench.report.markdown import render_markdown
+    from accbench.report.tables import all_tables
+    from accbench.results import Results
+
+    res = Results(run_dir=str(tmp_path), status="complete")
+    res.opencompass = [{"position": "pretrain", "dataset": "quick_mc", "metric": "accuracy", "mode": "ppl",
+                        "score": 31.25, "raw": "31.25"},
+                       {"position": "fake_quant", "dataset": "quick_mc", "metric": "accuracy", "mode": "ppl",
+                        "score": None, "raw": "-"}]
+    (oc,) = [t for t in all_tables(res) if t.title == "OpenCompass"]
+    assert oc.rows == [["pretrain", "quick_mc", "accuracy", "ppl", "31.25"],
+                       ["fake_quant", "quick_mc", "accuracy", "ppl", "missing"]]
+    assert oc.marks == ["", "bad"]
+    md = render_markdown(res, [])
+    assert "31.25" in md and "missing" in md

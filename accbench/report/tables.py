@@ -155,6 +155,17 @@ def gates_table(results: Results) -> Table:
     return t
 
 
+def opencompass_table(results: Results) -> Table:
+    """OpenCompass's own accuracies, as read back from its summary; a missing score stays missing."""
+    t = Table("OpenCompass", ["model", "dataset", "metric", "mode", "score"],
+              note="scores as OpenCompass reports them (usually percent); 'missing' = no score in its summary")
+    for e in results.opencompass:
+        score = e.get("score")
+        t.add([e.get("position", ""), e.get("dataset", ""), e.get("metric", ""), e.get("mode", ""),
+               "missing" if score is None else fmt(score, 2)], "bad" if score is None else "")
+    return t
+
+
 def _model_label(name: str) -> str:
     return "Original" if name == "pretrain" else name
 
@@ -173,6 +184,7 @@ def all_tables(results: Results) -> list[Table]:
               task_scores_table(results) if results.tasks else None,
               task_delta_table(results) if comparisons(results, "task") else None,
               train_table(results) if results.train else None,
+              opencompass_table(results) if results.opencompass else None,
               gates_table(results) if results.compare.get("gates") else None]
     return [t for t in tables if t is not None]
 
