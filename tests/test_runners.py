@@ -51,7 +51,8 @@ def _tasks(run_dir) -> dict:
     return {t.task: (t.metrics, t.per_sample) for t in Results.load(run_dir).tasks}
 
 
-@pytest.mark.slow  # ~100 s on 2 shared cores (three spawned model-loading processes), ~25 s idle
+# ~25 s idle (three spawned model-loading processes); runs by default: it is the proof that data-parallel
+# workers give per-sample results identical to one worker
 def test_two_workers_match_one_and_a_dead_worker_restarts_once(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
     assert _eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
     monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "died_once"))  # the first shard kills its worker
