@@ -34,15 +34,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from accbench.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # all config errors surface here, before any model loads
+    return _run_config(cfg, args, "run")
+
+
+def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
+    """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
 
-    cfg = load_config(args.config, args.overrides)  # all config errors surface here, before any model loads
     run_dir = resolve_run_dir(cfg, args.output)
     prepare_run_dir(run_dir, args.resume, args.overwrite)
     setup_logging(run_dir)
     console = _console()
-    console.print(f"accbench run → {run_dir}")
+    console.print(f"accbench {verb} → {run_dir}")
     try:
         results = run_pipeline(cfg, run_dir, console, resume=args.resume)
     except BaseException as exc:
@@ -153,22 +159,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from accbench.config import eval_config
-    from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
-    from accbench.report.console import print_summary
 
     cfg = eval_config(args.model, args.tasks, args.config, args.dtype, args.device, args.overrides)
-    run_dir = resolve_run_dir(cfg, args.output)
-    prepare_run_dir(run_dir, args.resume, args.overwrite)
-    setup_logging(run_dir)
-    console = _console()
-    console.print(f"accbench eval → {run_dir}")
-    try:
-        results = run_pipeline(cfg, run_dir, console, resume=args.resume)
-    except BaseException as exc:
-        _mark_failed(run_dir, exc)
-        raise
-    print_summary(results, console)
-    return EXIT_OK
+    return _run_config(cfg, args, "eval")
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:

@@ -7,10 +7,10 @@ or `.parquet` file (`name: custom`). Every failure is a `DataError` that names t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from accbench.data.jsonl import iter_jsonl
 from accbench.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
@@ -97,17 +97,10 @@ def _column(ds: Any, column: str, where: str) -> list[str]:
 
 def _from_jsonl(p: Path, column: str) -> list[str]:
     texts = []
-    with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})", "fix or remove that line") from None
-            if not isinstance(row, dict) or column not in row:
-                raise DataError(f"{p}:{i}: no field '{column}'", "set text_column to the field holding the text")
-            texts.append(str(row[column]))
+    for i, row in iter_jsonl(p):
+        if column not in row:
+            raise DataError(f"{p}:{i}: no field '{column}'", "set text_column to the field holding the text")
+        texts.append(str(row[column]))
     return texts
 
 

@@ -3,12 +3,12 @@ prefixes, and the standard error of a mean."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 from typing import Any
 
+from accbench.data.jsonl import iter_jsonl
 from accbench.errors import DataError
 
 
@@ -19,20 +19,7 @@ def read_jsonl(path: str | None, task: str) -> list[tuple[int, dict[str, Any]]]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"task '{task}': data file not found: {p}", "check the task's path (relative to where you run)")
-    docs = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"task '{task}': {p}:{n}: not valid JSON ({exc.msg})",
-                                "each line must be one JSON object") from None
-            if not isinstance(doc, dict):
-                raise DataError(f"task '{task}': {p}:{n}: expected a JSON object, got {type(doc).__name__}",
-                                "each line must be one JSON object")
-            docs.append((n, doc))
+    docs = list(iter_jsonl(p, prefix=f"task '{task}': "))
     if not docs:
         raise DataError(f"task '{task}': {p} holds no documents", "add one JSON object per line")
     return docs

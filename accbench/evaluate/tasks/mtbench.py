@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from accbench.config import JudgeCfg, MTBenchTask
+from accbench.data.jsonl import iter_jsonl
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.judge import (JsonlCache, JudgeClient, Judgment, Messages, OpenAIJudge,
                                      ReplyCache, judge_ratings, request_key)
@@ -71,21 +72,6 @@ def _resolve(spec: str, which: int) -> tuple[Path, bool]:
     return p, False
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc})", "one JSON object per line (JSON lines)") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        rows.append((n, row))
-    return rows
-
-
 def _strings(value: Any, where: str, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
         raise DataError(f"{where}: '{field}' must be a non-empty list of strings",
@@ -97,7 +83,7 @@ def load_questions(spec: str, limit: int | None = None) -> list[Question]:
     """Read and check a FastChat-format question file; warn when it is not MT-bench's 80 x 2 turns."""
     path, builtin = _resolve(spec, 0)
     questions, seen = [], set()
-    for n, row in _read_jsonl(path):
+    for n, row in iter_jsonl(path):
         where = f"{path}:{n}"
         missing = [k for k in ("question_id", "category", "turns") if k not in row]
         if missing:
@@ -123,7 +109,7 @@ def load_references(spec: str) -> dict[str, tuple[str, ...]]:
     """Reference answers by question id: FastChat's answer format (choices[0].turns) or {question_id, turns}."""
     path, _ = _resolve(spec, 1)
     refs = {}
-    for n, row in _read_jsonl(path):
+    for n, row in iter_jsonl(path):
         where = f"{path}:{n}"
         if "question_id" not in row:
             raise DataError(f"{where}: missing question_id", FASTCHAT_HINT)
