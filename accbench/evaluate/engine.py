@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from accbench.errors import AccbenchError
 from accbench.evaluate.perplexity import _can_split_head
@@ -175,21 +175,11 @@ class Engine:
             groups.setdefault(tuple(ctx), []).append((i, cont))
         # longest first: an out-of-memory shows up at once, and similar lengths share a batch
         order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(c) for _, c in kv[1])))
-        start = 0
-        bs = self._initial_batch_size(kind, order)
-        while start < len(order):
-            chunk = order[start : start + bs]
-            try:
-                for i, res in self._score_groups(chunk, bs):
-                    results[i] = res
-            except Exception as exc:
-                if not _is_oom(exc) or bs == 1:
-                    raise
-                bs //= 2
-                log.warning("out of memory while scoring; batch size -> %d", bs)
-                _empty_cache()
-                continue
-            start += len(chunk)
+        def score_chunk(chunk: list, bs: int) -> None:
+            for i, res in self._score_groups(chunk, bs):
+                results[i] = res
+
+        bs = run_in_batches(order, self._initial_batch_size(kind, order), score_chunk, "scoring")
         self.stats.batch_sizes[kind] = min(self.stats.batch_sizes.get(kind, bs), bs)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
@@ -333,6 +323,25 @@ def _select_cache_rows(cache: Any, rows: Any) -> Any:
     new.layers = [copy.copy(layer) for layer in cache.layers]
     new.batch_select_indices(rows)  # indexing makes new tensors on the copied layers
     return new
+
+
+def run_in_batches(items: list, bs: int, run: Callable[[list, int], None], what: str) -> int:
+    """Call `run(chunk, bs)` over `items` in chunks of `bs`, halving `bs` and retrying the chunk on out-of-memory;
+    return the batch size that held."""
+    start = 0
+    while start < len(items):
+        chunk = items[start : start + bs]
+        try:
+            run(chunk, bs)
+        except Exception as exc:
+            if not _is_oom(exc) or bs == 1:
+                raise
+            bs //= 2
+            log.warning("out of memory while %s; batch size -> %d", what, bs)
+            _empty_cache()
+            continue
+        start += len(chunk)
+    return bs
 
 
 def _is_oom(exc: BaseException) -> bool:

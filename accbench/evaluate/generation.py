@@ -64,23 +64,14 @@ def generate_batched(engine: "Engine", requests: list[GenerateRequest]) -> list[
     order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
     out: list[str | None] = [None] * len(requests)
     bs = _batch_size(engine, max((len(e) + r.max_new_tokens for e, r in zip(encoded, requests)), default=1))
-    start = 0
-    while start < len(order):
-        idx = order[start : start + bs]
-        try:
-            texts = _generate_batch(engine, [requests[i] for i in idx], [encoded[i] for i in idx])
-        except Exception as exc:
-            from accbench.evaluate.engine import _empty_cache, _is_oom
-
-            if not _is_oom(exc) or bs == 1:
-                raise
-            bs //= 2
-            log.warning("out of memory while generating; batch size -> %d", bs)
-            _empty_cache()
-            continue
+    def generate_chunk(idx: list[int], _bs: int) -> None:
+        texts = _generate_batch(engine, [requests[i] for i in idx], [encoded[i] for i in idx])
         for i, t in zip(idx, texts):
             out[i] = t
-        start += len(idx)
+
+    from accbench.evaluate.engine import run_in_batches
+
+    bs = run_in_batches(order, bs, generate_chunk, "generating")
     engine.stats.batch_sizes["generate"] = min(engine.stats.batch_sizes.get("generate", bs), bs)
     return out  # type: ignore[return-value]
 
