@@ -19,7 +19,7 @@ from typing import Any
 
 from accbench.errors import AccbenchError
 from accbench.evaluate.engine import EngineStats
-from accbench.runners.worker import ReplicaSpec, worker_main
+from accbench.runners.worker import ReplicaPool, ReplicaSpec, worker_main
 
 log = logging.getLogger("accbench.runners")
 START_TIMEOUT_S = 1800.0
@@ -73,7 +73,7 @@ def merge_stats(stats: EngineStats, did: dict) -> None:
     stats.truncated += did["truncated"]
 
 
-class LocalWorkerPool:
+class LocalWorkerPool(ReplicaPool):
     """Answers score / score_rolling / generate by sharding the requests over replica processes."""
 
     def __init__(self, replicas: list[ReplicaSpec], shards: int, batch_size: int | str = "auto", engine: Any = None):
@@ -90,17 +90,6 @@ class LocalWorkerPool:
         for i in range(len(replicas)):
             self._start(i)
         self._wait_ready(range(len(replicas)))
-
-    # ------------------------------------------------------------------ the answerer interface
-
-    def score(self, requests: list) -> list:
-        return self._run("score", requests)
-
-    def score_rolling(self, requests: list) -> list:
-        return self._run("score_rolling", requests)
-
-    def generate(self, requests: list) -> list:
-        return self._run("generate", requests)
 
     # ------------------------------------------------------------------ processes
 

@@ -17,7 +17,7 @@ from typing import Any
 from accbench.errors import AccbenchError
 from accbench.evaluate.engine import EngineStats
 from accbench.runners.local import merge_stats, split_shards
-from accbench.runners.worker import ReplicaSpec
+from accbench.runners.worker import ReplicaPool, ReplicaSpec
 
 log = logging.getLogger("accbench.runners")
 
@@ -47,7 +47,7 @@ class _Replica:
         return answer(self.engine, kind, requests, batch_size)
 
 
-class RayWorkerPool:
+class RayWorkerPool(ReplicaPool):
     """Answers score / score_rolling / generate by sharding the requests over Ray actors."""
 
     def __init__(self, spec: ReplicaSpec, workers: int, num_gpus: int, address: str | None, log_dir: Path,
@@ -74,15 +74,6 @@ class RayWorkerPool:
             opts = {"num_cpus": 0 if cpus < workers else max(1, cpus // workers)}
         actor = ray.remote(max_restarts=1, max_task_retries=1, **opts)(_Replica)
         self.actors = [actor.remote(spec) for _ in range(n)]
-
-    def score(self, requests: list) -> list:
-        return self._run("score", requests)
-
-    def score_rolling(self, requests: list) -> list:
-        return self._run("score_rolling", requests)
-
-    def generate(self, requests: list) -> list:
-        return self._run("generate", requests)
 
     def _run(self, kind: str, requests: list) -> list:
         if not requests:

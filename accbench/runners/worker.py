@@ -32,6 +32,23 @@ class ReplicaSpec:
     log_path: str = ""
 
 
+
+class ReplicaPool:
+    """The answerer interface of a pool of replicas: each request kind goes to `_run(kind, requests)`."""
+
+    def _run(self, kind: str, requests: list) -> list:
+        raise NotImplementedError
+
+    def score(self, requests: list) -> list:
+        return self._run("score", requests)
+
+    def score_rolling(self, requests: list) -> list:
+        return self._run("score_rolling", requests)
+
+    def generate(self, requests: list) -> list:
+        return self._run("generate", requests)
+
+
 def build_engine(spec: ReplicaSpec) -> Any:
     from accbench.evaluate.engine import Engine
     from accbench.models import load_model
