@@ -113,7 +113,6 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
 
 def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
     """Calibrate and quantize block by block; evaluate `transformed` and `fake_quant`; save as asked."""
-    from accbench.models import save_model
     from accbench.quant.methods import needs_calibration
     from accbench.quant.runner import check_quant, fake_quantize_model, transform_model
 
@@ -138,10 +137,7 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
     if "transformed" in cfg.positions():
         evaluate_position(ctx, "transformed", loaded)
     if cfg.save.save_trans:
-        with Timer(res.timings, "save_transformed"):
-            res.models["transformed"] = str(save_model(loaded.model, loaded.tokenizer, save_root / "transformed"))
-        ctx.console.print(f"saved transformed model → {res.models['transformed']}")
-        ctx.save()
+        _save_position(ctx, loaded, "transformed", save_root, "transformed model")
 
     with Timer(res.timings, "quant_fake"):
         fake_quantize_model(loaded.model, spec, batches, loaded.device, state)
@@ -151,12 +147,9 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
     if "fake_quant" in cfg.positions():
         evaluate_position(ctx, "fake_quant", loaded)
     if cfg.save.save_fake:
-        with Timer(res.timings, "save_fake_quant"):
-            res.models["fake_quant"] = str(save_model(loaded.model, loaded.tokenizer, save_root / "fake_quant"))
-        ctx.console.print(f"saved fake-quantized model → {res.models['fake_quant']}"
-                          + (" (weights only: activation quantization is applied at run time, not saved)"
-                             if spec.act is not None else ""))
-        ctx.save()
+        _save_position(ctx, loaded, "fake_quant", save_root, "fake-quantized model"
+                       + (" (weights only: activation quantization is applied at run time, not saved)"
+                          if spec.act is not None else ""))
     if spec.special.get("save_scale") or spec.special.get("save_clip"):
         import torch
 
@@ -165,6 +158,16 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
             torch.save(state.scales, save_root / "scales.pt")
         if spec.special.get("save_clip"):
             torch.save(state.clips, save_root / "clips.pt")
+
+
+def _save_position(ctx: RunContext, loaded: Any, position: str, root: Path, what: str) -> None:
+    """Save the model as it is at `position` under root/position and record where it went."""
+    from accbench.models import save_model
+
+    with Timer(ctx.results.timings, f"save_{position}"):
+        ctx.results.models[position] = str(save_model(loaded.model, loaded.tokenizer, root / position))
+    ctx.console.print(f"saved {what} → {ctx.results.models[position]}")
+    ctx.save()
 
 
 def quant_spec(cfg: RunConfig) -> Any:
