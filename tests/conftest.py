@@ -57,3 +57,14 @@ def eval_txt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "eval.txt"
     out.write_text("\n\n".join(_pydoc_texts()[:6]))
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one torch thread avoids oversubscription stalls."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

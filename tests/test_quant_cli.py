@@ -28,14 +28,7 @@ def _config(tmp_path: Path, model_dir: Path, data: Path, quant: dict, **extra) -
     return p
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run_cli(cfg: Path, out: Path, capsys) -> tuple[int, str]:

@@ -10,13 +10,7 @@ from accbench.quant.quantizer import (ActQuantSpec, WeightQuantSpec, fake_quanti
                                       sqnr_db)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors on a shared 2-core machine: one thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 X = torch.tensor([[-1.0, -0.2, 0.3, 2.0]])

@@ -15,12 +15,7 @@ from accbench.quant.runner import check_quant, fake_quantize_model, transform_mo
 from accbench.quant.spec import QuantSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _llama(kv_heads: int = 4, seed: int = 0):
