@@ -83,7 +83,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
     if cfg.opencompass is not None:
-        check_opencompass_ready(ctx)  # a wrong OpenCompass setup fails now, not after the quantization
+        oc_ready = check_opencompass_ready(ctx)  # a wrong OpenCompass setup fails now, not after the quantization
 
     if cfg.tasks:  # bad task data or an unknown lm-eval task fails now, not after the model has loaded
         from accbench.evaluate.tasks import check_tasks
@@ -104,7 +104,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
         if cfg.quant is not None:
             run_quant_stage(ctx, loaded)
     if cfg.opencompass is not None:
-        run_opencompass_stage(ctx)
+        run_opencompass_stage(ctx, oc_ready)
     run_compare_stage(ctx)
     results.status = "complete"
     ctx.save()
@@ -368,15 +368,18 @@ def _load_checkpoint(cfg: RunConfig, ckpt: str, original: str, variant: str) -> 
                       m.attn_implementation, m.tokenizer_mode == "fast")
 
 
-def run_opencompass_stage(ctx: RunContext) -> None:
-    """Evaluate the saved models with the user's OpenCompass config and read its summary back."""
+def run_opencompass_stage(ctx: RunContext, ready: tuple[Path, Any, Any]) -> None:
+    """Evaluate the saved models with the user's OpenCompass config and read its summary back.
+
+    `ready` is what check_opencompass_ready returned before the model loaded (config path, environment, the
+    probed config): reading the user's config takes OpenCompass's interpreter ~15 s, so it is done once."""
     from dataclasses import asdict
 
     from accbench.backends import opencompass as oc
 
     occ = ctx.cfg.opencompass
     assert occ is not None
-    cfg_path, env, probed = check_opencompass_ready(ctx)
+    cfg_path, env, probed = ready
     oc_dir = (ctx.run_dir / "opencompass").resolve()
     work_dir = Path(occ.output_path).expanduser().resolve() if occ.output_path else oc_dir
     log_path = (ctx.run_dir / "logs" / "opencompass.log").resolve()
