@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
@@ -583,7 +583,11 @@ def _finish_fidelity(ctx: RunContext, position: str, ev: EvalData, hook: Any) ->
 
 
 def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
-    """Downstream tasks (the `tasks` section) on the model as it is at this position."""
+    """Downstream tasks (the `tasks` section) on the model as it is at this position.
+
+    The tasks' requests are pooled (evaluate/pool.py): answered once per kind across all tasks, behind the
+    per-sample store. Each task's result is saved as soon as it is complete; a task that fails does not stop
+    the others, and its error is raised once they have finished and been saved."""
     todo = [t for t in ctx.cfg.tasks
             if not any(e.model == position and e.task == t.name for e in ctx.results.tasks)]
     for t in ctx.cfg.tasks:
@@ -591,28 +595,93 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
             log.info("resume: task %s/%s already evaluated", position, t.name)
     if not todo:
         return
+    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import TaskContext, run_task
     from accbench.results import TaskEntry
+    from accbench.store import StoredAnswerer
 
     task_ctx = TaskContext(loaded.tokenizer, ctx.run_dir, position, lambda j: _load_hf_judge(j, loaded.device))
-    pool = _start_workers(ctx, position, loaded)
+    fp = _position_fingerprint(ctx, position, loaded)
+    workers = _start_workers(ctx, position, loaded)
+    engines: dict[str, Any] = {}  # one engine per batch-size setting: the batch sizes it finds serve every task
+
+    def engine_for(batch_size: Any) -> Any:
+        if workers is not None:
+            return workers.engine
+        key = repr(batch_size)
+        if key not in engines:
+            engines[key] = Engine(loaded.model, loaded.tokenizer, loaded.device, batch_size)
+        return engines[key]
+
+    def answer(kind: str, batch_size: Any, requests: list) -> list:
+        if workers is not None:
+            workers.batch_size = batch_size
+            return getattr(workers, kind)(requests)
+        return getattr(engine_for(batch_size), kind)(requests)
+
+    pool = RequestPool(answer)
+    by_name = {t.name: t for t in todo}
+    stored: dict[str, Any] = {}
+    started: dict[str, float] = {}
+    errors: list[BaseException] = []
+
+    def task_fn(task: Any) -> Callable[[Any], Any]:
+        def fn(client: Any) -> Any:
+            started[task.name] = time.perf_counter()
+            stored[task.name] = StoredAnswerer(ctx.store, fp, task.name, client)
+            return run_task(task, stored[task.name], task_ctx)
+        return fn
+
+    def done(name: str, res: Any, error: BaseException | None) -> None:
+        key = f"task_{position}_{name}"
+        ctx.results.timings[key] = round(ctx.results.timings.get(key, 0.0) + time.perf_counter() - started.get(
+            name, time.perf_counter()), 3)
+        if error is not None:
+            log.error("task %s %s failed: %s", position, name, error)
+            errors.append(error)
+            return
+        task, answerer = by_name[name], stored[name]
+        stats = workers.stats if workers is not None else engine_for(task.batch_size).stats
+        extra = dict(res.extra)
+        extra.update(batch_sizes=dict(stats.batch_sizes), truncated=answerer.truncated,
+                     requests=dict(answerer.computed), reused_from_store=answerer.reused)
+        ctx.results.tasks.append(TaskEntry(model=position, task=name, type=res.type, metrics=res.metrics,
+                                           n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
+        shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
+        ctx.console.print(f"[bold]{position}[/] {name}: {shown}  (n={res.n})")
+        log.info("task %s %s: %s (n=%d)", position, name, res.metrics, res.n)
+        ctx.save()
+
+    for task in todo:
+        pool.add(task.name, task_fn(task), task.batch_size, engine_for(task.batch_size))
     try:
-        for task in todo:
-            answerer, stats = _task_answerer(ctx, position, loaded, task, pool)
-            with Timer(ctx.results.timings, f"task_{position}_{task.name}"):
-                res = run_task(task, answerer, task_ctx)
-            extra = dict(res.extra)
-            extra.update(batch_sizes=dict(stats.batch_sizes), truncated=stats.truncated + answerer.reused_truncated,
-                         requests=dict(stats.requests), reused_from_store=answerer.reused)
-            ctx.results.tasks.append(TaskEntry(model=position, task=task.name, type=res.type, metrics=res.metrics,
-                                               n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
-            shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
-            ctx.console.print(f"[bold]{position}[/] {task.name}: {shown}  (n={res.n})")
-            log.info("task %s %s: %s (n=%d)", position, task.name, res.metrics, res.n)
-            ctx.save()
+        with Timer(ctx.results.timings, f"tasks_{position}"):
+            pool.run(done)
     finally:
-        if pool is not None:
-            pool.close()
+        if workers is not None:
+            workers.close()
+    log.info("tasks %s: %d pooled rounds, passes %s", position, pool.stats.rounds, pool.stats.passes)
+    order = {t.name: i for i, t in enumerate(ctx.cfg.tasks)}  # this position's entries in config order
+    mine = sorted((e for e in ctx.results.tasks if e.model == position), key=lambda e: order.get(e.task, 1 << 30))
+    it = iter(mine)
+    ctx.results.tasks = [next(it) if e.model == position else e for e in ctx.results.tasks]
+    ctx.save()
+    if errors:
+        raise errors[0]
+
+
+def _position_fingerprint(ctx: RunContext, position: str, loaded: Any) -> str:
+    """The model's identity at this position in the per-sample store (opened here if it is not yet)."""
+    from accbench.store import SampleStore, model_fingerprint
+
+    if ctx.store is None:
+        ctx.store = SampleStore(ctx.run_dir)
+    m = ctx.cfg.model
+    transform = ctx.cfg.quant.model_dump(mode="json") if ctx.cfg.quant is not None and position != "pretrain" else None
+    fp = model_fingerprint(loaded.path, position, m.torch_dtype, transform)
+    ctx.store.set_model(position, fp)
+    return fp
 
 
 def _load_hf_judge(judge_cfg: Any, device: str) -> Any:
@@ -652,27 +721,6 @@ def _start_workers(ctx: RunContext, position: str, loaded: Any) -> Any:
 
     replicas = plan_replicas(spec, r.max_num_workers, r.num_gpus, ctx.run_dir / "logs")
     return LocalWorkerPool(replicas, r.max_num_workers, engine=engine)
-
-
-def _task_answerer(ctx: RunContext, position: str, loaded: Any, task: Any, pool: Any = None) -> tuple[Any, Any]:
-    """What answers this task's requests on this position's model (the engine or the worker pool, behind the
-    per-sample store), and the stats (batch sizes, truncations) to record."""
-    from accbench.evaluate.engine import Engine
-    from accbench.store import SampleStore, StoredAnswerer, model_fingerprint
-
-    if ctx.store is None:
-        ctx.store = SampleStore(ctx.run_dir)
-    m = ctx.cfg.model
-    transform = ctx.cfg.quant.model_dump(mode="json") if ctx.cfg.quant is not None and position != "pretrain" else None
-    fp = model_fingerprint(loaded.path, position, m.torch_dtype, transform)
-    ctx.store.set_model(position, fp)
-    if pool is not None:
-        from accbench.evaluate.engine import EngineStats
-
-        pool.batch_size, pool.stats = task.batch_size, EngineStats()
-        return StoredAnswerer(ctx.store, fp, task.name, pool), pool.stats
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.device, task.batch_size)
-    return StoredAnswerer(ctx.store, fp, task.name, engine), engine.stats
 
 
 def rescore_run(run_dir: Path, console: Any) -> Results:

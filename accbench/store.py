@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +45,9 @@ class SampleStore:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / STORE_FILE
-        self.db = sqlite3.connect(self.path, timeout=60)
+        # tasks run in turn-taking threads (evaluate/pool.py): never two at once, but not always this thread
+        self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+        self._lock = threading.Lock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, model TEXT, task TEXT, "
@@ -54,23 +57,26 @@ class SampleStore:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for s in range(0, len(keys), 500):
-            part = list(keys[s : s + 500])
-            q = f"SELECT key, response FROM samples WHERE key IN ({','.join('?' * len(part))})"
-            out.update((k, json.loads(v)) for k, v in self.db.execute(q, part))
+        with self._lock:
+            for s in range(0, len(keys), 500):
+                part = list(keys[s : s + 500])
+                q = f"SELECT key, response FROM samples WHERE key IN ({','.join('?' * len(part))})"
+                out.update((k, json.loads(v)) for k, v in self.db.execute(q, part))
         return out
 
     def put_many(self, rows: Sequence[tuple[str, str, str, str, Any, Any]]) -> None:
         """rows of (key, model fingerprint, task, kind, request, response), committed together."""
         now = time.time()
-        self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [(k, m, t, kind, json.dumps(req), json.dumps(resp), now)
-                             for k, m, t, kind, req, resp in rows])
-        self.db.commit()
+        with self._lock:
+            self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                [(k, m, t, kind, json.dumps(req), json.dumps(resp), now)
+                                 for k, m, t, kind, req, resp in rows])
+            self.db.commit()
 
     def set_model(self, position: str, fingerprint: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (position, fingerprint))
-        self.db.commit()
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (position, fingerprint))
+            self.db.commit()
 
     def models(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT position, fingerprint FROM models"))
@@ -96,49 +102,65 @@ def _from_response(kind: str, value: Any) -> Any:
 
 
 class StoredAnswerer:
-    """Answers from the store first; asks `inner` (an Engine, a worker pool) only for what is missing, and
-    stores each chunk as soon as it is answered. With inner=None it only reads (rescoring)."""
+    """Answers from the store first; asks `inner` (an Engine, a worker pool, a request pool's client) only for
+    what is missing, and stores each chunk as soon as it is answered. With inner=None it only reads (rescoring).
+
+    Counts, for results.json: `reused` answers taken from the store, `computed` per kind, and `truncated`
+    requests whose context the engine cuts to fit the window (reused or not, so a resumed run counts the same)."""
 
     def __init__(self, store: SampleStore, model: str, task: str, inner: Any | None):
         self.store, self.model, self.task, self.inner = store, model, task, inner
         self.engine = getattr(inner, "engine", inner)
         self.reused = 0
-        self.reused_truncated = 0  # reused answers whose context the engine had cut (truncation counts stay whole)
-        self.computed = 0
+        self.truncated = 0
+        self.computed: dict[str, int] = {}
 
     def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]:
-        return self._answer("score", requests, lambda rs: self.inner.score(rs))
+        return self._answer("score", requests)
 
     def score_rolling(self, requests: list[RollingRequest]) -> list[float]:
-        return self._answer("score_rolling", requests, lambda rs: self.inner.score_rolling(rs))
+        return self._answer("score_rolling", requests)
 
     def generate(self, requests: list[GenerateRequest]) -> list[str]:
-        return self._answer("generate", requests, lambda rs: self.inner.generate(rs))
+        return self._answer("generate", requests)
 
     def memo(self, kind: str, payload: dict, compute: Callable[[], Any]) -> Any:
-        """A whole-task answer (e.g. perplexity window losses) stored under one key."""
-        return self._answer(kind, [payload], lambda ps: [compute()])[0]
+        """A whole-task answer (e.g. perplexity window losses) stored under one key; computed in the engine's
+        thread when the answerer is a request pool's client."""
+        call = getattr(self.inner, "call", None)
+        return self._answer(kind, [payload], lambda ps: [call(compute) if call else compute()])[0]
 
-    def _answer(self, kind: str, requests: Sequence[Any], run: Callable[[list], list]) -> list:
+    def _answer(self, kind: str, requests: Sequence[Any], run: Callable[[list], list] | None = None) -> list:
         reqs = [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in requests]
         keys = [_hash(self.model, self.task, kind, r) for r in reqs]
         found = self.store.get_many(keys)
         out: list[Any] = [_from_response(kind, found[k]) if k in found else None for k in keys]
         todo = [i for i, k in enumerate(keys) if k not in found]
         self.reused += len(requests) - len(todo)
-        if found and hasattr(self.engine, "truncates"):
-            self.reused_truncated += sum(self.engine.truncates(kind, requests[i])
-                                         for i, k in enumerate(keys) if k in found)
+        if hasattr(self.engine, "truncates") and kind in ("score", "generate"):
+            self.truncated += sum(self.engine.truncates(kind, r) for r in requests)
         if todo and self.inner is None:
             raise AccbenchError(f"rescore: {len(todo)} of {len(keys)} '{kind}' responses of task '{self.task}' are "
                                 "not in the store (the run did not finish them)",
                                 "finish the run with `accbench run/eval ... --resume` first")
-        for s in range(0, len(todo), CHUNK):
-            part = todo[s : s + CHUNK]
-            answers = run([requests[i] for i in part])
+        todo_requests = [requests[i] for i in todo]
+
+        def save(idx: list[int], answers: list) -> None:  # idx: positions in todo
+            rows = [todo[j] for j in idx]
             self.store.put_many([(keys[i], self.model, self.task, kind, reqs[i], _as_response(kind, a))
-                                 for i, a in zip(part, answers)])
-            for i, a in zip(part, answers):
+                                 for i, a in zip(rows, answers)])
+            for i, a in zip(rows, answers):
                 out[i] = _from_response(kind, _as_response(kind, a))
-            self.computed += len(part)
+            self.computed[kind] = self.computed.get(kind, 0) + len(rows)
+
+        if not todo:
+            return out
+        if run is None and hasattr(self.inner, "answer"):  # a request pool: it calls save as chunks are answered
+            self.inner.answer(kind, todo_requests, save)
+            return out
+        if run is None:
+            run = getattr(self.inner, kind)
+        for s in range(0, len(todo), CHUNK):
+            idx = list(range(s, min(s + CHUNK, len(todo))))
+            save(idx, run([todo_requests[j] for j in idx]))
         return out

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from accbench import cli, store
+from accbench import cli
+from accbench.evaluate import pool
 from accbench.evaluate.engine import Engine
 from accbench.results import Results
 
@@ -44,7 +45,7 @@ def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml,
     full = _tasks(tmp_path / "full")
     assert full["mc"][2] == 3  # the long question's three requests were cut from the left, and counted
 
-    monkeypatch.setattr(store, "CHUNK", 9)  # three choices per question: 3 questions per commit
+    monkeypatch.setattr(pool, "CHUNK", 9)  # three choices per question: 3 questions per engine call and commit
     real, calls, crash = Engine.score, [], [True]
 
     def dies_on_third_chunk(self, reqs):
