@@ -182,3 +182,39 @@ def test_run_pools_tasks_and_keeps_config_order(tiny_model_dir, task_cfgs, tmp_p
     by = {t.task: t.model_dump() for t in tasks}
     assert by["mc"]["requests"] == {"score": 30} and by["gen"]["requests"] == {"generate": 5}
     assert by["mc2"]["truncated"] == 0 and by["mc"]["reused_from_store"] == 0
+
+
+LOCAL_TASK_YAML = """task: pooled_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_lm_eval_task_pools_with_local_tasks(tiny, tmp_path, one_thread):
+    """lm-eval runs in its task thread like any task: its requests join the same pass as the local task's."""
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra `lm_eval`")
+    model, tok = tiny
+    mc = _jsonl(tmp_path / "mc.jsonl", MC)
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "pooled_mc.yaml").write_text(LOCAL_TASK_YAML.format(path=mc))
+    tasks = [LmEvalTask(name="pooled_mc", type="lm_eval", include_path=str(tmp_path / "lm")),
+             MultipleChoiceTask(name="mc2", type="multiple_choice", path=str(_jsonl(tmp_path / "mc2.jsonl", MC2)))]
+    alone = {t.name: run_task(t, Engine(model, tok, batch_size=4)) for t in tasks}
+    eng = CountingEngine(model, tok, batch_size=4)
+    eng.calls = []
+    pooled, _ = _pooled(tasks, eng)
+    assert eng.calls == [("score", 10 * 3 + 7 * 2)]
+    for name, res in alone.items():
+        assert not isinstance(pooled[name], BaseException), pooled[name]
+        assert pooled[name].per_sample == res.per_sample and pooled[name].metrics == pytest.approx(res.metrics)
