@@ -34,7 +34,7 @@ class HessianAccumulator:
     """Running H = 2/n sum_i x_i x_i^T over the tokens a linear sees (llmc's and GPTQ's update rule)."""
 
     def __init__(self, columns: int, device: Any):
-        self.H = torch.zeros(columns, columns, device=device, dtype=torch.float32)
+        self.H: torch.Tensor | None = torch.zeros(columns, columns, device=device, dtype=torch.float32)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
@@ -43,17 +43,26 @@ class HessianAccumulator:
         self.H *= self.n / (self.n + batch)
         self.n += batch
         x = math.sqrt(2 / self.n) * x
-        self.H += x @ x.t()
+        self.H.addmm_(x, x.t())
+
+    def take(self) -> torch.Tensor:
+        """Hand the matrix over (the accumulator forgets it), so its memory is freed as soon as the caller's is."""
+        H, self.H = self.H, None
+        return H
 
 
 @torch.no_grad()
-def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, spec: WeightQuantSpec, blocksize: int = 128,
-                         percdamp: float = 0.01, actorder: bool = False,
+def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator", spec: WeightQuantSpec,
+                         blocksize: int = 128, percdamp: float = 0.01, actorder: bool = False,
                          static_groups: bool = False) -> tuple[torch.Tensor, float]:
-    """Return (dequantized weight in W's dtype, sum of GPTQ's per-column losses)."""
+    """Return (dequantized weight in W's dtype, sum of GPTQ's per-column losses).
+
+    Memory: besides W's float copy (which becomes the result), at most two [cols, cols] matrices exist at
+    once. Pass the HessianAccumulator itself (not .H) to let this function consume its matrix: then the
+    Hessian is transformed in place and freed on the way instead of copied."""
     dtype = W.dtype
+    H = H.take() if isinstance(H, HessianAccumulator) else H.clone()
     W = W.float().clone()
-    H = H.clone()
     rows, cols = W.shape
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -69,13 +78,18 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, spec: WeightQuantSpec
     perm = None
     if actorder:
         perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
+        W = W[:, perm]
+        H = H[perm]
+        H = H[:, perm]
     damp = percdamp * torch.mean(torch.diag(H))
-    H[range(cols), range(cols)] += damp
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    H.diagonal().add_(damp)
+    L = torch.linalg.cholesky(H)
+    del H
+    Hinv = torch.cholesky_inverse(L)
+    del L
+    Hinv = torch.linalg.cholesky(Hinv, upper=True)
 
-    Q = torch.zeros_like(W)
-    losses = torch.zeros_like(W)
+    loss = torch.zeros((), dtype=torch.float64, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -90,17 +104,18 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, spec: WeightQuantSpec
                     # as the GPTQ reference: read from W, whose columns inside the current block do not yet
                     # hold this block's updates (identical when group_size divides blocksize)
                     scale, zero = weight_qparams(W[:, col : col + gs], col_spec)
-            w, d = W1[:, i], Hinv1[i, i]
+            w, d = W1[:, i].clone(), Hinv1[i, i]
             q = quant_dequant(w.unsqueeze(1), scale, zero, spec.bit, spec.symmetric).squeeze(1)
-            Q[:, col] = q
-            losses[:, col] = (w - q) ** 2 / d**2 / 2
+            W1[:, i] = q  # W1's column i is not read again: it holds the result from here on
+            loss += ((w - q) ** 2 / d**2 / 2).sum()
             err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            W1[:, i + 1 :] -= err.unsqueeze(1) @ Hinv1[i, i + 1 :].unsqueeze(0)
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i1:i2] = W1  # the block's quantized columns: W becomes the result, no separate Q
     if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
-    return Q.to(dtype), float(losses.sum())
+        W = W[:, torch.argsort(perm)]
+    return W.to(dtype), float(loss)
 
 
 @torch.no_grad()
@@ -123,10 +138,10 @@ def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qua
                 h.remove()
         for n in names:
             lin = linears[n]
-            q, loss = gptq_quantize_weight(lin.weight.data, acc[n].H, spec.weight, int(sp.get("blocksize", 128)),
+            q, loss = gptq_quantize_weight(lin.weight.data, acc.pop(n), spec.weight, int(sp.get("blocksize", 128)),
                                            float(sp.get("percdamp", 0.01)), bool(sp.get("actorder", False)),
                                            bool(sp.get("static_groups", False)))
             lin.weight.data.copy_(q)
             state.losses[prefix + n] = loss
             log.info("gptq %s%s: error %.4g", prefix, n, loss)
-            del acc[n]
+            del q
