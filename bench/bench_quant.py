@@ -8,8 +8,14 @@ holding the model (the issue's bound: about 1.3x plus calibration activations). 
 own peak, which also covers loading) is printed next to it. On the tiny model the table also has the
 fake-quant perplexity on the built-in test text.
 
+Calibration activations (a block's inputs and outputs, what AWQ and GPTQ capture inside a block, the
+forward's own intermediates) grow with calib.n_samples x seq_len; the issue's bound is on the rest
+("about 1.3x the model's size plus activations"). So every (model, method) runs at two calibration sizes
+and the second table fits peak = model x ratio + per_sample x n_samples through them: `ratio` is the peak
+without activations, in model sizes (the model itself counts 1), and `MB/sample` the activation cost.
+
     python bench/bench_quant.py                      # tiny model + random ~110M Llama, all methods
-    python bench/bench_quant.py --models random --methods GPTQ --n-samples 8
+    python bench/bench_quant.py --models random --methods GPTQ --n-samples 4 16
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def _child(model_kind: str, method: str, n_samples: int, seq_len: int, threads: 
     t2 = time.perf_counter()
     stop.set()
     th.join()
-    out = dict(model=model_kind, method=method, params=sum(p.numel() for p in model.parameters()),
+    out = dict(model=model_kind, method=method, n_samples=n_samples, params=sum(p.numel() for p in model.parameters()),
                model_mb=model_bytes / 2**20, rss0_mb=rss0 / 2**20, loaded_mb=rss_loaded / 2**20,
                peak_mb=peak[0] / 2**20, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                transform_s=t1 - t0, quantize_s=t2 - t1,
@@ -106,26 +112,46 @@ def _child(model_kind: str, method: str, n_samples: int, seq_len: int, threads: 
     q.put(out)
 
 
-def run(models: list[str], methods: list[str], n_samples: int, seq_len: int, threads: int) -> list[dict]:
+def run(models: list[str], methods: list[str], n_samples: list[int], seq_len: int, threads: int) -> list[dict]:
     ctx = mp.get_context("spawn")
     rows = []
     for mk in models:
         for m in methods:
-            q = ctx.Queue()
-            p = ctx.Process(target=_child, args=(mk, m, n_samples, seq_len, threads, q))
-            p.start()
-            rows.append(q.get())
-            p.join()
-            print(json.dumps(rows[-1]), flush=True)
+            for n in n_samples:
+                q = ctx.Queue()
+                p = ctx.Process(target=_child, args=(mk, m, n, seq_len, threads, q))
+                p.start()
+                rows.append(q.get())
+                p.join()
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
+def fit(rows: list[dict]) -> str:
+    """peak - rss0 = model_mb x ratio + per_sample x n_samples, through the smallest and largest n."""
+    head = ("model", "method", "n_samples", "peak-rss0 / model", "MB/sample (activations)",
+            "ratio without activations")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        rs = sorted((r for r in rows if (r["model"], r["method"]) == key), key=lambda r: r["n_samples"])
+        if len(rs) < 2 or rs[0]["n_samples"] == rs[-1]["n_samples"]:
+            continue
+        a, b = rs[0], rs[-1]
+        used = [r["peak_mb"] - r["rss0_mb"] for r in (a, b)]
+        per = (used[1] - used[0]) / (b["n_samples"] - a["n_samples"])
+        ratio = (used[0] - per * a["n_samples"]) / a["model_mb"]
+        lines.append("| " + " | ".join([key[0], key[1], f"{a['n_samples']} / {b['n_samples']}",
+                                        f"{used[0] / a['model_mb']:.2f} / {used[1] / b['model_mb']:.2f}",
+                                        f"{per:.1f}", f"{ratio:.2f}"]) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
-    head = ("model", "method", "params", "model MB", "time s", "peak RSS MB", "peak-rss0 / model", "maxrss MB", "ppl")
+    head = ("model", "method", "n_samples", "params", "model MB", "time s", "peak RSS MB", "peak-rss0 / model", "maxrss MB", "ppl")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["model"], r["method"], f"{r['params'] / 1e6:.1f}M", f"{r['model_mb']:.0f}",
+            r["model"], r["method"], str(r["n_samples"]), f"{r['params'] / 1e6:.1f}M", f"{r['model_mb']:.0f}",
             f"{r['transform_s'] + r['quantize_s']:.1f} ({r['transform_s']:.1f}+{r['quantize_s']:.1f})",
             f"{r['peak_mb']:.0f}", f"{(r['peak_mb'] - r['rss0_mb']) / r['model_mb']:.2f}",
             f"{r['maxrss_mb']:.0f}", f"{r['ppl']:.3f}" if "ppl" in r else "-"]) + " |")
@@ -136,13 +162,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["tiny", "random"], choices=["tiny", "random"])
     ap.add_argument("--methods", nargs="+", default=list(METHOD_SPECS), choices=list(METHOD_SPECS))
-    ap.add_argument("--n-samples", type=int, default=16)
+    ap.add_argument("--n-samples", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     a = ap.parse_args()
     rows = run(a.models, a.methods, a.n_samples, a.seq_len, a.threads)
     print()
     print(table(rows))
+    print()
+    print(fit(rows))
 
 
 if __name__ == "__main__":
