@@ -218,3 +218,22 @@ def test_lm_eval_task_pools_with_local_tasks(tiny, tmp_path, one_thread):
     for name, res in alone.items():
         assert not isinstance(pooled[name], BaseException), pooled[name]
         assert pooled[name].per_sample == res.per_sample and pooled[name].metrics == pytest.approx(res.metrics)
+
+
+def test_generations_with_different_lengths_and_stops_pool_exactly(tiny, one_thread):
+    """Greedy generations of tasks with other max_new_tokens and stop strings share batches, text for text."""
+    model, tok = tiny
+    long = [GenerateRequest(d["prompt"], 12) for d in GEN]
+    short = [GenerateRequest(f"def f{i}(x):\n", 3, ("\n", " ")) for i in range(6)]
+    alone = Engine(model, tok, batch_size=8)
+    expected = {"long": alone.generate(long), "short": alone.generate(short)}
+    eng = CountingEngine(model, tok, batch_size=8)
+    eng.calls = []
+    pool = RequestPool(lambda kind, bs, reqs: getattr(eng, kind)(reqs))
+    pool.add("long", lambda c: c.generate(long), 8, eng)
+    pool.add("short", lambda c: c.generate(short), 8, eng)
+    got: dict = {}
+    pool.run(lambda name, res, err: got.__setitem__(name, res))
+    assert eng.calls == [("generate", 11)]
+    assert got == expected
+    assert any(len(t) > 0 for t in expected["long"])  # something was generated to compare
