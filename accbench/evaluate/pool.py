@@ -34,9 +34,8 @@ class TaskAborted(BaseException):
 
 @dataclass(eq=False)
 class _Job:
-    index: int
     name: str
-    fn: Callable[[], Any]
+    fn: Callable[[], Any] | None = None
     thread: threading.Thread | None = None
     ask: "_Ask | None" = None
     result: Any = None
@@ -114,7 +113,7 @@ class RequestPool:
 
     def add(self, name: str, fn: Callable[[PooledAnswerer], Any], batch_size: int | str, engine: Any) -> PooledAnswerer:
         """Register a task: fn(answerer) runs in its own thread when `run` is called."""
-        job = _Job(len(self._jobs), name, lambda: None)
+        job = _Job(name)
         client = PooledAnswerer(self, job, batch_size, engine)
         job.fn = lambda: fn(client)
         self._jobs.append(job)
@@ -155,6 +154,7 @@ class RequestPool:
         try:
             if self._aborted:
                 raise TaskAborted()
+            assert job.fn is not None
             job.result = job.fn()
         except BaseException as exc:  # handed to on_done by the pool's thread
             job.error = exc
