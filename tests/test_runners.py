@@ -17,8 +17,13 @@ DOCS = [{"id": f"q{i}", "context": f"value = {i} *", "choices": [f" {i}", " 2", 
 
 
 def test_split_shards():
-    assert split_shards(10, 3) == [(0, 4), (4, 7), (7, 10)]
-    assert split_shards(2, 4) == [(0, 1), (1, 2)]
+    # runs of consecutive requests dealt round-robin: long and short requests spread over every shard
+    assert split_shards(10, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert split_shards(2, 4) == [[0], [1]]
+    shards = split_shards(200, 2, block=32)
+    assert shards[0][:33] == list(range(32)) + [64] and shards[1][:2] == [32, 33]
+    assert sorted(shards[0] + shards[1]) == list(range(200))
+    assert abs(sum(shards[0]) - sum(shards[1])) < 200 * 32  # neither shard holds all the early (long) ones
 
 
 def test_plan_replicas(tmp_path, monkeypatch):

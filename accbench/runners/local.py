@@ -25,16 +25,21 @@ log = logging.getLogger("accbench.runners")
 START_TIMEOUT_S = 1800.0
 
 
-def split_shards(n_items: int, n_shards: int) -> list[tuple[int, int]]:
-    """Contiguous [start, end) ranges, as equal as possible, none empty."""
+SHARD_BLOCK = 32  # consecutive requests kept together on one replica
+
+
+def split_shards(n_items: int, n_shards: int, block: int = SHARD_BLOCK) -> list[list[int]]:
+    """Request indices per shard: runs of `block` consecutive requests dealt round-robin, none empty.
+
+    Requests arrive length-sorted (the request pool sorts each pass, longest first) with the choices of a
+    question next to each other: contiguous halves would give one replica all the long requests, single
+    requests dealt round-robin would run each shared context on every replica. Runs of `block` do neither."""
     n_shards = max(1, min(n_shards, n_items))
-    size, extra = divmod(n_items, n_shards)
-    out, start = [], 0
-    for i in range(n_shards):
-        end = start + size + (1 if i < extra else 0)
-        out.append((start, end))
-        start = end
-    return out
+    block = max(1, min(block, -(-n_items // n_shards)))  # small inputs: every shard still gets some
+    shards: list[list[int]] = [[] for _ in range(n_shards)]
+    for k, start in enumerate(range(0, n_items, block)):
+        shards[k % n_shards].extend(range(start, min(start + block, n_items)))
+    return [s for s in shards if s]
 
 
 def visible_gpus() -> list[int]:
@@ -123,17 +128,16 @@ class LocalWorkerPool(ReplicaPool):
     def _run(self, kind: str, requests: list) -> list:
         if not requests:
             return []
-        ranges = split_shards(len(requests), self.shards)
-        todo = list(range(len(ranges)))
+        shards_idx = split_shards(len(requests), self.shards)
+        todo = list(range(len(shards_idx)))
         busy: dict[int, int] = {}  # replica -> shard
         out: list[Any] = [None] * len(requests)
-        left = len(ranges)
+        left = len(shards_idx)
         while left:
             for i in range(len(self.replicas)):
                 if i not in busy and todo:
                     s = todo.pop(0)
-                    a, b = ranges[s]
-                    self.jobs[i].put((s, kind, requests[a:b], self.batch_size))
+                    self.jobs[i].put((s, kind, [requests[j] for j in shards_idx[s]], self.batch_size))
                     busy[i] = s
             try:
                 status, wid, s, info = self.results.get(timeout=1.0)
@@ -148,8 +152,8 @@ class LocalWorkerPool(ReplicaPool):
                 self._fail(wid, f"worker {wid} failed on a {kind} shard: {info}")
             if status == "done":
                 answers, did = info
-                a, b = ranges[s]
-                out[a:b] = answers
+                for j, ans in zip(shards_idx[s], answers):
+                    out[j] = ans
                 merge_stats(self.stats, did)
                 busy.pop(wid, None)
                 left -= 1

@@ -78,9 +78,9 @@ class RayWorkerPool(ReplicaPool):
     def _run(self, kind: str, requests: list) -> list:
         if not requests:
             return []
-        ranges = split_shards(len(requests), self.shards)
-        futures = [self.actors[s % len(self.actors)].answer.remote(kind, requests[a:b], self.batch_size)
-                   for s, (a, b) in enumerate(ranges)]
+        shards_idx = split_shards(len(requests), self.shards)
+        futures = [self.actors[s % len(self.actors)].answer.remote(kind, [requests[j] for j in idx], self.batch_size)
+                   for s, idx in enumerate(shards_idx)]
         try:
             parts = self.ray.get(futures)
         except self.ray.exceptions.RayActorError as exc:
@@ -89,9 +89,10 @@ class RayWorkerPool(ReplicaPool):
         except self.ray.exceptions.RayTaskError as exc:
             raise AccbenchError(f"a Ray worker failed on {kind} requests: {exc.cause if hasattr(exc, 'cause') else exc}",
                                 f"see {self.log_dir}") from None
-        out: list[Any] = []
-        for answers, did in parts:
-            out.extend(answers)
+        out: list[Any] = [None] * len(requests)
+        for idx, (answers, did) in zip(shards_idx, parts):
+            for j, ans in zip(idx, answers):
+                out[j] = ans
             merge_stats(self.stats, did)
         self.stats.requests[kind] = self.stats.requests.get(kind, 0) + len(requests)
         return out
