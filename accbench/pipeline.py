@@ -604,23 +604,20 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     task_ctx = TaskContext(loaded.tokenizer, ctx.run_dir, position, lambda j: _load_hf_judge(j, loaded.device))
     fp = _position_fingerprint(ctx, position, loaded)
     workers = _start_workers(ctx, position, loaded)
-    engines: dict[str, Any] = {}  # one engine per batch-size setting: the batch sizes it finds serve every task
+    engines: dict[str, Any] = {}
 
-    def engine_for(batch_size: Any) -> Any:
+    def backend(batch_size: Any) -> Any:
+        """What answers a pooled pass: the worker pool, or one engine per batch-size setting (the batch sizes
+        an engine finds then serve every task with that setting)."""
         if workers is not None:
-            return workers.engine
+            workers.batch_size = batch_size
+            return workers
         key = repr(batch_size)
         if key not in engines:
             engines[key] = Engine(loaded.model, loaded.tokenizer, loaded.device, batch_size)
         return engines[key]
 
-    def answer(kind: str, batch_size: Any, requests: list) -> list:
-        if workers is not None:
-            workers.batch_size = batch_size
-            return getattr(workers, kind)(requests)
-        return getattr(engine_for(batch_size), kind)(requests)
-
-    pool = RequestPool(answer)
+    pool = RequestPool(backend)
     by_name = {t.name: t for t in todo}
     stored: dict[str, Any] = {}
     started: dict[str, float] = {}
@@ -642,7 +639,7 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
             errors.append(error)
             return
         task, answerer = by_name[name], stored[name]
-        stats = workers.stats if workers is not None else engine_for(task.batch_size).stats
+        stats = backend(task.batch_size).stats
         extra = dict(res.extra)
         extra.update(batch_sizes=dict(stats.batch_sizes), truncated=answerer.truncated,
                      requests=dict(answerer.computed), reused_from_store=answerer.reused)
@@ -654,7 +651,8 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
         ctx.save()
 
     for task in todo:
-        pool.add(task.name, task_fn(task), task.batch_size, engine_for(task.batch_size))
+        b = backend(task.batch_size)
+        pool.add(task.name, task_fn(task), task.batch_size, getattr(b, "engine", b))
     try:
         with Timer(ctx.results.timings, f"tasks_{position}"):
             pool.run(done)

@@ -4,7 +4,8 @@ A response is keyed by a hash of (model fingerprint, task name, request kind, re
 run answers finished requests from disk and recomputes only the rest, and `accbench rescore` can
 recompute every metric from the stored responses without loading a model. Anything that changes a
 request (data, prompt, few-shot, sampling seed) changes its key; a metric change does not.
-Written in WAL mode, one transaction per answered chunk, so a crash loses at most the chunk in flight.
+Written in WAL mode, one transaction per answered engine call (evaluate/pool.py sizes them), so a crash
+loses at most the call in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from accbench.errors import AccbenchError
 from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
 
 STORE_FILE = "samples.sqlite"
-CHUNK = 512  # requests answered between two commits
 
 
 def _hash(*parts: Any) -> str:
@@ -102,11 +102,13 @@ def _from_response(kind: str, value: Any) -> Any:
 
 
 class StoredAnswerer:
-    """Answers from the store first; asks `inner` (an Engine, a worker pool, a request pool's client) only for
-    what is missing, and stores each chunk as soon as it is answered. With inner=None it only reads (rescoring).
+    """Answers from the store first; asks `inner` (a request pool's client, evaluate/pool.PooledAnswerer) only
+    for what is missing, and stores each engine call's answers as soon as they arrive. With inner=None it only
+    reads (rescoring).
 
     Counts, for results.json: `reused` answers taken from the store, `computed` per kind, and `truncated`
-    requests whose context the engine cuts to fit the window (reused or not, so a resumed run counts the same)."""
+    requests whose context the engine cut to fit the window (the engine reports the ones it answers; for
+    reused ones the engine is asked whether it would cut them, so a resumed run counts the same)."""
 
     def __init__(self, store: SampleStore, model: str, task: str, inner: Any | None):
         self.store, self.model, self.task, self.inner = store, model, task, inner
@@ -125,42 +127,35 @@ class StoredAnswerer:
         return self._answer("generate", requests)
 
     def memo(self, kind: str, payload: dict, compute: Callable[[], Any]) -> Any:
-        """A whole-task answer (e.g. perplexity window losses) stored under one key; computed in the engine's
-        thread when the answerer is a request pool's client."""
-        call = getattr(self.inner, "call", None)
-        return self._answer(kind, [payload], lambda ps: [call(compute) if call else compute()])[0]
+        """A whole-task answer (e.g. perplexity window losses) stored under one key, computed in the engine's
+        thread."""
+        return self._answer(kind, [payload], lambda: self.inner.call(compute))[0]
 
-    def _answer(self, kind: str, requests: Sequence[Any], run: Callable[[list], list] | None = None) -> list:
+    def _answer(self, kind: str, requests: Sequence[Any], compute: Callable[[], Any] | None = None) -> list:
         reqs = [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in requests]
         keys = [_hash(self.model, self.task, kind, r) for r in reqs]
         found = self.store.get_many(keys)
         out: list[Any] = [_from_response(kind, found[k]) if k in found else None for k in keys]
         todo = [i for i, k in enumerate(keys) if k not in found]
         self.reused += len(requests) - len(todo)
-        if hasattr(self.engine, "truncates") and kind in ("score", "generate"):
-            self.truncated += sum(self.engine.truncates(kind, r) for r in requests)
+        if found and hasattr(self.engine, "truncates"):
+            self.truncated += sum(self.engine.truncates(kind, requests[i]) for i, k in enumerate(keys) if k in found)
         if todo and self.inner is None:
             raise AccbenchError(f"rescore: {len(todo)} of {len(keys)} '{kind}' responses of task '{self.task}' are "
                                 "not in the store (the run did not finish them)",
                                 "finish the run with `accbench run/eval ... --resume` first")
-        todo_requests = [requests[i] for i in todo]
 
-        def save(idx: list[int], answers: list) -> None:  # idx: positions in todo
+        def save(idx: list[int], answers: list, n_truncated: int = 0) -> None:  # idx: positions in todo
             rows = [todo[j] for j in idx]
             self.store.put_many([(keys[i], self.model, self.task, kind, reqs[i], _as_response(kind, a))
                                  for i, a in zip(rows, answers)])
             for i, a in zip(rows, answers):
                 out[i] = _from_response(kind, _as_response(kind, a))
             self.computed[kind] = self.computed.get(kind, 0) + len(rows)
+            self.truncated += n_truncated
 
-        if not todo:
-            return out
-        if run is None and hasattr(self.inner, "answer"):  # a request pool: it calls save as chunks are answered
-            self.inner.answer(kind, todo_requests, save)
-            return out
-        if run is None:
-            run = getattr(self.inner, kind)
-        for s in range(0, len(todo), CHUNK):
-            idx = list(range(s, min(s + CHUNK, len(todo))))
-            save(idx, run([todo_requests[j] for j in idx]))
+        if todo and compute is not None:
+            save([0], [compute()])
+        elif todo:  # the pool calls save as each engine call returns
+            self.inner.answer(kind, [requests[i] for i in todo], save)
         return out

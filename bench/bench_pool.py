@@ -87,7 +87,7 @@ def main() -> None:
 
         t0 = time.perf_counter()
         engine = Engine(model, tok, "cpu", bs)
-        pool = RequestPool(lambda kind, b, reqs: getattr(engine, kind)(reqs))
+        pool = RequestPool(lambda b: engine)
         for t in tasks:
             pool.add(t.name, lambda client, t=t: run_task(t, client), t.batch_size, engine)
         pooled: dict = {}

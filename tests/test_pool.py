@@ -60,7 +60,7 @@ class CountingEngine(Engine):
 
 
 def _pooled(tasks: list, engine: Engine) -> dict:
-    pool = RequestPool(lambda kind, bs, reqs: getattr(engine, kind)(reqs))
+    pool = RequestPool(lambda bs: engine)
     for t in tasks:
         pool.add(t.name, lambda client, t=t: run_task(t, client), t.batch_size, engine)
     out: dict = {}
@@ -95,7 +95,7 @@ def test_pooled_log_likelihoods_equal_the_unpooled_ones(tiny, one_thread):
     eng = Engine(model, tok, batch_size=3)
     alone = eng.score(a), eng.score(b)
     got: dict = {}
-    pool = RequestPool(lambda kind, bs, reqs: getattr(eng, kind)(reqs))
+    pool = RequestPool(lambda bs: eng)
     pool.add("a", lambda c: c.score(a), 3, eng)
     pool.add("b", lambda c: c.score(b), 3, eng)
     pool.run(lambda name, res, err: got.__setitem__(name, res))
@@ -104,11 +104,24 @@ def test_pooled_log_likelihoods_equal_the_unpooled_ones(tiny, one_thread):
         assert [ll for ll, _ in mine] == pytest.approx([ll for ll, _ in ref], abs=1e-5)
 
 
+class FakeBackend:
+    """Answers every kind through one function answer(kind, requests); truncates nothing."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def score(self, requests):
+        return self.answer("score", requests)
+
+    def generate(self, requests):
+        return self.answer("generate", requests)
+
+
 def test_multi_round_tasks_join_later_passes():
     """A task that asks twice (score, then generate from what it scored) joins the next round's pass."""
     seen: list = []
 
-    def answer(kind, bs, reqs):
+    def answer(kind, reqs):
         seen.append((kind, sorted(r.context for r in reqs)))
         return [(float(len(r.continuation)), True) for r in reqs] if kind == "score" else [r.context.upper() for r in reqs]
 
@@ -116,7 +129,7 @@ def test_multi_round_tasks_join_later_passes():
         lls = client.score([ScoreRequest("a", "xx"), ScoreRequest("b", "y")])
         return client.generate([GenerateRequest(f"turn2 {ll:.0f}", 4) for ll, _ in lls])
 
-    pool = RequestPool(answer)
+    pool = RequestPool(lambda bs: FakeBackend(answer))
     pool.add("two", two_rounds, "auto", None)
     pool.add("one", lambda c: c.score([ScoreRequest("c", "zzz")]), "auto", None)
     pool.add("gen", lambda c: c.generate([GenerateRequest("g", 4)]), "auto", None)
@@ -129,7 +142,7 @@ def test_multi_round_tasks_join_later_passes():
 
 
 def test_failing_task_does_not_stop_the_others():
-    def answer(kind, bs, reqs):
+    def answer(kind, reqs):
         if any(r.context == "boom" for r in reqs):
             raise RuntimeError("engine refused")
         return [(0.0, True)] * len(reqs)
@@ -137,7 +150,7 @@ def test_failing_task_does_not_stop_the_others():
     def bad_data(client):
         raise ValueError("line 3 is not json")
 
-    pool = RequestPool(answer)
+    pool = RequestPool(lambda bs: FakeBackend(answer))
     pool.add("bad", bad_data, "auto", None)
     pool.add("ok", lambda c: c.score([ScoreRequest("x", "y")]), "auto", None)
     pool.add("refused", lambda c: c.score([ScoreRequest("boom", "y")]), 8, None)  # its own batch-size pass
@@ -149,10 +162,10 @@ def test_failing_task_does_not_stop_the_others():
 
 
 def test_interrupt_stops_every_task_thread():
-    def answer(kind, bs, reqs):
+    def answer(kind, reqs):
         raise KeyboardInterrupt
 
-    pool = RequestPool(answer)
+    pool = RequestPool(lambda bs: FakeBackend(answer))
     for i in range(3):
         pool.add(f"t{i}", lambda c: c.score([ScoreRequest("x", "y")]), "auto", None)
     with pytest.raises(KeyboardInterrupt):
@@ -161,6 +174,23 @@ def test_interrupt_stops_every_task_thread():
         if t.name.startswith("task-t"):
             t.join(timeout=5)
             assert not t.is_alive()
+
+
+def test_truncations_the_engine_reports_reach_each_task_that_asked(tiny, one_thread):
+    """The engine says which requests it cut; each task that asked one is told, without re-tokenizing."""
+    model, tok = tiny
+    long = ScoreRequest("word " * 700, " a")  # longer than the 512-token window
+    short = ScoreRequest("x = 1", " + 2")
+    eng = Engine(model, tok, batch_size=4)
+    told: dict = {}
+    pool = RequestPool(lambda bs: eng)
+    pool.add("a", lambda c: c.answer("score", [short, long], lambda idx, ans, n: told.__setitem__("a", n)), 4, eng)
+    pool.add("b", lambda c: c.answer("score", [long], lambda idx, ans, n: told.__setitem__("b", n)), 4, eng)
+    pool.add("c", lambda c: c.answer("score", [short], lambda idx, ans, n: told.__setitem__("c", n)), 4, eng)
+    pool.run(lambda name, res, err: None)
+    assert told == {"a": 1, "b": 1, "c": 0}
+    assert [eng.truncates("score", r) for r in (long, short)] == [True, False]  # the engine's own reckoning agrees
+    assert eng.stats.truncated == 1  # the shared long request ran once
 
 
 def test_run_pools_tasks_and_keeps_config_order(tiny_model_dir, task_cfgs, tmp_path, monkeypatch):
@@ -229,7 +259,7 @@ def test_generations_with_different_lengths_and_stops_pool_exactly(tiny, one_thr
     expected = {"long": alone.generate(long), "short": alone.generate(short)}
     eng = CountingEngine(model, tok, batch_size=8)
     eng.calls = []
-    pool = RequestPool(lambda kind, bs, reqs: getattr(eng, kind)(reqs))
+    pool = RequestPool(lambda bs: eng)
     pool.add("long", lambda c: c.generate(long), 8, eng)
     pool.add("short", lambda c: c.generate(short), 8, eng)
     got: dict = {}

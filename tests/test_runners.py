@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from accbench import cli
+from accbench.evaluate.engine import EngineStats
 from accbench.results import Results
 from accbench.runners.local import plan_replicas, split_shards
-from accbench.runners.worker import FAIL_ALWAYS_ENV, FAIL_ONCE_ENV, ReplicaSpec
+from accbench.runners.worker import FAIL_ALWAYS_ENV, FAIL_ONCE_ENV, ReplicaPool, ReplicaSpec
 
 DOCS = [{"id": f"q{i}", "context": f"value = {i} *", "choices": [f" {i}", " 2", f" ({i} + 1)"], "label": i % 3}
         for i in range(10)]
@@ -24,6 +25,17 @@ def test_split_shards():
     assert shards[0][:33] == list(range(32)) + [64] and shards[1][:2] == [32, 33]
     assert sorted(shards[0] + shards[1]) == list(range(200))
     assert abs(sum(shards[0]) - sum(shards[1])) < 200 * 32  # neither shard holds all the early (long) ones
+
+
+def test_gather_puts_shard_answers_and_truncations_back_in_request_positions():
+    pool = ReplicaPool()
+    pool.stats, pool.last_truncated = EngineStats(), []
+    out = [None] * 6
+    pool._gather(out, [0, 1, 4], ["a", "b", "e"], {"batch_sizes": {"score": 8}, "truncated_ids": [2]})
+    pool._gather(out, [2, 3, 5], ["c", "d", "f"], {"batch_sizes": {"score": 4}, "truncated_ids": [0, 1]})
+    assert out == list("abcdef")
+    assert sorted(pool.last_truncated) == [2, 3, 4] and pool.stats.truncated == 3
+    assert pool.stats.batch_sizes == {"score": 4}  # the smallest batch size a shard used
 
 
 def test_plan_replicas(tmp_path, monkeypatch):

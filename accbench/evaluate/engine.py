@@ -70,6 +70,7 @@ class Engine:
         self.add_bos_token = add_bos_token
         self.split_head = _can_split_head(model)
         self.stats = EngineStats()
+        self.last_truncated: list[int] = []  # positions, in the last call's requests, whose context was cut
         bos = tokenizer.bos_token_id
         self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
         self._prefix_str = tokenizer.decode(self.prefix_token_id) if self.prefix_token_id is not None else None
@@ -147,7 +148,8 @@ class Engine:
         return generate_batched(self, list(requests))
 
     def truncates(self, kind: str, request: Any) -> bool:
-        """Whether answering `request` cuts its context from the left (to count answers reused from a store)."""
+        """Whether answering `request` cuts its context from the left (to count answers reused from a store;
+        requests it answers are reported in `last_truncated` without tokenizing twice)."""
         if kind == "score":
             ctx, cont = self.encode_pair(request.context, request.continuation)
             return len(ctx) + len(cont) > self.max_length + 1
@@ -172,6 +174,7 @@ class Engine:
             if len(ctx) + len(cont) > L + 1:  # lm-eval keeps the last L+1 tokens: the window plus the target
                 ctx = (ctx + cont)[-(L + 1):][: -len(cont)]
                 self.stats.truncated += 1
+                self.last_truncated.append(i)
             groups.setdefault(tuple(ctx), []).append((i, cont))
         # longest first: an out-of-memory shows up at once, and similar lengths share a batch
         order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(c) for _, c in kv[1])))
@@ -314,7 +317,9 @@ class Engine:
                 _empty_cache()
 
     def _count(self, kind: str, n: int) -> None:
+        """Book a public call of `n` requests (and start its list of truncated requests)."""
         self.stats.requests[kind] = self.stats.requests.get(kind, 0) + n
+        self.last_truncated = []
 
 
 def _select_cache_rows(cache: Any, rows: Any) -> Any:

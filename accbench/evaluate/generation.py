@@ -51,7 +51,7 @@ def _next_token(logits: Any, req: GenerateRequest, gen: Any) -> int:
 def generate_batched(engine: "Engine", requests: list[GenerateRequest]) -> list[str]:
     """Generate for every request; returns texts in request order."""
     encoded: list[list[int]] = []
-    for r in requests:
+    for i, r in enumerate(requests):
         room = engine.max_length - r.max_new_tokens
         if room <= 0:
             raise AccbenchError(f"max_new_tokens={r.max_new_tokens} leaves no room for the prompt in the model "
@@ -60,6 +60,7 @@ def generate_batched(engine: "Engine", requests: list[GenerateRequest]) -> list[
         if len(ids) > room:
             ids = ids[-room:]
             engine.stats.truncated += 1
+            engine.last_truncated.append(i)
         encoded.append(ids)
     order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
     out: list[str | None] = [None] * len(requests)

@@ -49,7 +49,8 @@ class _Ask:
     kind: str
     batch_size: int | str
     items: list
-    on_part: Callable[[list[int], list], None] | None = None  # (indices into items, their answers)
+    # (indices into items, their answers, how many of them the engine truncated)
+    on_part: Callable[[list[int], list, int], None] | None = None
     answers: list | None = None
     error: BaseException | None = None
 
@@ -81,8 +82,8 @@ class PooledAnswerer:
     def generate(self, requests: list) -> list:
         return self.answer("generate", requests)
 
-    def answer(self, kind: str, requests: Sequence[Any], on_part: Callable[[list[int], list], None] | None = None
-               ) -> list:
+    def answer(self, kind: str, requests: Sequence[Any],
+               on_part: Callable[[list[int], list, int], None] | None = None) -> list:
         if not requests:
             return []
         return self.pool._ask(_Ask(self.job, kind, self.batch_size, list(requests), on_part))
@@ -101,10 +102,11 @@ class PoolStats:
 class RequestPool:
     """Runs task functions in turn-taking threads and answers their requests pooled.
 
-    answer(kind, batch_size, requests) -> answers is the engine (or worker pool) behind the pool."""
+    backend(batch_size) is what answers a pass: an Engine, or a worker pool, with the Answerer methods; its
+    `last_truncated` (when it has one) tells which requests of its last call had their context cut."""
 
-    def __init__(self, answer: Callable[[str, Any, list], list], chunk: int | None = None):
-        self._answer, self.chunk = answer, chunk or CHUNK
+    def __init__(self, backend: Callable[[Any], Any], chunk: int | None = None):
+        self._backend, self.chunk = backend, chunk or CHUNK
         self._cond = threading.Condition()
         self._turn: _Job | None = None
         self._aborted = False
@@ -228,10 +230,11 @@ class RequestPool:
         unique = sorted(askers, key=lambda r: _length_key(kind, r))
         self.stats.passes.append((kind, len(group), len(unique)))
         log.debug("pooled %s pass: %d distinct requests from %d tasks", kind, len(unique), len(group))
-        batch_size = group[0].batch_size
+        backend = self._backend(group[0].batch_size)
         for s in range(0, len(unique), self.chunk):
             part = unique[s : s + self.chunk]
-            out = self._answer(kind, batch_size, part)
+            out = getattr(backend, kind)(part)
+            cut = {part[p] for p in getattr(backend, "last_truncated", ())}
             self.stats.calls += 1
             done: dict[int, tuple[_Ask, list[int], list]] = {}
             for r, ans in zip(part, out):
@@ -242,4 +245,4 @@ class RequestPool:
                     entry[2].append(ans)
             for a, idx, answers in done.values():
                 if a.on_part is not None:
-                    a.on_part(idx, answers)
+                    a.on_part(idx, answers, sum(a.items[j] in cut for j in idx))

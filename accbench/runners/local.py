@@ -71,13 +71,6 @@ def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path)
             for i in range(workers)]
 
 
-def merge_stats(stats: EngineStats, did: dict) -> None:
-    """Fold one shard's batch sizes (the smallest used wins) and truncation count into `stats`."""
-    for k, v in did["batch_sizes"].items():
-        stats.batch_sizes[k] = min(stats.batch_sizes.get(k, v), v)
-    stats.truncated += did["truncated"]
-
-
 class LocalWorkerPool(ReplicaPool):
     """Answers score / score_rolling / generate by sharding the requests over replica processes."""
 
@@ -126,18 +119,19 @@ class LocalWorkerPool(ReplicaPool):
         raise AccbenchError(why, f"the worker's log is {self.replicas[i].log_path}")
 
     def _run(self, kind: str, requests: list) -> list:
+        self.last_truncated = []
         if not requests:
             return []
-        shards_idx = split_shards(len(requests), self.shards)
-        todo = list(range(len(shards_idx)))
+        shards = split_shards(len(requests), self.shards)
+        todo = list(range(len(shards)))
         busy: dict[int, int] = {}  # replica -> shard
         out: list[Any] = [None] * len(requests)
-        left = len(shards_idx)
+        left = len(shards)
         while left:
             for i in range(len(self.replicas)):
                 if i not in busy and todo:
                     s = todo.pop(0)
-                    self.jobs[i].put((s, kind, [requests[j] for j in shards_idx[s]], self.batch_size))
+                    self.jobs[i].put((s, kind, [requests[j] for j in shards[s]], self.batch_size))
                     busy[i] = s
             try:
                 status, wid, s, info = self.results.get(timeout=1.0)
@@ -152,9 +146,7 @@ class LocalWorkerPool(ReplicaPool):
                 self._fail(wid, f"worker {wid} failed on a {kind} shard: {info}")
             if status == "done":
                 answers, did = info
-                for j, ans in zip(shards_idx[s], answers):
-                    out[j] = ans
-                merge_stats(self.stats, did)
+                self._gather(out, shards[s], answers, did)
                 busy.pop(wid, None)
                 left -= 1
         self.stats.requests[kind] = self.stats.requests.get(kind, 0) + len(requests)

@@ -16,7 +16,7 @@ from typing import Any
 
 from accbench.errors import AccbenchError
 from accbench.evaluate.engine import EngineStats
-from accbench.runners.local import merge_stats, split_shards
+from accbench.runners.local import split_shards
 from accbench.runners.worker import ReplicaPool, ReplicaSpec
 
 log = logging.getLogger("accbench.runners")
@@ -76,11 +76,12 @@ class RayWorkerPool(ReplicaPool):
         self.actors = [actor.remote(spec) for _ in range(n)]
 
     def _run(self, kind: str, requests: list) -> list:
+        self.last_truncated = []
         if not requests:
             return []
-        shards_idx = split_shards(len(requests), self.shards)
-        futures = [self.actors[s % len(self.actors)].answer.remote(kind, [requests[j] for j in idx], self.batch_size)
-                   for s, idx in enumerate(shards_idx)]
+        shards = split_shards(len(requests), self.shards)
+        futures = [self.actors[s % len(self.actors)].answer.remote(kind, [requests[j] for j in shard], self.batch_size)
+                   for s, shard in enumerate(shards)]
         try:
             parts = self.ray.get(futures)
         except self.ray.exceptions.RayActorError as exc:
@@ -90,10 +91,8 @@ class RayWorkerPool(ReplicaPool):
             raise AccbenchError(f"a Ray worker failed on {kind} requests: {exc.cause if hasattr(exc, 'cause') else exc}",
                                 f"see {self.log_dir}") from None
         out: list[Any] = [None] * len(requests)
-        for idx, (answers, did) in zip(shards_idx, parts):
-            for j, ans in zip(idx, answers):
-                out[j] = ans
-            merge_stats(self.stats, did)
+        for shard, (answers, did) in zip(shards, parts):
+            self._gather(out, shard, answers, did)
         self.stats.requests[kind] = self.stats.requests.get(kind, 0) + len(requests)
         return out
 

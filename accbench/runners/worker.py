@@ -34,10 +34,23 @@ class ReplicaSpec:
 
 
 class ReplicaPool:
-    """The answerer interface of a pool of replicas: each request kind goes to `_run(kind, requests)`."""
+    """The answerer interface of a pool of replicas: each request kind goes to `_run(kind, requests)`, which
+    splits the requests into shards (`split_shards`) and puts each shard's answers back with `_gather`."""
+
+    stats: Any
+    last_truncated: list[int]  # as Engine.last_truncated: positions, in the last call's requests, that were cut
 
     def _run(self, kind: str, requests: list) -> list:
         raise NotImplementedError
+
+    def _gather(self, out: list, shard: list[int], answers: list, did: dict) -> None:
+        """Place one shard's answers (shard: their positions in `out`) and fold in what its engine did."""
+        for j, ans in zip(shard, answers):
+            out[j] = ans
+        self.last_truncated.extend(shard[j] for j in did["truncated_ids"])
+        for k, v in did["batch_sizes"].items():  # the smallest batch size used wins
+            self.stats.batch_sizes[k] = min(self.stats.batch_sizes.get(k, v), v)
+        self.stats.truncated += len(did["truncated_ids"])
 
     def score(self, requests: list) -> list:
         return self._run("score", requests)
@@ -69,9 +82,8 @@ def answer(engine: Any, kind: str, requests: list, batch_size: int | str) -> tup
         os._exit(17)
     engine.batch_size = batch_size
     engine.stats.batch_sizes.clear()
-    engine.stats.truncated = 0
     out = getattr(engine, kind)(requests)
-    return out, {"batch_sizes": dict(engine.stats.batch_sizes), "truncated": engine.stats.truncated}
+    return out, {"batch_sizes": dict(engine.stats.batch_sizes), "truncated_ids": list(engine.last_truncated)}
 
 
 def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> None:
