@@ -93,7 +93,8 @@ def main() -> None:
         pooled: dict = {}
         pool.run(lambda name, res, err: pooled.__setitem__(name, res if err is None else err))
         t_pooled.append(time.perf_counter() - t0)
-        bad = [n for n, r in alone.items() if isinstance(pooled[n], BaseException) or pooled[n].per_sample != r.per_sample]
+        bad = [n for n, r in alone.items()
+               if isinstance(pooled[n], BaseException) or pooled[n].per_sample != r.per_sample]
         if bad:
             sys.exit(f"pooled results differ from the tasks run alone: {bad}")
     print("per-sample results: identical (accuracies and generated texts)")

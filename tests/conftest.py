@@ -68,3 +68,50 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+LM_EVAL_MC_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture
+def lm_eval_mc_task(tmp_path):
+    """make(name, data_jsonl) -> include_path: an lm-eval task YAML over a local multiple-choice jsonl
+    (context / choices / label), the same documents our multiple_choice task reads."""
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra `lm_eval`")
+
+    def make(name: str, data: Path) -> Path:
+        d = tmp_path / "lm_tasks"
+        d.mkdir(exist_ok=True)
+        (d / f"{name}.yaml").write_text(LM_EVAL_MC_YAML.format(name=name, path=data))
+        return d
+
+    return make
+
+
+@pytest.fixture
+def accbench_eval():
+    """run(model_dir, tasks_yaml, out_dir, *extra) -> exit code of `accbench eval` on CPU in float32."""
+    from accbench import cli
+
+    def run(model_dir: Path, cfg: Path, out: Path, *extra: str) -> int:
+        return cli.main(["eval", "--model", str(model_dir), "--config", str(cfg), "-o", str(out),
+                         "--dtype", "float32", "--device", "cpu", *extra])
+
+    return run

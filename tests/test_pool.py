@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from accbench import cli
 from accbench.config import GenerateTask, LmEvalTask, MultipleChoiceTask, PerplexityTask
 from accbench.evaluate.engine import Engine
 from accbench.evaluate.pool import RequestPool
@@ -37,7 +36,8 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture
 def task_cfgs(tmp_path, eval_txt) -> list:
-    mc, mc2, gen = _jsonl(tmp_path / "mc.jsonl", MC), _jsonl(tmp_path / "mc2.jsonl", MC2), _jsonl(tmp_path / "g.jsonl", GEN)
+    mc, mc2 = _jsonl(tmp_path / "mc.jsonl", MC), _jsonl(tmp_path / "mc2.jsonl", MC2)
+    gen = _jsonl(tmp_path / "g.jsonl", GEN)
     return [
         MultipleChoiceTask(name="mc", type="multiple_choice", path=str(mc)),
         MultipleChoiceTask(name="mc_again", type="multiple_choice", path=str(mc)),  # same contexts as mc
@@ -123,7 +123,9 @@ def test_multi_round_tasks_join_later_passes():
 
     def answer(kind, reqs):
         seen.append((kind, sorted(r.context for r in reqs)))
-        return [(float(len(r.continuation)), True) for r in reqs] if kind == "score" else [r.context.upper() for r in reqs]
+        if kind == "score":
+            return [(float(len(r.continuation)), True) for r in reqs]
+        return [r.context.upper() for r in reqs]
 
     def two_rounds(client):
         lls = client.score([ScoreRequest("a", "xx"), ScoreRequest("b", "y")])
@@ -193,7 +195,7 @@ def test_truncations_the_engine_reports_reach_each_task_that_asked(tiny, one_thr
     assert eng.stats.truncated == 1  # the shared long request ran once
 
 
-def test_run_pools_tasks_and_keeps_config_order(tiny_model_dir, task_cfgs, tmp_path, monkeypatch):
+def test_run_pools_tasks_and_keeps_config_order(tiny_model_dir, task_cfgs, tmp_path, monkeypatch, accbench_eval):
     """From the CLI: one score and one generate engine call for the whole position, entries in config order,
     per-task request counts and truncations recorded."""
     calls: list = []
@@ -204,8 +206,7 @@ def test_run_pools_tasks_and_keeps_config_order(tiny_model_dir, task_cfgs, tmp_p
     cfg.write_text("tasks:\n" + "".join(f"  - {json.dumps(t.model_dump(mode='json', exclude_unset=True))}\n"
                                         for t in task_cfgs))
     out = tmp_path / "run"
-    assert cli.main(["eval", "--model", str(tiny_model_dir), "--config", str(cfg), "-o", str(out),
-                     "--dtype", "float32", "--device", "cpu"]) == 0
+    assert accbench_eval(tiny_model_dir, cfg, out) == 0
     assert calls == [("score", 44), ("generate", 5)]
     tasks = Results.load(out).tasks
     assert [t.task for t in tasks] == [t.name for t in task_cfgs]
@@ -214,31 +215,11 @@ def test_run_pools_tasks_and_keeps_config_order(tiny_model_dir, task_cfgs, tmp_p
     assert by["mc2"]["truncated"] == 0 and by["mc"]["reused_from_store"] == 0
 
 
-LOCAL_TASK_YAML = """task: pooled_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
-def test_lm_eval_task_pools_with_local_tasks(tiny, tmp_path, one_thread):
+def test_lm_eval_task_pools_with_local_tasks(tiny, tmp_path, lm_eval_mc_task, one_thread):
     """lm-eval runs in its task thread like any task: its requests join the same pass as the local task's."""
-    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra `lm_eval`")
     model, tok = tiny
-    mc = _jsonl(tmp_path / "mc.jsonl", MC)
-    (tmp_path / "lm").mkdir()
-    (tmp_path / "lm" / "pooled_mc.yaml").write_text(LOCAL_TASK_YAML.format(path=mc))
-    tasks = [LmEvalTask(name="pooled_mc", type="lm_eval", include_path=str(tmp_path / "lm")),
+    include = lm_eval_mc_task("pooled_mc", _jsonl(tmp_path / "mc.jsonl", MC))
+    tasks = [LmEvalTask(name="pooled_mc", type="lm_eval", include_path=str(include)),
              MultipleChoiceTask(name="mc2", type="multiple_choice", path=str(_jsonl(tmp_path / "mc2.jsonl", MC2)))]
     alone = {t.name: run_task(t, Engine(model, tok, batch_size=4)) for t in tasks}
     eng = CountingEngine(model, tok, batch_size=4)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from accbench import cli
 from accbench.evaluate.engine import EngineStats
 from accbench.results import Results
 from accbench.runners.local import plan_replicas, split_shards
@@ -59,37 +58,35 @@ def task_yaml(tmp_path) -> Path:
     return cfg
 
 
-def _eval(model_dir, cfg, out, *overrides) -> int:
-    return cli.main(["eval", "--model", str(model_dir), "--config", str(cfg), "-o", str(out), "--dtype", "float32",
-                     "--device", "cpu", *overrides])
-
-
 def _tasks(run_dir) -> dict:
     return {t.task: (t.metrics, t.per_sample) for t in Results.load(run_dir).tasks}
 
 
 # ~25 s idle (three spawned model-loading processes); runs by default: it is the proof that data-parallel
 # workers give per-sample results identical to one worker
-def test_two_workers_match_one_and_a_dead_worker_restarts_once(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
+def test_two_workers_match_one_and_a_dead_worker_restarts_once(tiny_model_dir, task_yaml, tmp_path, monkeypatch,
+                                                                accbench_eval):
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
     monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "died_once"))  # the first shard kills its worker
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "two", "runner.max_num_workers=2") == 0
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "two", "runner.max_num_workers=2") == 0
     assert (tmp_path / "died_once").exists()
     assert _tasks(tmp_path / "two") == _tasks(tmp_path / "one")
     assert (tmp_path / "two" / "logs" / "worker_1.log").is_file()
 
 
 @pytest.mark.slow  # ~30 s on 2 shared cores: two model-loading processes that both die
-def test_worker_dying_twice_stops_with_its_log(tiny_model_dir, task_yaml, tmp_path, monkeypatch, capsys):
+def test_worker_dying_twice_stops_with_its_log(tiny_model_dir, task_yaml, tmp_path, monkeypatch, capsys,
+                                               accbench_eval):
     monkeypatch.setenv(FAIL_ALWAYS_ENV, "1")
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "run", "runner.max_num_workers=2") == 2
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "run", "runner.max_num_workers=2") == 2
     err = capsys.readouterr().err
     assert "died twice" in err and "worker_" in err and ".log" in err
 
 
 @pytest.mark.slow  # starts a local Ray instance (~30-60 s on 2 shared cores)
-def test_ray_workers_match_one(tiny_model_dir, task_yaml, tmp_path):
+def test_ray_workers_match_one(tiny_model_dir, task_yaml, tmp_path, accbench_eval):
     pytest.importorskip("ray", reason="runner.type ray needs the optional extra `ray`")
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "ray", "runner.type=ray", "runner.max_num_workers=2") == 0
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "one") == 0
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "ray", "runner.type=ray",
+                         "runner.max_num_workers=2") == 0
     assert _tasks(tmp_path / "ray") == _tasks(tmp_path / "one")

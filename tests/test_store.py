@@ -31,17 +31,13 @@ def task_yaml(tmp_path) -> Path:
     return cfg
 
 
-def _eval(model_dir, cfg, out, *extra) -> int:
-    return cli.main(["eval", "--model", str(model_dir), "--config", str(cfg), "-o", str(out), "--dtype", "float32",
-                     "--device", "cpu", *extra])
-
-
 def _tasks(run_dir) -> dict:
     return {t.task: (t.metrics, t.per_sample, t.model_dump().get("truncated")) for t in Results.load(run_dir).tasks}
 
 
-def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "full") == 0
+def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml, tmp_path, monkeypatch,
+                                                       accbench_eval):
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "full") == 0
     full = _tasks(tmp_path / "full")
     assert full["mc"][2] == 3  # the long question's three requests were cut from the left, and counted
 
@@ -55,22 +51,22 @@ def test_interrupted_run_resumes_to_identical_results(tiny_model_dir, task_yaml,
         return real(self, reqs)
 
     monkeypatch.setattr(Engine, "score", dies_on_third_chunk)
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "cut") == 130
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "cut") == 130
     assert Results.load(tmp_path / "cut").status == "interrupted"
     db = sqlite3.connect(tmp_path / "cut" / "samples.sqlite")
     assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 18  # two chunks survived the crash
 
     calls.clear()
     crash[0] = False
-    assert _eval(tiny_model_dir, task_yaml, tmp_path / "cut", "--resume") == 0
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "cut", "--resume") == 0
     assert sum(calls) == 39 - 18  # only the missing requests were recomputed
     assert _tasks(tmp_path / "cut") == full
     assert Results.load(tmp_path / "cut").status == "complete"
 
 
-def test_rescore_without_a_model(tiny_model_dir, task_yaml, tmp_path, monkeypatch):
+def test_rescore_without_a_model(tiny_model_dir, task_yaml, tmp_path, monkeypatch, accbench_eval):
     run = tmp_path / "run"
-    assert _eval(tiny_model_dir, task_yaml, run) == 0
+    assert accbench_eval(tiny_model_dir, task_yaml, run) == 0
     before = _tasks(run)
     # a changed metric is recomputed from the stored outputs; the model is never loaded
     cfg = (run / "config.yaml").read_text().replace("metric: contains", "metric: exact_match")
@@ -82,9 +78,9 @@ def test_rescore_without_a_model(tiny_model_dir, task_yaml, tmp_path, monkeypatc
     assert list(after["gen"][0]) == ["exact_match"]
 
 
-def test_rescore_reports_missing_responses(tiny_model_dir, task_yaml, tmp_path, capsys):
+def test_rescore_reports_missing_responses(tiny_model_dir, task_yaml, tmp_path, capsys, accbench_eval):
     run = tmp_path / "run"
-    assert _eval(tiny_model_dir, task_yaml, run) == 0
+    assert accbench_eval(tiny_model_dir, task_yaml, run) == 0
     sqlite3.connect(run / "samples.sqlite").execute("DELETE FROM samples WHERE kind = 'generate'").connection.commit()
     assert cli.main(["rescore", str(run)]) == 2
     assert "not in the store" in capsys.readouterr().err

@@ -135,33 +135,9 @@ def test_perplexity_task_matches_perplexity_module(tiny, eval_txt):
     assert res.metrics["ppl"] == pytest.approx(ref.ppl, rel=1e-6) and res.n == 5
 
 
-LOCAL_TASK_YAML = """task: local_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 @pytest.fixture
-def lm_eval_task_dir(tmp_path, mc_file) -> Path:
-    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra `lm_eval`")
-    d = tmp_path / "lm_tasks"
-    d.mkdir()
-    (d / "local_mc.yaml").write_text(LOCAL_TASK_YAML.format(path=mc_file))
-    return d
+def lm_eval_task_dir(mc_file, lm_eval_mc_task) -> Path:
+    return lm_eval_mc_task("local_mc", mc_file)
 
 
 def test_lm_eval_hf_agrees_with_our_engine(tiny, mc_file, lm_eval_task_dir):
