@@ -174,24 +174,37 @@ def bench_in_process(model_dir: Path, task_path: Path, bs: int, repeats: int) ->
             "request_tokens": request_tokens, "engine_forward_tokens": stats.forward_tokens, "requests": len(reqs)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--questions", type=int, default=400)
-    ap.add_argument("--batch-size", type=int, default=16)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The options every engine benchmark shares: the random model, threads, repeats, work folder."""
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--work", default="/tmp/accbench_bench")
+
+
+def model_from_args(args: argparse.Namespace) -> Path:
+    """Set the thread count and build (or reuse) the random model the options describe."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return build_model(Path(args.work) / f"llama_h{args.hidden}_l{args.layers}_v{args.vocab}", args.vocab,
+                       args.hidden, args.layers)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--skip-cli", action="store_true", help="only the in-process comparison")
+    add_model_args(ap)
     args = ap.parse_args()
 
     import torch
 
-    torch.set_num_threads(args.threads)
     work = Path(args.work)
-    model = build_model(work / f"llama_h{args.hidden}_l{args.layers}_v{args.vocab}", args.vocab, args.hidden, args.layers)
+    model = model_from_args(args)
     task_path = build_task(work / f"task_{args.questions}", args.questions)
     print(f"model: random Llama hidden={args.hidden} layers={args.layers} vocab={args.vocab}; "
           f"{args.questions} questions x 4 multi-token choices; batch size {args.batch_size}; "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_engine import _texts, build_model, build_task  # noqa: E402
+from bench_engine import _texts, add_model_args, build_task, model_from_args  # noqa: E402
 
 
 def build_gen(out: Path, n: int, seed: int) -> Path:
@@ -44,12 +44,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", default="auto")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--work", default="/tmp/accbench_bench")
+    add_model_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -60,11 +55,9 @@ def main() -> None:
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import run_task
 
-    torch.set_num_threads(args.threads)
     bs = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     work = Path(args.work)
-    model_dir = build_model(work / f"llama_h{args.hidden}_l{args.layers}_v{args.vocab}", args.vocab, args.hidden,
-                            args.layers)
+    model_dir = model_from_args(args)
     tasks = []
     for i in range(args.mc_tasks):
         path = build_task(work / f"pool_mc{i}_{args.questions}", args.questions, seed=100 + i)
