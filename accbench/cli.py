@@ -218,6 +218,14 @@ def cmd_score_code(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_dir_options(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    """-o/--output and the --resume | --overwrite choice, shared by the commands that write a run directory."""
+    p.add_argument("-o", "--output", help=f"run directory (default: {default})")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help=f"continue an interrupted {what} in the same directory")
+    g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="accbench", description="Is the changed model still as accurate as before?")
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,10 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a config: load, transform, evaluate, compare, report")
     r.add_argument("config", help="YAML config (llmc-compatible)")
     r.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. eval.seq_len=512")
-    r.add_argument("-o", "--output", help="run directory (default: <base.output_dir>/<run_name or timestamp>)")
-    g = r.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run in the same directory")
-    g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    _run_dir_options(r, "<base.output_dir>/<run_name or timestamp>", "run")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compare", help="compare finished runs (the first is the baseline) with paired statistics")
@@ -255,10 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
-    e.add_argument("-o", "--output", help="run directory (default: runs/<timestamp>)")
-    g = e.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in the same directory")
-    g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    _run_dir_options(e, "runs/<timestamp>", "evaluation")
     e.set_defaults(func=cmd_eval)
 
     rs = sub.add_parser("rescore", help="recompute task metrics from a run's stored responses (no model)")
