@@ -248,3 +248,19 @@ def test_generations_with_different_lengths_and_stops_pool_exactly(tiny, one_thr
     assert eng.calls == [("generate", 11)]
     assert got == expected
     assert any(len(t) > 0 for t in expected["long"])  # something was generated to compare
+
+
+def test_a_task_failing_mid_run_keeps_the_others_and_exits_nonzero(tiny_model_dir, tmp_path, accbench_eval,
+                                                                     capsys):
+    """A task the engine refuses (no room for the prompt) fails with its message and exit 2; the task
+    that ran beside it is saved."""
+    mc, gen = _jsonl(tmp_path / "mc.jsonl", MC), _jsonl(tmp_path / "g.jsonl", GEN)
+    cfg = tmp_path / "tasks.yaml"
+    cfg.write_text(f"tasks:\n  - {{name: mc, type: multiple_choice, path: {mc}}}\n"
+                   f"  - {{name: gen, type: generate, path: {gen}, max_new_tokens: 600}}\n")  # window: 512
+    out = tmp_path / "run"
+    assert accbench_eval(tiny_model_dir, cfg, out) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens=600 leaves no room for the prompt" in err and "lower max_new_tokens" in err
+    saved = Results.load(out)
+    assert [t.task for t in saved.tasks] == ["mc"] and saved.tasks[0].n == len(MC)
