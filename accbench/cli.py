@@ -1,19 +1,20 @@
 """The `accbench` command: parses arguments, forwards to the pipeline or a tool, sets the exit code.
 
 Exit codes: 0 all good; 1 crash (a bug: traceback in the run's log); 2 bad input (config, paths, data);
-3 a comparison gate failed; 130 interrupted.
+3 a comparison gate failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from accbench.errors import EXIT_CRASH, EXIT_OK, AccbenchError
+from accbench.errors import EXIT_CRASH, EXIT_OK, AccbenchError, Terminated
 
 log = logging.getLogger("accbench")
 
@@ -43,6 +44,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
+    from accbench.rundir import release_run_dir
 
     run_dir = resolve_run_dir(cfg, args.output)
     prepare_run_dir(run_dir, args.resume, args.overwrite)
@@ -54,6 +56,8 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     except BaseException as exc:
         _mark_failed(run_dir, exc)
         raise
+    finally:
+        release_run_dir(run_dir)
     print_summary(results, console)
     return int(results.compare.get("exit_code", EXIT_OK)) if results.compare else EXIT_OK
 
@@ -297,22 +301,49 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    previous = _handle_sigterm(_on_sigterm)  # SIGTERM ends a run as Ctrl-C does
     try:
         return args.func(args)
     except AccbenchError as exc:
         print(f"accbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("accbench: interrupted; everything computed so far is in the run directory (--resume continues it)",
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"accbench: {what}; everything computed so far is in the run directory (--resume continues it)",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # a bug: keep the traceback in the log, show a short message
         log.error("crash: %s", traceback.format_exc())
+        where = _log_file()
         print(f"accbench: internal error: {type(exc).__name__}: {exc}\n"
-              "  the traceback is in the run's logs/run.log; please report it", file=sys.stderr)
+              + (f"  the traceback is in {where}; please report it" if where else
+                 "  rerun with ACCBENCH_DEBUG=1 to see the traceback; please report it"), file=sys.stderr)
         if "--debug" in sys.argv or __import__("os").environ.get("ACCBENCH_DEBUG"):
             traceback.print_exc()
         return EXIT_CRASH
+    finally:
+        _handle_sigterm(previous)
+
+
+def _handle_sigterm(handler: Any) -> Any:
+    """Install a SIGTERM handler (only the main thread may); returns the previous one."""
+    import threading
+
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _log_file() -> str | None:
+    """The run log a crash's traceback went to, if one is open."""
+    for h in logging.getLogger("accbench").handlers:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).is_file():
+            return h.baseFilename
+    return None
 
 
 if __name__ == "__main__":
