@@ -52,7 +52,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     console = _console()
     console.print(f"accbench {verb} → {run_dir}")
     try:
-        results = run_pipeline(cfg, run_dir, console, resume=args.resume)
+        results = run_pipeline(cfg, run_dir, console, resume=args.resume, strict=args.resume_strict)
     except BaseException as exc:
         _mark_failed(run_dir, exc)
         raise
@@ -226,7 +226,10 @@ def _run_dir_options(p: argparse.ArgumentParser, default: str, what: str) -> Non
     """-o/--output and the --resume | --overwrite choice, shared by the commands that write a run directory."""
     p.add_argument("-o", "--output", help=f"run directory (default: {default})")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help=f"continue an interrupted {what} in the same directory")
+    g.add_argument("--resume", action="store_true",
+                   help=f"continue an interrupted {what} in the same directory: stored results are reused only "
+                   "where their fingerprint matches the config; --resume=strict refuses a changed config")
+    p.add_argument("--resume-strict", action="store_true", help=argparse.SUPPRESS)
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
 
 
@@ -294,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for x in argv for a in (["--resume", "--resume-strict"] if x == "--resume=strict" else [x])]
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after options (`run cfg.yaml -o dir eval.bs=4`)
     if extra:

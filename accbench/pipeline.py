@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
+from accbench.provenance import ResumeLog, check_entry, fingerprint
 from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
 log = logging.getLogger("accbench")
@@ -28,6 +29,7 @@ class EvalData:
     name: str
     stream: Any  # 1-D LongTensor
     recipe: str
+    tokens_id: str = ""  # hash of the token stream (provenance)
 
 
 @dataclass
@@ -40,6 +42,8 @@ class RunContext:
     evals: list[EvalData] = field(default_factory=list)
     store: Any = None  # the per-sample store (accbench.store.SampleStore), opened by the first task
     baseline: str = "pretrain"  # the position (or variant) whose output distributions fidelity compares against
+    fps: dict[str, str] = field(default_factory=dict)  # position/variant -> fingerprint of the model there
+    resumed: ResumeLog = field(default_factory=lambda: ResumeLog(False))
 
     def save(self) -> None:
         self.results.save(self.run_dir)
@@ -68,13 +72,20 @@ def setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = False) -> Results:
-    """Run everything the config asks for; return the results (also on disk in run_dir)."""
+def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = False, strict: bool = False) -> Results:
+    """Run everything the config asks for; return the results (also on disk in run_dir).
+
+    On resume a stored result is reused only when its fingerprint matches what this config gives (provenance.py);
+    `strict` refuses a resume whose config changed in a key that can change a number."""
     results = Results.load(run_dir) if resume and (run_dir / "results.json").is_file() else Results()
+    if resume:
+        check_config_change(cfg, run_dir, console, strict)
     results.run_dir, results.status, results.error = str(run_dir), "running", None
     results.versions = collect_versions()
+    results.resume = {}
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
+    ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg),
+                     resumed=ResumeLog(resume, console))
     ctx.save()
     if cfg.opencompass is not None:
         oc_ready = check_opencompass_ready(ctx)  # a wrong OpenCompass setup fails now, not after the quantization
@@ -88,6 +99,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     with Timer(results.timings, "load_model"):
         loaded = _load(cfg)
     results.models["pretrain"] = loaded.path
+    ctx.fps = position_fingerprints(cfg, loaded.path)
     ctx.evals = [prepare_eval_data(e, loaded.tokenizer) for e in cfg.eval]
 
     if cfg.train is not None:
@@ -100,9 +112,53 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     if cfg.opencompass is not None:
         run_opencompass_stage(ctx, oc_ready)
     run_compare_stage(ctx)
+    if resume:
+        results.resume = ctx.resumed.summary()
+        console.print(f"resume: reused {len(results.resume['reused'])} stored result(s), recomputed "
+                      f"{len(results.resume['recomputed'])}", markup=False)
     results.status = "complete"
     ctx.save()
     return results
+
+
+def check_config_change(cfg: RunConfig, run_dir: Path, console: Any, strict: bool) -> None:
+    """On resume: say which config keys changed since the run; with `strict`, refuse when a number could change."""
+    import yaml
+
+    from accbench.provenance import NOT_NUMERIC, config_changes
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        old = {}
+    changes = config_changes(old, yaml.safe_load(dump_config(cfg)), NOT_NUMERIC if strict else ())
+    if changes and strict:
+        raise AccbenchError(f"--resume=strict: the config changed since this run was made:\n    "
+                            + "\n    ".join(changes), "resume with the run's own config (its config.yaml), use "
+                            "--resume to recompute what the change invalidates, or -o a new directory")
+    if changes:
+        console.print("resume: the config changed since the run (" + "; ".join(changes) + "); results made "
+                      "with the old settings are recomputed", markup=False)
+
+
+def position_fingerprints(cfg: RunConfig, model_path: str) -> dict[str, str]:
+    """The fingerprint of the model at each position: its weights, dtype, and what transformed it."""
+    from accbench.models import model_fingerprint
+
+    weights = {"weights": model_fingerprint(model_path, cfg.model.torch_dtype), "dtype": cfg.model.torch_dtype}
+    out = {"pretrain": fingerprint(weights, "pretrain")}
+    if cfg.quant is not None:
+        from accbench.quant.methods import needs_calibration
+
+        q = cfg.quant
+        calib = cfg.calib.model_dump(mode="json") if cfg.calib is not None and needs_calibration(
+            q.method, q.act is not None and q.act.static) else None
+        for p in ("transformed", "fake_quant"):
+            out[p] = fingerprint(weights, p, q.model_dump(mode="json"), calib)
+    return out
 
 
 def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
@@ -124,6 +180,8 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
                  "act": cfg.quant.act.model_dump() if cfg.quant.act else None, "special": spec.special,
                  "quant_out": spec.quant_out, "calib_samples": sum(len(b) for b in batches) if batches else 0}
     save_root = Path(cfg.save.save_path) if cfg.save.save_path else ctx.run_dir / "models"
+    if ctx.resume and _resume_quant_from_disk(ctx, spec, save_root):
+        return
 
     with Timer(res.timings, "quant_transform"):
         state = transform_model(loaded.model, spec, batches, loaded.device)
@@ -154,12 +212,69 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
             torch.save(state.clips, save_root / "clips.pt")
 
 
+def _resume_quant_from_disk(ctx: RunContext, spec: Any, save_root: Path) -> bool:
+    """On resume, avoid quantizing again: True when nothing is left to compute at transformed/fake_quant, or when
+    only fake_quant work is left and a saved fake-quantized model with a matching fingerprint is on disk (then
+    it is loaded and evaluated). Saved models and scales are only trusted through their fingerprint files."""
+    from accbench.provenance import saved_model_matches
+
+    cfg = ctx.cfg
+    if spec.special.get("save_scale") or spec.special.get("save_clip"):
+        return False
+    wanted = [p for p in ("transformed", "fake_quant") if p in cfg.positions()]
+    saves = {"transformed": cfg.save.save_trans, "fake_quant": cfg.save.save_fake}
+    saved_ok = {p: saved_model_matches(save_root / p, ctx.fps[p]) for p in saves}
+    pending = {p: _position_pending(ctx, p) for p in wanted}
+    if not any(pending.values()) and all(saved_ok[p] or not saves[p] for p in saves):
+        for p in saves:
+            if saves[p]:
+                ctx.results.models[p] = str(save_root / p)
+        ctx.console.print("resume: every transformed/fake_quant result is stored with matching fingerprints; "
+                          "quantization skipped", markup=False)
+        ctx.resumed.reuse("quantization (all its results are stored)")
+        return True
+    if pending.get("transformed") or (saves["transformed"] and not saved_ok["transformed"]):
+        return False
+    if not saved_ok["fake_quant"] or spec.act is not None:  # activation quantization is not in saved weights
+        return False
+    path = save_root / "fake_quant"
+    ctx.console.print(f"resume: loading the saved fake-quantized model {path} (its fingerprint matches) instead "
+                      "of quantizing again", markup=False)
+    ctx.resumed.reuse(f"fake-quantized model {path}")
+    ctx.results.models["fake_quant"] = str(path)
+    if "fake_quant" in wanted:
+        evaluate_position(ctx, "fake_quant", _load_checkpoint(cfg, str(path), ctx.results.models["pretrain"],
+                                                              "fake_quant"))
+    return True
+
+
+def _position_pending(ctx: RunContext, position: str) -> bool:
+    """Whether evaluating `position` would compute anything (a stored result missing or not matching)."""
+    for ev in ctx.evals:
+        if ctx.cfg.train is None and position not in ev.cfg.eval_pos:
+            continue
+        stored, fp = _stored_ppl(ctx, position, ev)
+        if stored is None or stored.fingerprint != fp:
+            return True
+        top_k = ev.cfg.fidelity_top_k()
+        if top_k is not None and position != ctx.baseline:
+            want = fingerprint(ctx.fps.get(position), _recording_fingerprint(ctx, ev, top_k))
+            if not any(f.position == position and f.dataset == ev.name and f.fingerprint == want
+                       for f in ctx.results.fidelity):
+                return True
+    return any(not any(e.model == position and e.task == t.name and e.fingerprint == _task_fingerprint(ctx, position, t)
+                       for e in ctx.results.tasks) for t in ctx.cfg.tasks)
+
+
 def _save_position(ctx: RunContext, loaded: Any, position: str, root: Path, what: str) -> None:
     """Save the model as it is at `position` under root/position and record where it went."""
     from accbench.models import save_model
 
+    from accbench.provenance import write_model_fingerprint
+
     with Timer(ctx.results.timings, f"save_{position}"):
         ctx.results.models[position] = str(save_model(loaded.model, loaded.tokenizer, root / position))
+        write_model_fingerprint(root / position, ctx.fps[position], position)
     ctx.console.print(f"saved {what} → {ctx.results.models[position]}")
     ctx.save()
 
@@ -255,6 +370,7 @@ def run_training_stage(ctx: RunContext, loaded: Any) -> None:
         entry = _train_variant(ctx, loaded, name, variant_args[name], data_dir, baseline)
         ckpt = entry.checkpoint
         ctx.results.models[name] = ckpt
+        ctx.fps[name] = fingerprint(entry.fingerprint, _weights_id(ctx.cfg, ckpt))
         ctx.save()
         model_v = _load_checkpoint(ctx.cfg, ckpt, loaded.path, name)
         evaluate_position(ctx, name, model_v)
@@ -264,6 +380,12 @@ def run_training_stage(ctx: RunContext, loaded: Any) -> None:
             entry.checkpoint = None
             ctx.results.models.pop(name, None)
             ctx.save()
+
+
+def _weights_id(cfg: RunConfig, path: str) -> str:
+    from accbench.models import model_fingerprint
+
+    return model_fingerprint(path, cfg.model.torch_dtype)
 
 
 def _training_baseline(cfg: RunConfig) -> str:
@@ -311,8 +433,10 @@ def _train_variant(ctx: RunContext, loaded: Any, name: str, trainer_args: dict, 
     out = ctx.run_dir / "models" / name
     log_path = ctx.run_dir / "logs" / f"train_{name}.log"
     done = next((e for e in ctx.results.train if e.variant == name), None)
-    if done is not None and ctx.resume and (out / "config.json").is_file():
-        log.info("resume: variant %s already trained", name)
+    fp = fingerprint(ctx.fps.get("pretrain"), t.model_dump(mode="json", exclude={"variants", "save_checkpoints"}),
+                     v.model_dump(mode="json"), name == baseline)
+    if done is not None and ctx.resume and (out / "config.json").is_file() and check_entry(
+            done.fingerprint, fp, f"training of variant {name}", ctx.resumed):
         return done
     if out.exists():  # a partial run of this variant: start it clean
         shutil.rmtree(out)
@@ -339,7 +463,8 @@ def _train_variant(ctx: RunContext, loaded: Any, name: str, trainer_args: dict, 
     entry = TrainEntry(variant=name, train_loss=res.train_loss, train_runtime=res.train_runtime,
                        train_steps_per_second=sps, checkpoint=str(out), baseline=name == baseline,
                        speedup=speedup, global_step=res.global_step, wall_time=round(wall, 3), log=str(log_path),
-                       kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve)
+                       kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve,
+                       fingerprint=fp)
     ctx.results.train = [e for e in ctx.results.train if e.variant != name] + [entry]
     log.info("trained %s: loss %.6f, %s steps/s, %.1f s", name, res.train_loss, sps, wall)
     ctx.console.print(f"[bold]{name}[/]: train loss = {res.train_loss:.6f}, steps/s = {sps}, "
@@ -502,8 +627,10 @@ def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:
     from accbench.data.text import load_texts, ppl_token_stream, recipe_description
 
     texts = load_texts(e.name, e.path, e.download, e.text_column, e.split)
+    from accbench.provenance import tokens_id
+
     stream = ppl_token_stream(e.name, texts, tokenizer, e.seq_len)
-    return EvalData(e, e.name, stream, recipe_description(e.name))
+    return EvalData(e, e.name, stream, recipe_description(e.name), tokens_id(stream))
 
 
 def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
@@ -514,10 +641,11 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
         if ctx.cfg.train is None and position not in ev.cfg.eval_pos:  # training runs: every block, every model
             continue
         fidelity = _fidelity_hook(ctx, position, ev, loaded)
-        have_ppl = any(p.position == position and p.dataset == ev.name and p.seq_len == ev.cfg.seq_len
-                       for p in ctx.results.ppl)
+        stored, fp = _stored_ppl(ctx, position, ev)
+        have_ppl = stored is not None and check_entry(stored.fingerprint, fp, f"ppl {position}/{ev.name}", ctx.resumed)
+        if stored is not None and not have_ppl:
+            ctx.results.ppl.remove(stored)
         if have_ppl and fidelity is None:
-            log.info("resume: ppl %s/%s already computed", position, ev.name)
             continue
         with Timer(ctx.results.timings, f"ppl_{position}"):
             res = perplexity(loaded.model, ev.stream, ev.cfg.seq_len, ev.cfg.bs, loaded.device,
@@ -525,7 +653,7 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
         if not have_ppl:
             ctx.results.ppl.append(PplEntry(position=position, dataset=ev.name, ppl=res.ppl, seq_len=res.seq_len,
                                             windows=res.windows, tokens=res.tokens, recipe=ev.recipe,
-                                            window_losses=res.window_losses))
+                                            window_losses=res.window_losses, fingerprint=fp))
             log.info("ppl %s %s = %.4f (%d windows)", position, ev.name, res.ppl, res.windows)
             ctx.console.print(f"[bold]{position}[/] {ev.name}: ppl = {res.ppl:.4f}  ({res.windows} windows x {res.seq_len})")
         if fidelity is not None:
@@ -534,26 +662,47 @@ def evaluate_position(ctx: RunContext, position: str, loaded: Any) -> None:
     run_tasks(ctx, position, loaded)
 
 
+def _stored_ppl(ctx: RunContext, position: str, ev: EvalData) -> tuple[PplEntry | None, str]:
+    """The stored perplexity entry for this position and dataset (if any) and the fingerprint it must have."""
+    settings = ev.cfg.model_dump(mode="json", exclude={"eval_pos", "fidelity", "eval_token_consist"})
+    fp = fingerprint(ctx.fps.get(position), ev.tokens_id, settings)
+    stored = next((p for p in ctx.results.ppl if p.position == position and p.dataset == ev.name
+                   and p.seq_len == ev.cfg.seq_len), None)
+    return stored, fp
+
+
+def _recording_fingerprint(ctx: RunContext, ev: EvalData, top_k: int) -> str:
+    return fingerprint(ctx.fps.get(ctx.baseline), ev.tokens_id, ev.cfg.seq_len, ev.cfg.num_samples, top_k)
+
+
 def _fidelity_hook(ctx: RunContext, position: str, ev: EvalData, loaded: Any) -> Any:
     """The perplexity hook fidelity needs here: record at the baseline, compare elsewhere, or None."""
-    from accbench.evaluate.fidelity import DistributionRecorder, FidelityComparer, recording_complete, recording_dir
+    from accbench.evaluate.fidelity import (DistributionRecorder, FidelityComparer, recording_complete,
+                                            recording_dir, recording_fingerprint)
 
     top_k = ev.cfg.fidelity_top_k()
     if top_k is None:
         return None
     path = recording_dir(ctx.run_dir, ev.name, ev.cfg.seq_len)
+    rec_fp = _recording_fingerprint(ctx, ev, top_k)
     if position == ctx.baseline:
-        if recording_complete(path):
+        if recording_complete(path) and check_entry(recording_fingerprint(path), rec_fp,
+                                                    f"fidelity recording of {position}/{ev.name}", ctx.resumed):
             return None
         n_windows = ev.stream.numel() // ev.cfg.seq_len
         if ev.cfg.num_samples is not None:
             n_windows = min(n_windows, ev.cfg.num_samples)
         return DistributionRecorder(path, n_windows * (ev.cfg.seq_len - 1), top_k,
-                                    {"position": position, "dataset": ev.name, "seq_len": ev.cfg.seq_len})
-    if any(f.position == position and f.dataset == ev.name and getattr(f, "seq_len", None) == ev.cfg.seq_len
-           for f in ctx.results.fidelity):
-        return None
-    if not recording_complete(path):
+                                    {"position": position, "dataset": ev.name, "seq_len": ev.cfg.seq_len,
+                                     "fingerprint": rec_fp})
+    stored = next((f for f in ctx.results.fidelity if f.position == position and f.dataset == ev.name
+                   and getattr(f, "seq_len", None) == ev.cfg.seq_len), None)
+    if stored is not None:
+        if check_entry(stored.fingerprint, fingerprint(ctx.fps.get(position), rec_fp), f"fidelity {position}/{ev.name}",
+                       ctx.resumed):
+            return None
+        ctx.results.fidelity.remove(stored)
+    if not recording_complete(path) or recording_fingerprint(path) != rec_fp:
         log.warning("fidelity skipped at %s %s: no recording of the baseline %s", position, ev.name, ctx.baseline)
         ctx.console.print(f"[yellow]fidelity skipped at {position} {ev.name}: the baseline '{ctx.baseline}' was "
                           f"not evaluated on it first (add {ctx.baseline} to eval_pos)[/]")
@@ -569,6 +718,7 @@ def _finish_fidelity(ctx: RunContext, position: str, ev: EvalData, hook: Any) ->
         log.info("fidelity: recorded %s distributions (top %d) to %s", position, hook.meta["top_k"], path)
         return
     e: FidelityEntry = hook.entry(position)
+    e.fingerprint = fingerprint(ctx.fps.get(position), hook.meta.get("fingerprint"))
     ctx.results.fidelity.append(e)
     log.info("fidelity %s %s vs %s: %s", position, ev.name, ctx.baseline, e.model_dump_json())
     ctx.console.print(f"[bold]{position}[/] {ev.name}: KL vs {ctx.baseline} = {e.kld_mean:.4g} ± {e.kld_stderr:.2g} "
@@ -582,11 +732,15 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     The tasks' requests are pooled (evaluate/pool.py): answered once per kind across all tasks, behind the
     per-sample store. Each task's result is saved as soon as it is complete; a task that fails does not stop
     the others, and its error is raised once they have finished and been saved."""
-    todo = [t for t in ctx.cfg.tasks
-            if not any(e.model == position and e.task == t.name for e in ctx.results.tasks)]
+    todo = []
     for t in ctx.cfg.tasks:
-        if t not in todo:
-            log.info("resume: task %s/%s already evaluated", position, t.name)
+        fp = _task_fingerprint(ctx, position, t)
+        stored = next((e for e in ctx.results.tasks if e.model == position and e.task == t.name), None)
+        if stored is not None and check_entry(stored.fingerprint, fp, f"task {position}/{t.name}", ctx.resumed):
+            continue
+        if stored is not None:
+            ctx.results.tasks.remove(stored)
+        todo.append(t)
     if not todo:
         return
     from accbench.evaluate.engine import Engine
@@ -638,7 +792,8 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
         extra.update(batch_sizes=dict(stats.batch_sizes), truncated=answerer.truncated,
                      requests=dict(answerer.computed), reused_from_store=answerer.reused)
         ctx.results.tasks.append(TaskEntry(model=position, task=name, type=res.type, metrics=res.metrics,
-                                           n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
+                                           n=res.n, stderr=res.stderr, per_sample=res.per_sample,
+                                           fingerprint=_task_fingerprint(ctx, position, task), **extra))
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
         ctx.console.print(f"[bold]{position}[/] {name}: {shown}  (n={res.n})")
         log.info("task %s %s: %s (n=%d)", position, name, res.metrics, res.n)
@@ -663,15 +818,17 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
         raise errors[0]
 
 
+def _task_fingerprint(ctx: RunContext, position: str, task: Any) -> str:
+    return fingerprint(ctx.fps.get(position), task.model_dump(mode="json"))
+
+
 def _position_fingerprint(ctx: RunContext, position: str, loaded: Any) -> str:
     """The model's identity at this position in the per-sample store (opened here if it is not yet)."""
     from accbench.store import SampleStore, model_fingerprint
 
     if ctx.store is None:
         ctx.store = SampleStore(ctx.run_dir)
-    m = ctx.cfg.model
-    transform = ctx.cfg.quant.model_dump(mode="json") if ctx.cfg.quant is not None and position != "pretrain" else None
-    fp = model_fingerprint(loaded.path, position, m.torch_dtype, transform)
+    fp = ctx.fps.get(position) or model_fingerprint(loaded.path, position, ctx.cfg.model.torch_dtype)
     ctx.store.set_model(position, fp)
     return fp
 

@@ -32,6 +32,7 @@ class PplEntry(Entry):
     tokens: int
     recipe: str = ""
     window_losses: list[float] = Field(default_factory=list)
+    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
 
 
 class TaskEntry(Entry):
@@ -43,6 +44,7 @@ class TaskEntry(Entry):
     stderr: dict[str, float | None] = Field(default_factory=dict)
     # metric -> {sample id: value}; what paired comparisons between models use
     per_sample: dict[str, dict[str, float]] = Field(default_factory=dict)
+    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
 
 
 class TrainEntry(Entry):
@@ -58,6 +60,7 @@ class TrainEntry(Entry):
     log: str | None = None
     kind: str = "builtin"  # builtin | command
     loss_curve: list[dict[str, int | float]] = Field(default_factory=list)  # [{step, loss}] from trainer_state.json
+    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
 
 
 class FidelityEntry(Entry):
@@ -72,6 +75,7 @@ class FidelityEntry(Entry):
     delta_p_rms: float
     ppl_ratio: float
     tokens: int
+    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
 
 
 class Results(BaseModel):
@@ -91,6 +95,7 @@ class Results(BaseModel):
     compare: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+    resume: dict[str, list[str]] = Field(default_factory=dict)  # last resume: what was reused, what recomputed and why
 
     def save(self, run_dir: Path) -> None:
         path = Path(run_dir) / "results.json"
