@@ -44,6 +44,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
+    from accbench.iofaults import as_disk_error
     from accbench.rundir import release_run_dir
 
     run_dir = resolve_run_dir(cfg, args.output)
@@ -54,7 +55,10 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     try:
         results = run_pipeline(cfg, run_dir, console, resume=args.resume, strict=args.resume_strict)
     except BaseException as exc:
-        _mark_failed(run_dir, exc)
+        disk = as_disk_error(exc, run_dir) if isinstance(exc, Exception) else None
+        _mark_failed(run_dir, disk or exc)
+        if disk is not None:
+            raise disk from exc
         raise
     finally:
         release_run_dir(run_dir)
@@ -195,7 +199,10 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
         return
     res.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     res.error = str(exc) or type(exc).__name__
-    res.save(run_dir)
+    try:
+        res.save(run_dir)
+    except OSError as err:  # e.g. the disk is still full: the console message carries the reason
+        log.error("could not record the run's status in %s: %s", path, err)
     log.error("run %s: %s", res.status, "".join(traceback.format_exception(exc)))
 
 
@@ -317,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accbench: {what}; everything computed so far is in the run directory (--resume continues it)",
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    except Exception as exc:  # a bug: keep the traceback in the log, show a short message
+    except Exception as exc:  # a bug (or a disk fault): keep the traceback in the log, show a short message
+        from accbench.iofaults import as_disk_error
+
+        disk = as_disk_error(exc, Path.cwd())
+        if disk is not None:
+            print(f"accbench: error: {disk}", file=sys.stderr)
+            return disk.exit_code
         log.error("crash: %s", traceback.format_exc())
         where = _log_file()
         print(f"accbench: internal error: {type(exc).__name__}: {exc}\n"

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
+from accbench.iofaults import atomic_write_text
 from accbench.provenance import ResumeLog, check_entry, fingerprint
 from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
@@ -83,7 +84,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     results.run_dir, results.status, results.error = str(run_dir), "running", None
     results.versions = collect_versions()
     results.resume = {}
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg),
                      resumed=ResumeLog(resume, console))
     ctx.save()
@@ -136,7 +137,7 @@ def check_config_change(cfg: RunConfig, run_dir: Path, console: Any, strict: boo
         old = {}
     changes = config_changes(old, yaml.safe_load(dump_config(cfg)), NOT_NUMERIC if strict else ())
     if changes and strict:
-        raise AccbenchError(f"--resume=strict: the config changed since this run was made:\n    "
+        raise AccbenchError("--resume=strict: the config changed since this run was made:\n    "
                             + "\n    ".join(changes), "resume with the run's own config (its config.yaml), use "
                             "--resume to recompute what the change invalidates, or -o a new directory")
     if changes:

@@ -8,7 +8,6 @@ It is rewritten atomically after every stage, so a crash keeps everything comput
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -98,10 +97,9 @@ class Results(BaseModel):
     resume: dict[str, list[str]] = Field(default_factory=dict)  # last resume: what was reused, what recomputed and why
 
     def save(self, run_dir: Path) -> None:
-        path = Path(run_dir) / "results.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        os.replace(tmp, path)
+        from accbench.iofaults import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / "results.json", json.dumps(self.model_dump(mode="json"), indent=2))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Results":

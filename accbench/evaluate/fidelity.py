@@ -219,7 +219,10 @@ class DistributionRecorder:
         s = summarize_logprobs(logp, labels, self.meta["top_k"])
         s["labels"] = labels
         for name, t in s.items():
-            self.arrays[name].write(np.ascontiguousarray(t.cpu().numpy(), dtype=self.dtypes[name]).tobytes())
+            try:
+                self.arrays[name].write(np.ascontiguousarray(t.cpu().numpy(), dtype=self.dtypes[name]).tobytes())
+            except OSError as exc:  # name the file: a buffered write's error does not
+                raise OSError(exc.errno, exc.strerror, self.arrays[name].name) from exc
         self.written += logp.shape[0]
 
     def finish(self) -> Path:
@@ -233,9 +236,9 @@ class DistributionRecorder:
                 f.close()
             self.arrays = {}
             (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
-        except OSError:
+        except OSError as exc:
             self.abort()
-            raise
+            raise OSError(exc.errno, exc.strerror, exc.filename or str(self.tmp)) from exc
         shutil.rmtree(self.path, ignore_errors=True)
         self.tmp.rename(self.path)
         return self.path
