@@ -513,23 +513,54 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.path=value` items; a path that does not fit the config's shape is a ConfigError naming it."""
+    problems = []
     for item in overrides:
         keys, value = parse_override(item)
-        node: Any = data
-        for i, k in enumerate(keys[:-1]):
-            nxt = keys[i + 1]
-            if isinstance(node, list):
-                node = node[int(k)]
-                continue
-            if k not in node or node[k] is None:
-                node[k] = [] if nxt.isdigit() else {}
-            node = node[k]
-        last = keys[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        if len(keys) > 1 and keys[0] == "eval" and keys[1].isdigit() and isinstance(data.get("eval"), dict):
+            data["eval"] = [data["eval"]]  # one eval block written as a mapping is block 0 (eval.0.bs=4)
+        try:
+            _set_path(data, keys, value)
+        except _BadPath as exc:
+            problems.append(ConfigProblem(".".join(keys), f"override '{item}': {exc}"))
+    if problems:
+        raise ConfigError(problems)
     return data
+
+
+class _BadPath(Exception):
+    pass
+
+
+def _index(node: list, k: str, where: str) -> int:
+    if not k.lstrip("-").isdigit():
+        raise _BadPath(f"{where} is a list: index it with a number (0 .. {len(node) - 1}), not '{k}'")
+    i = int(k)
+    if not -len(node) <= i < len(node):
+        raise _BadPath(f"{where} has {len(node)} item(s): index {i} is out of range (0 .. {len(node) - 1}); "
+                       "add the item to the YAML file first")
+    return i
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        where = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            node = node[_index(node, k, ".".join(keys[:i]))]
+        elif isinstance(node, dict):
+            if k not in node or node[k] is None:
+                node[k] = [] if keys[i + 1].isdigit() else {}
+            node = node[k]
+        else:
+            raise _BadPath(f"{'.'.join(keys[:i])} is a value ({node!r}), it has no key '{k}'")
+        if not isinstance(node, (dict, list)):
+            raise _BadPath(f"{where} is a value ({node!r}), it has no key '{keys[i + 1]}'")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(node, last, ".".join(keys[:-1]))] = value
+    else:
+        node[last] = value
 
 
 def _known_unsupported(data: dict) -> list[tuple[tuple, str]]:
@@ -639,9 +670,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     p = Path(path)
     if not p.is_file():
         raise ConfigError([ConfigProblem("", f"config file not found: {p}")])
-    text = p.read_text()
+    text = _read_utf8(p)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -651,6 +682,38 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if isinstance(data, dict) and overrides:
         data = apply_overrides(data, overrides)
     return validate_config(data, str(p), text)
+
+
+def _read_utf8(p: Path) -> str:
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigProblem("", f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
+                                         f"{line}, e.g. a Latin-1 character in a comment); save it as UTF-8 "
+                                         f"(iconv -f latin1 -t utf-8 {p.name} > fixed.yaml)", line, str(p))]) from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for k, _ in node.value:
+            if k.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(k, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first at line {first}); YAML would silently keep the "
+                    "last one: remove or rename one of them", k.start_mark)
+            seen[key] = k.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def dump_config(cfg: RunConfig) -> str:
@@ -666,7 +729,7 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
         if not p.is_file():
             raise ConfigError([ConfigProblem("", f"config file not found: {p}")])
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(_read_utf8(p), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([ConfigProblem("", f"not valid YAML: {exc}", None, str(p))]) from None
         if not isinstance(data, dict):

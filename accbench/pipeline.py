@@ -45,6 +45,7 @@ class RunContext:
     baseline: str = "pretrain"  # the position (or variant) whose output distributions fidelity compares against
     fps: dict[str, str] = field(default_factory=dict)  # position/variant -> fingerprint of the model there
     resumed: ResumeLog = field(default_factory=lambda: ResumeLog(False))
+    calib_batches: Any = None  # calibration token batches, built before the model loads
 
     def save(self) -> None:
         self.results.save(self.run_dir)
@@ -97,11 +98,11 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
         check_tasks(cfg.tasks)
     if cfg.quant is not None:
         precheck_quant(cfg)  # quant settings vs the model's shapes, before any weights load
+    check_inputs(ctx)  # device, model folder, eval and calibration data: before any weights load
     with Timer(results.timings, "load_model"):
         loaded = _load(cfg)
     results.models["pretrain"] = loaded.path
     ctx.fps = position_fingerprints(cfg, loaded.path)
-    ctx.evals = [prepare_eval_data(e, loaded.tokenizer) for e in cfg.eval]
 
     if cfg.train is not None:
         run_training_stage(ctx, loaded)
@@ -120,6 +121,32 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     results.status = "complete"
     ctx.save()
     return results
+
+
+def check_inputs(ctx: RunContext) -> None:
+    """What fails without weights fails now: the device and model folder (checks.py), every eval dataset
+    (tokenized into ctx.evals) and the calibration data (ctx.calib_batches)."""
+    from accbench.checks import check_device, check_model_dir
+    from accbench.errors import ModelLoadError
+    from accbench.models import load_tokenizer, resolve_model_path
+
+    cfg, m = ctx.cfg, ctx.cfg.model
+    check_device(m.device)
+    check_model_dir(m.path, m.tokenizer_path)
+    where = m.tokenizer_path or resolve_model_path(m.path)
+    try:
+        tokenizer = load_tokenizer(where, m.trust_remote_code, m.tokenizer_mode == "fast")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer from {where}: {exc}",
+                             "check model.path / model.tokenizer_path (the folder needs the tokenizer files)") from None
+    ctx.evals = [prepare_eval_data(e, tokenizer) for e in cfg.eval]
+    if cfg.quant is not None and cfg.calib is not None:
+        from accbench.quant.methods import needs_calibration
+
+        q = cfg.quant
+        if needs_calibration(q.method, q.act is not None and q.act.static):
+            with Timer(ctx.results.timings, "calib_data"):
+                ctx.calib_batches = build_calib_batches(cfg, tokenizer)
 
 
 def check_config_change(cfg: RunConfig, run_dir: Path, console: Any, strict: bool) -> None:
@@ -172,8 +199,7 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
     check_quant(loaded.model, spec, cfg.calib is not None)
     batches = None
     if cfg.calib is not None and needs_calibration(spec.method, spec.act is not None and spec.act.static):
-        with Timer(res.timings, "calib_data"):
-            batches = build_calib_batches(cfg, loaded.tokenizer)
+        batches = ctx.calib_batches  # built before the model loaded (check_inputs)
         n = sum(len(b) for b in batches)
         ctx.console.print(f"calibration: {n} samples x {cfg.calib.seq_len} tokens ({cfg.calib.preproc}, "
                           f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
@@ -630,7 +656,7 @@ def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:
     texts = load_texts(e.name, e.path, e.download, e.text_column, e.split)
     from accbench.provenance import tokens_id
 
-    stream = ppl_token_stream(e.name, texts, tokenizer, e.seq_len)
+    stream = ppl_token_stream(e.name, texts, tokenizer, e.seq_len, e.path)
     return EvalData(e, e.name, stream, recipe_description(e.name), tokens_id(stream))
 
 

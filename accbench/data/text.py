@@ -46,7 +46,7 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
     if p.is_dir():
         texts = _from_disk(p, column, split or DEFAULT_SPLIT.get(name))
     elif p.suffix == ".txt":
-        texts = [p.read_text(encoding="utf-8")]
+        texts = [_read_text(p)]
     elif p.suffix == ".jsonl":
         texts = _from_jsonl(p, column)
     elif p.suffix == ".parquet":
@@ -57,6 +57,16 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
     if not texts or not any(t.strip() for t in texts):
         raise DataError(f"dataset {p} is empty", "point path at a file with text in it")
     return texts
+
+
+def _read_text(p: Path) -> str:
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{p} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}): a binary file, or "
+                        "text in another encoding", "point path at a UTF-8 text file (convert it with iconv)") from None
 
 
 def _from_hub(name: str, column: str) -> list[str]:
@@ -126,11 +136,15 @@ def join_texts(name: str, texts: list[str]) -> str:
     return "\n\n".join(texts)
 
 
-def ppl_token_stream(name: str, texts: list[str], tokenizer: Any, seq_len: int) -> Any:
+def ppl_token_stream(name: str, texts: list[str], tokenizer: Any, seq_len: int, where: str | None = None) -> Any:
     """Tokenize the joined text once (with the tokenizer's special tokens, as llmc); c4 is cut to 256 windows."""
     ids = tokenizer(join_texts(name, texts), return_tensors="pt").input_ids[0]
     if name == "c4":
         ids = ids[: 256 * seq_len]
+    if ids.numel() < seq_len:
+        raise DataError(f"dataset {where or repr(name)} has {ids.numel()} tokens, fewer than one window of "
+                        f"seq_len={seq_len}",
+                        "use more text, or a smaller seq_len in that eval block")
     return ids
 
 
