@@ -81,3 +81,33 @@ def safetensors_problem(path: Path) -> str | None:
     if need > size:
         return f"truncated: {size} bytes, its header describes {need}"
     return None
+
+
+def max_positions(model_dir: str, trust_remote_code: bool = False) -> int | None:
+    """The model's position limit from its config.json (no weights), or None when it declares none."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None  # loading the model reports an unreadable config with its own message
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_window_lengths(model_dir: str, windows: list[tuple[str, int, bool]], trust_remote_code: bool = False) -> None:
+    """Every perplexity window fits the model's positions, unless its block opts in (allow_beyond_max_positions):
+    past them a model computes numbers for positions it never learned, a silently different perplexity."""
+    too_long = [(k, n) for k, n, allowed in windows if not allowed]
+    if not too_long:
+        return
+    limit = max_positions(model_dir, trust_remote_code)
+    bad = [(k, n) for k, n in too_long if limit is not None and n > limit]
+    if bad:
+        keys = ", ".join(f"{k}: {n}" for k, n in bad)
+        raise AccbenchError(f"{keys} exceeds the model's {limit} positions (max_position_embeddings in "
+                            f"{model_dir}/config.json)", f"set seq_len to at most {limit}, or set "
+                            "allow_beyond_max_positions: true in that block if you mean it")

@@ -29,14 +29,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from accbench.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from accbench.checks import check_device, check_model_dir
+    from accbench.checks import check_device, check_model_dir, check_window_lengths
 
     check_device(cfg.model.device)  # what needs no weights is checked here as in a run
     check_model_dir(cfg.model.path, cfg.model.tokenizer_path)
+    if Path(cfg.model.path).expanduser().is_dir():
+        check_window_lengths(str(Path(cfg.model.path).expanduser()), cfg.window_lengths(), cfg.model.trust_remote_code)
     from accbench.data.text import load_texts
 
-    for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]:  # local data files: readable text
-        if d.path and not d.download:
+    for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]:  # local data files present here: readable text
+        if d.path and not d.download and Path(d.path).expanduser().is_file():
             load_texts(d.name, d.path, False, d.text_column, d.split)
     print(f"{args.config}: valid ({', '.join(k for k, v in cfg if v not in (None, [], {}))})")
     return EXIT_OK

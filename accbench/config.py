@@ -86,6 +86,7 @@ class EvalCfg(TextDataCfg):
     fidelity: bool | FidelityCfg = False
     eval_token_consist: bool = False  # llmc's token-consistency check; served by `fidelity` (top-1 agreement)
     num_samples: int | None = Field(None, ge=1)  # cap on windows, for quick looks
+    allow_beyond_max_positions: bool = False  # seq_len longer than the model's positions is an error unless set
 
     @field_validator("eval_pos", mode="before")
     @classmethod
@@ -244,6 +245,7 @@ class PerplexityTask(TaskBase):
     type: Literal["perplexity"]
     seq_len: int = Field(2048, ge=8)
     bs: int = Field(1, ge=1)
+    allow_beyond_max_positions: bool = False
 
 
 class LmEvalTask(TaskBase):
@@ -440,9 +442,48 @@ class RunConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             problems.append(f"task names must be unique; repeated: {dup}")
+        problems += self._compare_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _compare_problems(self) -> list[str]:
+        """compare.baseline and every gate must name a model, task, dataset and metric this run produces:
+        a typo is an error now, not a 'gate FAILED' (exit 3) after the whole run."""
+        models = (["pretrain", *self.train.variants] if self.train is not None else self.positions())
+        out = []
+        b = self.compare.baseline
+        if b is not None and b not in models:
+            out.append(f"compare.baseline '{b}' is not a model of this run{_suggest(b, models)}; "
+                       f"this run has: {', '.join(models)}")
+        tasks = {t.name: t for t in self.tasks}
+        datasets = sorted({e.name for e in self.eval})
+        for i, g in enumerate(self.compare.gates):
+            where = f"compare.gates.{i}"
+            if g.task is not None and g.task not in tasks:
+                out.append(f"{where}.task '{g.task}' is not a task of this run{_suggest(g.task, tasks)}; "
+                           f"tasks: {', '.join(tasks) or 'none'}")
+            if g.dataset is not None and g.dataset not in datasets:
+                out.append(f"{where}.dataset '{g.dataset}' is not an eval dataset of this run"
+                           f"{_suggest(g.dataset, datasets)}; eval datasets: {', '.join(datasets) or 'none'}")
+            if g.position is not None and g.position not in models:
+                out.append(f"{where}.position '{g.position}' is not a model of this run{_suggest(g.position, models)};"
+                           f" this run has: {', '.join(models)}")
+            if g.max_kld is not None or g.train_loss_diff is not None:
+                continue  # these select fidelity / training comparisons; their metric is not a task's
+            known = _gate_metrics([tasks[g.task]] if g.task in tasks else list(tasks.values()), g.task is None)
+            if g.metric is not None and known is not None and g.metric not in known and not (
+                    g.metric.startswith("category/") and "score" in known):
+                out.append(f"{where}.metric '{g.metric}' is not a metric {'of task ' + repr(g.task) if g.task else 'of this run'}"
+                           f"{_suggest(g.metric, known)}; metrics: {', '.join(sorted(known))}")
+        return out
+
+    def window_lengths(self) -> list[tuple[str, int, bool]]:
+        """(key, seq_len, allowed beyond the model's positions) of every perplexity window this run uses."""
+        out = [(f"eval.{i}.seq_len", e.seq_len, e.allow_beyond_max_positions) for i, e in enumerate(self.eval)]
+        out += [(f"tasks.{i}.seq_len", t.seq_len, t.allow_beyond_max_positions)
+                for i, t in enumerate(self.tasks) if isinstance(t, PerplexityTask)]
+        return out
 
     def positions(self) -> list[str]:
         """Model positions evaluated in this run, in pipeline order."""
@@ -450,6 +491,18 @@ class RunConfig(Section):
         if not seen:
             seen = {"pretrain"}
         return [p for p in EVAL_POSITIONS if p in seen]
+
+
+def _gate_metrics(tasks: list[Any], with_ppl: bool) -> set[str] | None:
+    """Metric names these tasks report (None: an lm-eval task, whose metrics are known only once it ran)."""
+    out = {"ppl", "perplexity"} if with_ppl else set()
+    for t in tasks:
+        if isinstance(t, LmEvalTask):
+            return None
+        out |= ({"acc", "acc_norm"} if isinstance(t, MultipleChoiceTask) else {t.metric} if isinstance(t, GenerateTask)
+                else {"ppl", "loss"} if isinstance(t, PerplexityTask) else {f"pass@{k}" for k in t.k}
+                if isinstance(t, HumanEvalTask) else {"score", "turn1", "turn2"})
+    return out
 
 
 # ----------------------------------------------------------------------------- loading

@@ -126,13 +126,14 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
 def check_inputs(ctx: RunContext) -> None:
     """What fails without weights fails now: the device and model folder (checks.py), every eval dataset
     (tokenized into ctx.evals) and the calibration data (ctx.calib_batches)."""
-    from accbench.checks import check_device, check_model_dir
+    from accbench.checks import check_device, check_model_dir, check_window_lengths
     from accbench.errors import ModelLoadError
     from accbench.models import load_tokenizer, resolve_model_path
 
     cfg, m = ctx.cfg, ctx.cfg.model
     check_device(m.device)
     check_model_dir(m.path, m.tokenizer_path)
+    check_window_lengths(resolve_model_path(m.path), cfg.window_lengths(), m.trust_remote_code)
     where = m.tokenizer_path or resolve_model_path(m.path)
     try:
         tokenizer = load_tokenizer(where, m.trust_remote_code, m.tokenizer_mode == "fast")
