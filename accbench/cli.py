@@ -53,17 +53,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
+    from accbench.iofaults import as_disk_error
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
-    from accbench.iofaults import as_disk_error
     from accbench.rundir import release_run_dir
 
     run_dir = resolve_run_dir(cfg, args.output)
-    prepare_run_dir(run_dir, args.resume, args.overwrite)
-    setup_logging(run_dir)
-    console = _console()
-    console.print(f"accbench {verb} → {run_dir}")
+    prepare_run_dir(run_dir, args.resume, args.overwrite)  # from here on this process holds the run's lock
     try:
+        setup_logging(run_dir)
+        console = _console()
+        console.print(f"accbench {verb} → {run_dir}")
         results = run_pipeline(cfg, run_dir, console, resume=args.resume, strict=args.resume_strict)
     except BaseException as exc:
         disk = as_disk_error(exc, run_dir) if isinstance(exc, Exception) else None

@@ -738,14 +738,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def _read_utf8(p: Path) -> str:
-    raw = p.read_bytes()
+    from accbench.data.text import NotUTF8, read_utf8
+
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError([ConfigProblem("", f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
-                                         f"{line}, e.g. a Latin-1 character in a comment); save it as UTF-8 "
-                                         f"(iconv -f latin1 -t utf-8 {p.name} > fixed.yaml)", line, str(p))]) from None
+        return read_utf8(p)
+    except NotUTF8 as exc:
+        raise ConfigError([ConfigProblem("", f"{exc.message} (e.g. a Latin-1 character in a comment); fix: "
+                                         f"{exc.hint}", exc.line, str(p))]) from None
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -30,6 +30,15 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def _is_unmarked_run(path: Path) -> bool:
+    """A run made before accbench wrote markers: its config.yaml and a results.json with a schema version."""
+    try:
+        res = json.loads((Path(path) / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(res, dict) and "schema_version" in res and (Path(path) / "config.yaml").is_file()
+
+
 def _describe(path: Path, limit: int = 5) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
@@ -62,7 +71,9 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     run_dir = Path(run_dir)
     _check_target(run_dir)
     populated = run_dir.is_dir() and any(run_dir.iterdir())
-    if populated and not is_run_dir(run_dir):
+    if populated and resume and not overwrite and _is_unmarked_run(run_dir):
+        pass  # an older accbench's run: resumable (and marked below), but never deleted on its say-so
+    elif populated and not is_run_dir(run_dir):
         what = f"{run_dir} is not an accbench run directory (no {MARKER}); it holds: {_describe(run_dir)}"
         if overwrite:
             raise AccbenchError(f"--overwrite: {what}", "accbench deletes only folders it created: pass -o a new "

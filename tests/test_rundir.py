@@ -101,3 +101,14 @@ def test_sigterm_is_an_interrupt_with_a_message(tmp_path, tiny_model_dir, eval_t
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "interrupted" and not (run / LOCK).exists()
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler does not outlive the command
+
+
+def test_a_run_from_before_markers_resumes_but_is_never_deleted(tmp_path, tiny_model_dir, eval_txt, capsys):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, tiny_model_dir, eval_txt)
+    assert main(["run", cfg, "-o", str(run)]) == 0
+    (run / MARKER).unlink()  # as an older accbench left it
+    assert main(["run", cfg, "-o", str(run), "--overwrite"]) == 2
+    assert "not an accbench run directory" in capsys.readouterr().err and (run / "results.json").is_file()
+    assert main(["run", cfg, "-o", str(run), "--resume"]) == 0
+    assert (run / MARKER).is_file()

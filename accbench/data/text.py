@@ -46,7 +46,7 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
     if p.is_dir():
         texts = _from_disk(p, column, split or DEFAULT_SPLIT.get(name))
     elif p.suffix == ".txt":
-        texts = [_read_text(p)]
+        texts = [read_utf8(p)]
     elif p.suffix == ".jsonl":
         texts = _from_jsonl(p, column)
     elif p.suffix == ".parquet":
@@ -59,14 +59,22 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
     return texts
 
 
-def _read_text(p: Path) -> str:
-    raw = p.read_bytes()
+class NotUTF8(DataError):
+    """A file that is not UTF-8 text; `line` is where the first bad byte is."""
+
+    def __init__(self, path: Path, line: int, byte: int):
+        super().__init__(f"{path} is not UTF-8 text (byte 0x{byte:02x} at line {line}): a binary file, or text in "
+                         "another encoding", "save it as UTF-8 (iconv -f latin1 -t utf-8 FILE > FIXED)")
+        self.line = line
+
+
+def read_utf8(p: Path) -> str:
+    """The file's text; NotUTF8 (a DataError) naming the line of the first byte that is not UTF-8."""
+    raw = Path(p).read_bytes()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{p} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}): a binary file, or "
-                        "text in another encoding", "point path at a UTF-8 text file (convert it with iconv)") from None
+        raise NotUTF8(Path(p), raw[: exc.start].count(b"\n") + 1, raw[exc.start]) from None
 
 
 def _from_hub(name: str, column: str) -> list[str]:

@@ -105,10 +105,15 @@ def _program(job: dict, calls: Any, replies: Any) -> None:
     except BaseException:
         traceback.print_exc()
     finally:
-        try:
-            sys.stdout.flush(), sys.stderr.flush()
-        finally:
-            os._exit(code)
+        flush_and_exit(code)
+
+
+def flush_and_exit(code: int) -> None:
+    """End this process now with `code`, keeping what it printed (no exit hooks, no cleanup of the parent's)."""
+    try:
+        sys.stdout.flush(), sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 class _Candidate:
@@ -198,10 +203,7 @@ def run_checked(job: dict, done_w: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-        try:
-            sys.stdout.flush(), sys.stderr.flush()
-        finally:
-            os._exit(code)
+        flush_and_exit(code)
 
 
 def _is_ready(line: str) -> bool:

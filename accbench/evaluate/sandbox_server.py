@@ -32,7 +32,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder out
-from sandbox_checked import run_checked  # noqa: E402
+from sandbox_checked import flush_and_exit, run_checked  # noqa: E402
 from sandbox_isolation import (CLONE_NEWPID, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, SETUP_FAILED,  # noqa: E402
                                check, deny_unix_sockets, drop_to, enter_program_namespaces,
                                enter_shared_namespaces, final_ids, hidden_dirs, libc)
@@ -128,10 +128,7 @@ def _child(job: dict, cfg: dict, workdir: str, uid: int | None, out_w: int, err_
     except BaseException:  # SystemExit too: a program that exits early did not finish its tests
         traceback.print_exc()
     finally:
-        try:
-            sys.stdout.flush(), sys.stderr.flush()
-        finally:
-            os._exit(code)
+        flush_and_exit(code)
 
 
 class _Running:
