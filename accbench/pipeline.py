@@ -241,38 +241,35 @@ def run_quant_stage(ctx: RunContext, loaded: Any) -> None:
 
 
 def _resume_quant_from_disk(ctx: RunContext, spec: Any, save_root: Path) -> bool:
-    """On resume, avoid quantizing again: True when nothing is left to compute at transformed/fake_quant, or when
-    only fake_quant work is left and a saved fake-quantized model with a matching fingerprint is on disk (then
-    it is loaded and evaluated). Saved models and scales are only trusted through their fingerprint files."""
+    """On resume, avoid quantizing again: True when every transformed/fake_quant result still to compute can come
+    from a saved model whose fingerprint file matches (it is loaded and evaluated), or nothing is left to compute.
+    Saved models are trusted only through their fingerprint files; a fake-quantized model with activation
+    quantization is not (that is applied at run time, not saved)."""
     from accbench.provenance import saved_model_matches
 
     cfg = ctx.cfg
     if spec.special.get("save_scale") or spec.special.get("save_clip"):
         return False
-    wanted = [p for p in ("transformed", "fake_quant") if p in cfg.positions()]
     saves = {"transformed": cfg.save.save_trans, "fake_quant": cfg.save.save_fake}
     saved_ok = {p: saved_model_matches(save_root / p, ctx.fps[p]) for p in saves}
-    pending = {p: _position_pending(ctx, p) for p in wanted}
-    if not any(pending.values()) and all(saved_ok[p] or not saves[p] for p in saves):
-        for p in saves:
-            if saves[p]:
-                ctx.results.models[p] = str(save_root / p)
+    saved_ok["fake_quant"] = saved_ok["fake_quant"] and spec.act is None
+    pending = {p: p in cfg.positions() and _position_pending(ctx, p) for p in saves}
+    if any((pending[p] or saves[p]) and not saved_ok[p] for p in saves):
+        return False
+    for p in saves:
+        if saves[p]:
+            ctx.results.models[p] = str(save_root / p)
+    if not any(pending.values()):
         ctx.console.print("resume: every transformed/fake_quant result is stored with matching fingerprints; "
                           "quantization skipped", markup=False)
         ctx.resumed.reuse("quantization (all its results are stored)")
         return True
-    if pending.get("transformed") or (saves["transformed"] and not saved_ok["transformed"]):
-        return False
-    if not saved_ok["fake_quant"] or spec.act is not None:  # activation quantization is not in saved weights
-        return False
-    path = save_root / "fake_quant"
-    ctx.console.print(f"resume: loading the saved fake-quantized model {path} (its fingerprint matches) instead "
-                      "of quantizing again", markup=False)
-    ctx.resumed.reuse(f"fake-quantized model {path}")
-    ctx.results.models["fake_quant"] = str(path)
-    if "fake_quant" in wanted:
-        evaluate_position(ctx, "fake_quant", _load_checkpoint(cfg, str(path), ctx.results.models["pretrain"],
-                                                              "fake_quant"))
+    for p in (p for p in saves if pending[p]):
+        path = save_root / p
+        ctx.console.print(f"resume: loading the saved {p} model {path} (its fingerprint matches) instead of "
+                          "quantizing again", markup=False)
+        ctx.resumed.reuse(f"{p} model {path}")
+        evaluate_position(ctx, p, _load_checkpoint(cfg, str(path), ctx.results.models["pretrain"], p))
     return True
 
 

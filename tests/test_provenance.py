@@ -103,7 +103,7 @@ def test_resume_after_the_quantization_does_not_quantize_again(tmp_path, tiny_mo
     for extra in ("samples.sqlite-wal", "samples.sqlite-shm"):
         (run / extra).unlink(missing_ok=True)
     assert main(["run", str(cfg), "-o", str(run), "--resume"]) == 0
-    assert "loading the saved fake-quantized model" in capsys.readouterr().out
+    assert "loading the saved fake_quant model" in capsys.readouterr().out
     (task,) = [t for t in _res(run)["tasks"] if t["model"] == "fake_quant"]
     (before,) = [t for t in first["tasks"] if t["model"] == "fake_quant"]
     assert task["metrics"]["ppl"] == pytest.approx(before["metrics"]["ppl"], rel=1e-6)
