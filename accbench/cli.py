@@ -364,7 +364,7 @@ def _handle_sigterm(handler: Any) -> Any:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise Terminated("terminated by SIGTERM")
 
 
 def _log_file() -> str | None:

@@ -99,7 +99,7 @@ def test_sigterm_is_an_interrupt_with_a_message(tmp_path, tiny_model_dir, eval_t
     assert main(["run", _config(tmp_path, tiny_model_dir, eval_txt), "-o", str(run)]) == 143
     assert "terminated (SIGTERM)" in capsys.readouterr().err
     res = json.loads((run / "results.json").read_text())
-    assert res["status"] == "interrupted" and not (run / LOCK).exists()
+    assert res["status"] == "interrupted" and res["error"] == "terminated by SIGTERM" and not (run / LOCK).exists()
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler does not outlive the command
 
 
