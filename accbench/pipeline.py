@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
-from accbench.iofaults import atomic_write_text
+from accbench.iofaults import as_disk_error, atomic_write_text
 from accbench.provenance import ResumeLog, check_entry, fingerprint
 from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
@@ -298,8 +298,15 @@ def _save_position(ctx: RunContext, loaded: Any, position: str, root: Path, what
     from accbench.provenance import write_model_fingerprint
 
     with Timer(ctx.results.timings, f"save_{position}"):
-        ctx.results.models[position] = str(save_model(loaded.model, loaded.tokenizer, root / position))
-        write_model_fingerprint(root / position, ctx.fps[position], position)
+        try:
+            ctx.results.models[position] = str(save_model(loaded.model, loaded.tokenizer, root / position))
+            write_model_fingerprint(root / position, ctx.fps[position], position)
+        except Exception as exc:  # a full disk: name the folder, and leave no half-saved model behind
+            disk = as_disk_error(exc, root / position)
+            if disk is None:
+                raise
+            shutil.rmtree(root / position, ignore_errors=True)
+            raise disk from exc
     ctx.console.print(f"saved {what} → {ctx.results.models[position]}")
     ctx.save()
 

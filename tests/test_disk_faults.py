@@ -84,3 +84,18 @@ def test_disk_errors_are_recognised_in_wrapped_form():
     assert "cannot write /mnt/ro/run: Read-only file system" in str(ro)
     assert as_disk_error(ValueError("bad value"), "/x") is None
     assert as_disk_error(OSError(errno.ENOENT, "No such file", "/x"), "/x") is None
+
+
+def test_full_disk_while_saving_a_model(tmp_path, tiny_model_dir, eval_txt, tmpfs, capsys):
+    disk = tmpfs("size=256k")  # the tiny model's weights (~0.6 MB) do not fit; results.json does
+    run = disk / "run"
+    cfg = yaml.safe_load(Path(_config(tmp_path, tiny_model_dir, eval_txt, eval_pos=["pretrain", "fake_quant"],
+                                      num_samples=2)).read_text())
+    cfg.update(quant={"method": "RTN", "weight": {"bit": 4, "group_size": 32}}, save={"save_fake": True})
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(cfg))
+    code = main(["run", str(tmp_path / "q.yaml"), "-o", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"no space left on {run / 'models' / 'fake_quant'}" in err, err
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "failed" and len(res["ppl"]) == 2  # what was computed before the fault is kept
+    assert not (run / "models" / "fake_quant").exists()  # no half-saved model for a resume to trust
