@@ -72,6 +72,19 @@ CHEATS = {
             except OSError:
                 pass"""),
     "kill_parent": _top("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"),
+    "stop_parent": _top("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)"),
+    # a grandchild that outlives the program and keeps writing '1' everywhere it can
+    "grandchild_token": _top("""
+        import os, time
+        if os.fork() == 0:
+            for _ in range(200):
+                for fd in range(3, 32):
+                    try:
+                        os.write(fd, b'1')
+                    except OSError:
+                        pass
+                time.sleep(0.01)
+            os._exit(0)"""),
     "patch_builtins": _top("""
         import builtins
         class Never(Exception):
@@ -95,6 +108,7 @@ def test_cheats_score_failed(problem0, namespaces):
     assert r["token_and_exit"].error == "OSError: [Errno 9] Bad file descriptor"  # the token is closed to it
     assert "before its tests ran" in r["token_every_fd"].error
     assert r["exit_inside_call"].error.startswith("CandidateError: the program exited (code 0) during the call")
+    assert r["stop_parent"].status in ("failed", "timed out")  # pid 1 of a namespace ignores SIGSTOP
 
 
 def test_cheats_fail_through_score_completions(problem0):
