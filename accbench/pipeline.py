@@ -102,7 +102,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     with Timer(results.timings, "load_model"):
         loaded = _load(cfg)
     results.models["pretrain"] = loaded.path
-    ctx.fps = position_fingerprints(cfg, loaded.path)
+    ctx.fps = position_fingerprints(cfg, loaded.path, ctx.calib_batches)
 
     if cfg.train is not None:
         run_training_stage(ctx, loaded)
@@ -173,18 +173,23 @@ def check_config_change(cfg: RunConfig, run_dir: Path, console: Any, strict: boo
                       "with the old settings are recomputed", markup=False)
 
 
-def position_fingerprints(cfg: RunConfig, model_path: str) -> dict[str, str]:
-    """The fingerprint of the model at each position: its weights, dtype, and what transformed it."""
+def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = None) -> dict[str, str]:
+    """The fingerprint of the model at each position: its weights, dtype, tokenizer, and what transformed it
+    (the quant section; for a calibrated method also the calib section and the calibration tokens)."""
     from accbench.models import model_fingerprint
+    from accbench.provenance import tokens_id
 
-    weights = {"weights": model_fingerprint(model_path, cfg.model.torch_dtype), "dtype": cfg.model.torch_dtype}
+    m = cfg.model
+    weights = {"weights": model_fingerprint(model_path, m.torch_dtype), "dtype": m.torch_dtype,
+               "tokenizer": [m.tokenizer_path and model_fingerprint(m.tokenizer_path, ""), m.tokenizer_mode],
+               "attn_implementation": m.attn_implementation, "trust_remote_code": m.trust_remote_code}
     out = {"pretrain": fingerprint(weights, "pretrain")}
     if cfg.quant is not None:
         from accbench.quant.methods import needs_calibration
 
         q = cfg.quant
-        calib = cfg.calib.model_dump(mode="json") if cfg.calib is not None and needs_calibration(
-            q.method, q.act is not None and q.act.static) else None
+        calib = [cfg.calib.model_dump(mode="json"), [tokens_id(b) for b in calib_batches or []]] if (
+            cfg.calib is not None and needs_calibration(q.method, q.act is not None and q.act.static)) else None
         for p in ("transformed", "fake_quant"):
             out[p] = fingerprint(weights, p, q.model_dump(mode="json"), calib)
     return out
