@@ -118,6 +118,9 @@ class _Server:
             if self.hello["user"] != "current user":
                 notes.append(f"programs run as {self.hello['user']}: standard-library modules the sandbox server "
                              "did not preload import only if other users can read the interpreter's files")
+        if self.hello.get("seccomp_error"):
+            notes.append(f"host Unix-domain sockets reachable: the socket filter could not be installed "
+                         f"({self.hello['seccomp_error']})")
         return Isolation(network=ns, processes=ns, read_only_filesystem=ns, user=self.hello["user"], notes=notes)
 
     def stderr_tail(self) -> str:

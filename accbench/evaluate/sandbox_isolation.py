@@ -92,6 +92,8 @@ AF_UNIX, EACCES = 1, 13
 def deny_unix_sockets() -> None:
     """Install a seccomp filter: socket(AF_UNIX, ...) and io_uring_setup fail with EACCES, and any syscall of
     another ABI (32-bit compat, x32: a way around the filter) fails too. Needs no_new_privs (set here)."""
+    if os.uname().machine not in _SECCOMP_ARCHES:
+        raise OSError(f"no syscall table for {os.uname().machine}")
     arch, nr_socket, nr_uring = _SECCOMP_ARCHES[os.uname().machine]
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, deny = 0x7FFF0000, 0x00050000 | EACCES

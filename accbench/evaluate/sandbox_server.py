@@ -99,7 +99,8 @@ def _child(job: dict, cfg: dict, workdir: str, uid: int | None, out_w: int, err_
             # no pid namespace to end it with the server: die with it (set after the user switch, which clears it)
             check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
             check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-        deny_unix_sockets()  # the host's filesystem sockets stay unreachable, with or without namespaces
+        if cfg["seccomp"]:  # the host's filesystem sockets stay unreachable, with or without namespaces
+            deny_unix_sockets()
         os.chdir(workdir)
         path = os.path.join(workdir, "program.py")
         with open(path, "w") as f:
@@ -318,10 +319,34 @@ class Server:
                 _kill_uid(FALLBACK_UID_BASE + run.slot)
 
 
+def _probe_seccomp() -> str | None:
+    """Install the socket filter in a throwaway child: None when it works here, else why not (an architecture
+    without a table entry, a kernel without seccomp). Where it works, every program gets it or does not run."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            deny_unix_sockets()
+            os._exit(0)
+        except BaseException as exc:
+            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:1000])
+            os._exit(1)
+    os.close(w)
+    msg = b""
+    while chunk := os.read(r, 4096):
+        msg += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return None if status == 0 else (msg.decode("utf-8", "replace") or f"status {status}")
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the evaluator gone: stop, do not linger (Linux)
     cfg["drop_to_nobody"] = os.geteuid() == 0
+    cfg["seccomp_error"] = _probe_seccomp()  # here, before any pid namespace: forks go where they should
+    cfg["seccomp"] = cfg["seccomp_error"] is None
     cfg["keep"] = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
     cfg["hide"] = hidden_dirs([os.path.realpath(p) for p in cfg.get("hide", [])], cfg["keep"],
                                cfg["drop_to_nobody"])
@@ -349,6 +374,7 @@ def main() -> None:
         os.close(err_r)
     server = Server(cfg)
     server.emit({"hello": True, "namespaces": cfg["namespaces"], "namespace_error": reason,
+                 "seccomp_error": cfg["seccomp_error"],
                  "user": "current user" if not cfg["drop_to_nobody"] else "nobody" if cfg["namespaces"]
                  else f"uid {FALLBACK_UID_BASE}+worker"})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds through the cleanup below
