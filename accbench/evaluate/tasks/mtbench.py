@@ -206,12 +206,14 @@ class Slot:
 
 def grading_plan(questions: list[Question], refs: dict[str, tuple[str, ...]], prompts: str) -> list[Slot]:
     """Which judgments to make. FastChat's plan: turn 1 of every question, turn 2 of the two-turn ones, math/
-    reasoning/coding against their reference (which must exist). accbench's: every turn, a reference when there
-    is one."""
+    reasoning/coding against their answer in the reference file (which must exist; a question's own `reference`
+    field is not what FastChat grades with). accbench's: every turn, a reference when there is one."""
     slots = []
     for q in questions:
         needs = q.category in NEED_REFERENCE
         ref = refs.get(q.question_id, q.reference) if needs else None
+        if prompts != "accbench" and needs:  # FastChat reads references only from the reference-answer file
+            ref = refs.get(q.question_id)
         if prompts == "accbench":
             if needs and not ref:
                 log.info("mtbench: question %s (%s) has no reference answer; judged without one", q.question_id,
