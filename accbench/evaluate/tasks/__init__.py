@@ -45,6 +45,10 @@ def check_tasks(cfgs: list[Any]) -> None:
     for cfg in cfgs:
         if cfg.type in mods:
             mods[cfg.type].check(cfg)
+        elif cfg.type == "mtbench":
+            from accbench.evaluate.tasks.mtbench import check
+
+            check(cfg)
 
 
 @dataclass

@@ -262,6 +262,19 @@ def grading_record(j: JudgeCfg) -> dict[str, Any]:
             "prompt_file_sha256": hashlib.sha256(data).hexdigest(), "parser": "fastchat"}
 
 
+def check(cfg: MTBenchTask) -> None:
+    """Read every file the task needs (questions, references, judge prompts, conversation template) before any
+    model loads, so a wrong path fails in seconds rather than after training."""
+    questions = load_questions(cfg.questions, cfg.limit)
+    ref_spec = cfg.reference_answers or ("builtin:sample" if cfg.questions == "builtin:sample" else None)
+    refs = load_references(ref_spec) if ref_spec else {}
+    if cfg.judge.prompt_file and (cfg.judge.prompts == "fastchat" or cfg.pairwise):
+        fastchat_judge.load_judge_prompts(cfg.judge.prompt_file, cfg.pairwise)
+    grading_plan(questions, refs, cfg.judge.prompts)
+    if cfg.conv_template:
+        chat_template(None, None, cfg.conv_template)
+
+
 def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cache_dir: Path, *,
                      judge: JudgeClient | None = None, cache: ReplyCache | None = None, model_id: str = "",
                      baseline_dir: Path | None = None, baseline_name: str = "") -> TaskResult:
