@@ -495,6 +495,15 @@ def baseline_position(cfg: RunConfig) -> str:
     return cfg.compare.baseline or "pretrain"
 
 
+def pairwise_baseline(cfg: RunConfig, position: str) -> str:
+    """The model a candidate is judged against head to head (MT-bench pairwise); "" for a model that is not
+    compared with the baseline (the baseline itself; the original model in a training run)."""
+    base = baseline_position(cfg)
+    if position == base or (cfg.train is not None and position not in cfg.train.variants):
+        return ""
+    return base
+
+
 def _load(cfg: RunConfig) -> Any:
     from accbench.models import load_model
 
@@ -605,7 +614,7 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     from accbench.store import StoredAnswerer
 
     task_ctx = TaskContext(loaded.tokenizer, ctx.run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
-                           baseline=baseline_position(ctx.cfg))
+                           baseline=pairwise_baseline(ctx.cfg, position))
     fp = _position_fingerprint(ctx, position, loaded)
     workers = _start_workers(ctx, position, loaded)
     engines: dict[str, Any] = {}
@@ -744,7 +753,8 @@ def rescore_run(run_dir: Path, console: Any) -> Results:
         task = next((t for t in cfg.tasks if t.name == entry.task), None)
         if task is None or entry.model not in models:
             continue
-        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model, baseline=baseline_position(cfg))
+        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model,
+                               baseline=pairwise_baseline(cfg, entry.model))
         res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None), task_ctx)
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}

@@ -9,6 +9,7 @@ data for validation, as run_clm.py does), MT-bench graded with FastChat's prompt
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -49,7 +50,7 @@ def judge_reply(body: dict) -> str:
 
 
 @needs_fastchat_files
-def test_training_benchmark_with_fastchat_grading(tmp_path, tiny_model_dir, eval_txt, monkeypatch):
+def test_training_benchmark_with_fastchat_grading(tmp_path, tiny_model_dir, eval_txt, monkeypatch, capsys):
     from accbench.cli import main
 
     monkeypatch.setenv("ACCBENCH_TEST_JUDGE_KEY", "sk-x")
@@ -88,6 +89,11 @@ def test_training_benchmark_with_fastchat_grading(tmp_path, tiny_model_dir, eval
     finally:
         judge.close()
     res = json.loads((run / "results.json").read_text())
+    out = capsys.readouterr().out
+    assert "11 of 12 judgments rated" in out and "MT-bench failed judgments" in out
+    assert "unparsable reply: no [[rating]] or [rating] in the reply" in out  # printed as written, not as markup
+    assert re.search(r"Original Model mtbench score\s+= 5\.0909", out)  # the seed's block, FastChat's average
+    assert re.search(r"acc\s+Model mtbench win_rate_adjusted\s+= 0\.5000", out)
     assert code == 3  # the held-out variant is refused: a failed check, not a silent comparison
 
     train = {t["variant"]: t for t in res["train"]}
@@ -109,7 +115,7 @@ def test_training_benchmark_with_fastchat_grading(tmp_path, tiny_model_dir, eval
         assert t["judgments"]["failed"] == [{"question_id": "2", "turn": 2, "why": "unparsable reply: no [[rating]] "
                                                                                   "or [rating] in the reply"}]
         assert t["grading"]["prompts"] == "fastchat" and t["metrics"]["turn1"] == pytest.approx(sum(range(2, 8)) / 6)
-    assert "skipped" in mt["pretrain"]["pairwise"] and "pairwise" not in mt["native"]
+    assert "pairwise" not in mt["pretrain"] and "pairwise" not in mt["native"]  # not candidates
     for m in ("acc", "heldout"):
         p = mt[m]["pairwise"]
         assert (p["win"], p["tie"], p["loss"], p["baseline"]) == (0, 12, 0, "native")
