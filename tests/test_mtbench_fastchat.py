@@ -10,7 +10,6 @@ test, answering through the real `openai` client; it stops with the test.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import threading
@@ -24,10 +23,8 @@ from accbench.config import CompareCfg, GateCfg, MTBenchTask
 from accbench.evaluate.fastchat_judge import parse_rating, parse_verdict
 from accbench.evaluate.requests import GenerateRequest
 from accbench.evaluate.tasks.mtbench import evaluate_mtbench, load_questions
+from test_mtbench import TEMPLATE, chat_tok, judge_key  # noqa: F401  (fixtures: a chat tokenizer, the judge key)
 
-KEY = "sk-fastchat-test"
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
 def _shared() -> Path:
@@ -85,18 +82,6 @@ def judge_server():
     yield start
     for s in servers:
         s.close()
-
-
-@pytest.fixture(autouse=True)
-def judge_key(monkeypatch):
-    monkeypatch.setenv("ACCBENCH_TEST_JUDGE_KEY", KEY)
-
-
-@pytest.fixture
-def chat_tok(tiny_tokenizer):
-    tok = copy.deepcopy(tiny_tokenizer)
-    tok.chat_template = TEMPLATE
-    return tok
 
 
 class Tagged:
