@@ -234,6 +234,8 @@ def versus_baseline(cand: TaskEntry, base_name: str, cand_name: str, position: s
     """The candidate's head-to-head metrics against the baseline, as comparisons of kind "versus"."""
     out = []
     pair = (cand.model_extra or {}).get("pairwise") or {}
+    if pair.get("baseline") != base_name:  # judged against another model (e.g. the other run's own baseline)
+        return []
     for metric in VERSUS_BASELINE:
         value = cand.metrics.get(metric)
         if value is None:
@@ -407,8 +409,9 @@ def run_comparison(results: Results, cfg: CompareCfg) -> dict[str, Any]:
     comparisons = compare_results(results, baseline, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
     refused = [] if cfg.allow_different_train_data else data_mismatches(results.train)
     comparisons = [c for c in comparisons if c.candidate not in {m.variant for m in refused}]
-    checks = evaluate_gates(gates_from_config(cfg), comparisons)
-    checks += [GateCheck(-1, "same training data as the baseline", f"{m.variant} {m.what}", m.what,
+    gates = gates_from_config(cfg)
+    checks = evaluate_gates(gates, comparisons)
+    checks += [GateCheck(len(gates), "same training data as the baseline", f"{m.variant} {m.what}", m.what,
                          float(m.variant_value), float(m.baseline_value), False, reason=m.message()) for m in refused]
     return summarize(baseline, comparisons, checks)
 

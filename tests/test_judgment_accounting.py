@@ -131,7 +131,8 @@ def test_training_benchmark_with_fastchat_grading(tmp_path, tiny_model_dir, eval
 
 def _entry(model: str, **metrics) -> TaskEntry:
     return TaskEntry(model=model, task="mtbench", type="mtbench", metrics={"score": 5.0, **metrics}, n=10,
-                     pairwise={"ci": [0.3, 0.6], "confidence": 0.95, "n": 10} if metrics else None)
+                     pairwise={"ci": [0.3, 0.6], "confidence": 0.95, "n": 10, "baseline": "pretrain"} if metrics
+                     else None)
 
 
 @pytest.mark.parametrize("rate,held", [(0.4, False), (0.45, True), (0.6, True)])
@@ -163,3 +164,12 @@ def test_variants_trained_on_other_data_are_refused_unless_allowed():
     assert data_counts({"train_samples": 950}, None) == (950, None)
     assert data_counts({"train_samples": 1000}, 256) == (1000, 256000)
     assert data_counts({"train_loss": 2.0}, 256) == (None, None)
+
+
+def test_win_rate_against_another_model_is_not_gated_as_against_this_baseline():
+    other = _entry("fake_quant", win_rate_adjusted=0.9)
+    other.pairwise["baseline"] = "somebody_else"
+    out = run_comparison(Results(tasks=[_entry("pretrain"), other]),
+                         CompareCfg(gates=[GateCfg(task="mtbench", metric="win_rate_adjusted", min=0.45)]))
+    assert not any(c["kind"] == "versus" for c in out["comparisons"])
+    assert [(g["held"], g["target"]) for g in out["gates"]] == [(False, "(nothing)")]
