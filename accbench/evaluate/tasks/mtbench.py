@@ -262,17 +262,46 @@ def grading_record(j: JudgeCfg) -> dict[str, Any]:
             "prompt_file_sha256": hashlib.sha256(data).hexdigest(), "parser": "fastchat"}
 
 
-def check(cfg: MTBenchTask) -> None:
-    """Read every file the task needs (questions, references, judge prompts, conversation template) before any
-    model loads, so a wrong path fails in seconds rather than after training."""
+@dataclass
+class Plan:
+    """What one MT-bench task reads before answering: questions, the judgments to make, FastChat's prompts."""
+
+    questions: list[Question]
+    slots: list[Slot]  # single grading
+    pair_slots: list[Slot]  # pairwise judging (FastChat's plan), empty without `pairwise`
+    prompts: dict[str, fastchat_judge.JudgePrompt] | None  # FastChat's judge prompts, when used
+
+
+def plan(cfg: MTBenchTask) -> Plan:
+    """Read and check every file the task needs: questions, references, judge prompts."""
     questions = load_questions(cfg.questions, cfg.limit)
     ref_spec = cfg.reference_answers or ("builtin:sample" if cfg.questions == "builtin:sample" else None)
     refs = load_references(ref_spec) if ref_spec else {}
-    if cfg.judge.prompt_file and (cfg.judge.prompts == "fastchat" or cfg.pairwise):
-        fastchat_judge.load_judge_prompts(cfg.judge.prompt_file, cfg.pairwise)
-    grading_plan(questions, refs, cfg.judge.prompts)
+    prompts = (fastchat_judge.load_judge_prompts(cfg.judge.prompt_file, cfg.pairwise)
+               if cfg.judge.prompt_file and (cfg.judge.prompts == "fastchat" or cfg.pairwise) else None)
+    return Plan(questions, grading_plan(questions, refs, cfg.judge.prompts),
+                grading_plan(questions, refs, "fastchat") if cfg.pairwise else [], prompts)
+
+
+def check(cfg: MTBenchTask) -> None:
+    """Everything the task reads, read before any model loads, so a wrong path fails in seconds, not after
+    training (the conversation template too)."""
+    plan(cfg)
     if cfg.conv_template:
         chat_template(None, None, cfg.conv_template)
+
+
+def write_samples(path: Path, slots: list[Slot], judgments: list[Judgment], answers: dict[str, list[str]]) -> None:
+    """One readable record per judgment: question, answer, judge prompt, replies, rating or why none."""
+    with path.open("w", encoding="utf-8") as f:
+        for s, j in zip(slots, judgments):
+            q = s.question
+            f.write(json.dumps({"id": f"{q.question_id}/t{s.turn}", "category": q.category, "turn": s.turn,
+                                "judge_prompt": s.prompt, "question": q.turns[s.turn - 1],
+                                "answer": answers[q.question_id][s.turn - 1],
+                                "reference_used": bool(s.reference and s.turn <= len(s.reference)),
+                                "rating": j.rating, "error": j.error, "judge_replies": j.replies},
+                               ensure_ascii=False) + "\n")
 
 
 def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cache_dir: Path, *,
@@ -286,13 +315,8 @@ def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cac
     `model_id`: names the model under test inside answer cache keys (useful when a cache is shared).
     `baseline_dir`: the baseline model's cache_dir; with ``cfg.pairwise`` its answers are judged against ours.
     """
-    questions = load_questions(cfg.questions, cfg.limit)
-    ref_spec = cfg.reference_answers or ("builtin:sample" if cfg.questions == "builtin:sample" else None)
-    refs = load_references(ref_spec) if ref_spec else {}
-    fc_prompts = (fastchat_judge.load_judge_prompts(cfg.judge.prompt_file, cfg.pairwise)
-                  if cfg.judge.prompt_file and (cfg.judge.prompts == "fastchat" or cfg.pairwise) else None)
-    slots = grading_plan(questions, refs, cfg.judge.prompts)
-    pair_slots = grading_plan(questions, refs, "fastchat") if cfg.pairwise else []
+    p = plan(cfg)
+    slots = p.slots
     template = chat_template(tokenizer, cfg.chat_template_override, cfg.conv_template)
     if judge is None:  # built before generating, so a missing key fails in seconds, not after an hour
         if cfg.judge.type == "hf":
@@ -303,30 +327,22 @@ def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cac
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else JsonlCache(cache_dir / "cache.jsonl")
 
-    answers = generate_answers(questions, generate, tokenizer, template, cfg.max_new_tokens, cfg.seed, cache,
+    answers = generate_answers(p.questions, generate, tokenizer, template, cfg.max_new_tokens, cfg.seed, cache,
                                model_id, cfg.conv_template)
     write_answers(cache_dir / ANSWER_FILE, answers, model_id or cfg.name)
-    single = fc_prompts if cfg.judge.prompts == "fastchat" else None
+    single = p.prompts if cfg.judge.prompts == "fastchat" else None
     parse = fastchat_judge.parse_rating if cfg.judge.prompts == "fastchat" else parse_rating_strict
     judgments = judge_ratings(judge_requests(slots, answers, single), judge, cache, cfg.judge.parse_retries, parse)
 
     samples = cache_dir / "samples.jsonl"
-    with samples.open("w", encoding="utf-8") as f:
-        for s, j in zip(slots, judgments):
-            q = s.question
-            f.write(json.dumps({"id": f"{q.question_id}/t{s.turn}", "category": q.category, "turn": s.turn,
-                                "judge_prompt": s.prompt, "question": q.turns[s.turn - 1],
-                                "answer": answers[q.question_id][s.turn - 1],
-                                "reference_used": bool(s.reference and s.turn <= len(s.reference)),
-                                "rating": j.rating, "error": j.error, "judge_replies": j.replies},
-                               ensure_ascii=False) + "\n")
+    write_samples(samples, slots, judgments, answers)
     result = score_judgments(cfg.name, list(zip(slots, judgments)), cfg.max_judge_failures, str(samples))
     result.extra.update({"judge": dict(judge.identity), "grading": grading_record(cfg.judge),
                          "samples_file": str(samples), "answers_file": str(cache_dir / ANSWER_FILE),
                          "judge_requests_sent": sum(j.sent for j in judgments),
                          "reference_guided": sum(1 for s in slots if s.reference and s.turn <= len(s.reference))})
     if cfg.pairwise and baseline_dir is not None and Path(baseline_dir).resolve() != cache_dir.resolve():
-        add_pairwise(result, pair_slots, answers, Path(baseline_dir), baseline_name, fc_prompts, judge, cache,
+        add_pairwise(result, p.pair_slots, answers, Path(baseline_dir), baseline_name, p.prompts, judge, cache,
                      cache_dir)
     return result
 
