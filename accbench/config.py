@@ -308,6 +308,10 @@ class MTBenchTask(TaskBase):
     max_judge_failures: int | None = Field(None, ge=0)  # None: any number, each one listed (as FastChat)
     chat_template_override: str | None = None
     conv_template: str | None = None  # a FastChat conversation template by name (one_shot, vicuna_v1.1, ...)
+    # sampled categories: what Hugging Face generate adds to FastChat's temperature (its defaults; set your model's
+    # generation_config.json values, e.g. top_p 0.9, to match FastChat on that model)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
     pairwise: bool = False  # also judge each model against the baseline's answers (FastChat's pair-v2)
 
     @model_validator(mode="after")

@@ -241,6 +241,8 @@ def test_answers_follow_mt_bench(chat_tok, tmp_path, monkeypatch):
     temps = {"writing": 0.7, "roleplay": 0.7, "math": 0.0, "reasoning": 0.0, "coding": 0.0, "stem": 0.1}
     for q, r1, r2 in zip(SAMPLE, t1, t2):
         assert r1.temperature == r2.temperature == temps[q.category]
+        # sampled turns get what Hugging Face generate adds in FastChat (top_k 50, top_p 1); greedy ones nothing
+        assert (r1.top_k, r1.top_p) == ((50, 1.0) if temps[q.category] > 0 else (0, 1.0))
         assert r1.max_new_tokens == 1024
         assert r1.context == chat_tok.apply_chat_template([{"role": "user", "content": q.turns[0]}],
                                                           tokenize=False, add_generation_prompt=True)

@@ -340,3 +340,16 @@ def test_unknown_conversation_template_is_named(tiny_tokenizer, tmp_path):
         evaluate_mtbench(MTBenchTask(name="mt", type="mtbench", conv_template="vicuna_1.1",
                                      judge={"model": "j", "prompts": "accbench"}),
                          Tagged("M", []), tiny_tokenizer, tmp_path, judge=object())
+
+
+def test_top_k_sampling_keeps_the_k_most_likely(tiny_model_dir):
+    """top_k=1 leaves one token to sample: whatever the seed, the greedy text; top_k=0 samples freely."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from accbench.evaluate.engine import Engine
+
+    eng = Engine(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir))
+    greedy = eng.generate([GenerateRequest("import", max_new_tokens=8)])[0]
+    top1 = eng.generate([GenerateRequest("import", max_new_tokens=8, temperature=1.5, seed=s, top_k=1) for s in range(4)])
+    free = eng.generate([GenerateRequest("import", max_new_tokens=8, temperature=1.5, seed=s) for s in range(4)])
+    assert top1 == [greedy] * 4 and any(f != greedy for f in free)

@@ -2,7 +2,8 @@
 
 One answer per question turn (FastChat's num_choices = 1); turn 2 is conditioned on the model's own turn-1
 answer; the temperature is MT-bench's per category (greedy below 1e-4, as FastChat switches off sampling);
-`max_new_tokens` per turn (FastChat: 1024). The prompt is the tokenizer's chat template (or
+`max_new_tokens` per turn (FastChat: 1024); sampled turns also get Hugging Face generate's `top_k` 50 and
+`top_p` 1.0 (what FastChat's `model.generate` adds unless the model's generation_config says otherwise). The prompt is the tokenizer's chat template (or
 `chat_template_override`) or, for a model without one, a FastChat conversation template by name
 (conv_templates.py), whose answers are cut and stripped as FastChat does. Each request carries a seed derived
 from the task seed, the question's position and the turn. Answers are cached as they arrive and written in
@@ -77,8 +78,9 @@ def _prompt(turns: tuple[str, ...], earlier: list[str], tokenizer: Any, template
 
 def generate_answers(questions: list[Any], generate: GenerateFn, tokenizer: Any, template: str | None,
                      max_new_tokens: int, seed: int, cache: ReplyCache, model_id: str = "",
-                     conv_template: str | None = None) -> dict[str, list[str]]:
-    """Answer turn k of every question in one batch, each conditioned on the model's own earlier answers."""
+                     conv_template: str | None = None, top_k: int = 50, top_p: float = 1.0) -> dict[str, list[str]]:
+    """Answer turn k of every question in one batch, each conditioned on the model's own earlier answers.
+    Sampled categories also get `top_k` / `top_p` (Hugging Face generate's defaults: 50, 1.0)."""
     answers: dict[str, list[str]] = {q.question_id: [] for q in questions}
     for turn in range(max(len(q.turns) for q in questions)):
         batch = []
@@ -86,9 +88,11 @@ def generate_answers(questions: list[Any], generate: GenerateFn, tokenizer: Any,
             if turn >= len(q.turns):
                 continue
             temperature = TEMPERATURE.get(q.category, DEFAULT_TEMPERATURE)
+            sampled = temperature >= 1e-4  # FastChat samples above 1e-4, else decodes greedily
             req = GenerateRequest(context=_prompt(q.turns, answers[q.question_id], tokenizer, template, conv_template),
-                                  max_new_tokens=max_new_tokens, temperature=temperature if temperature >= 1e-4 else 0.0,
-                                  seed=seed + 16 * idx + turn)
+                                  max_new_tokens=max_new_tokens, temperature=temperature if sampled else 0.0,
+                                  top_p=top_p if sampled else 1.0, seed=seed + 16 * idx + turn,
+                                  top_k=top_k if sampled else 0)
             key = request_key("answer", {"model": model_id}, asdict(req))
             hit = cache.get(key)
             batch.append((q, req, key, hit["answer"] if hit else None))

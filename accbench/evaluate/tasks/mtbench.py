@@ -328,7 +328,7 @@ def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cac
     cache = cache if cache is not None else JsonlCache(cache_dir / "cache.jsonl")
 
     answers = generate_answers(p.questions, generate, tokenizer, template, cfg.max_new_tokens, cfg.seed, cache,
-                               model_id, cfg.conv_template)
+                               model_id, cfg.conv_template, cfg.top_k, cfg.top_p)
     write_answers(cache_dir / ANSWER_FILE, answers, model_id or cfg.name)
     single = p.prompts if cfg.judge.prompts == "fastchat" else None
     parse = fastchat_judge.parse_rating if cfg.judge.prompts == "fastchat" else parse_rating_strict
