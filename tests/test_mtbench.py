@@ -386,7 +386,8 @@ def test_api_key_in_a_reply_is_redacted(server, chat_tok, tmp_path):
 def test_http_200_with_a_body_that_is_not_json(server, chat_tok, tmp_path):
     server.not_json = True
     with pytest.raises(AccbenchError) as exc:
-        evaluate_mtbench(task(server, judge={"max_retries": 0}), FakeModel(), chat_tok, tmp_path / "mt")
+        evaluate_mtbench(task(server, judge={"max_retries": 0}, max_judge_failures=0), FakeModel(), chat_tok,
+                         tmp_path / "mt")
     assert "not JSON" in str(exc.value) and "judge.base_url" in str(exc.value) and KEY not in str(exc.value)
 
 
