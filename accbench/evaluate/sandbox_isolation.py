@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from typing import Callable
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -185,13 +186,25 @@ def _probe_program_setup(cfg: dict, base: str) -> None:
     check(libc.setns(own, CLONE_NEWPID), "setns(own pid namespace)")
     check(libc.unshare(CLONE_NEWPID), "unshare(pid)")
     os.close(own)
+
+    def setup() -> None:
+        enter_program_namespaces(cfg, workdir)
+        with open(os.path.join(workdir, "probe"), "w") as f:
+            f.write("ok")
+
+    problem = probe_in_child(setup)
+    os.rmdir(workdir)
+    if problem:
+        raise OSError(problem)
+
+
+def probe_in_child(step: Callable[[], None]) -> str | None:
+    """Run `step` in a throwaway child: None when it worked, else what went wrong (its exception or status)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            enter_program_namespaces(cfg, workdir)
-            with open(os.path.join(workdir, "probe"), "w") as f:
-                f.write("ok")
+            step()
             os._exit(0)
         except BaseException as exc:
             os.write(w, f"{type(exc).__name__}: {exc}".encode()[:2000])
@@ -202,9 +215,7 @@ def _probe_program_setup(cfg: dict, base: str) -> None:
         msg += chunk
     os.close(r)
     _, status = os.waitpid(pid, 0)
-    os.rmdir(workdir)
-    if status != 0:
-        raise OSError(msg.decode("utf-8", "replace") or f"program setup ended with status {status}")
+    return None if status == 0 else (msg.decode("utf-8", "replace") or f"the child ended with status {status}")
 
 
 def enter_program_namespaces(cfg: dict, workdir: str) -> None:

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the 
 from sandbox_checked import flush_and_exit, run_checked  # noqa: E402
 from sandbox_isolation import (CLONE_NEWPID, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, SETUP_FAILED,  # noqa: E402
                                check, deny_unix_sockets, drop_to, enter_program_namespaces,
-                               enter_shared_namespaces, final_ids, hidden_dirs, libc)
+                               enter_shared_namespaces, final_ids, hidden_dirs, libc, probe_in_child)
 del sys.path[0]  # programs must not import accbench's modules by accident
 
 # modules HumanEval-style programs import, loaded once here so children neither pay for nor need file access to them
@@ -322,23 +322,7 @@ class Server:
 def _probe_seccomp() -> str | None:
     """Install the socket filter in a throwaway child: None when it works here, else why not (an architecture
     without a table entry, a kernel without seccomp). Where it works, every program gets it or does not run."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            deny_unix_sockets()
-            os._exit(0)
-        except BaseException as exc:
-            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:1000])
-            os._exit(1)
-    os.close(w)
-    msg = b""
-    while chunk := os.read(r, 4096):
-        msg += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return None if status == 0 else (msg.decode("utf-8", "replace") or f"status {status}")
+    return probe_in_child(deny_unix_sockets)
 
 
 def main() -> None:
