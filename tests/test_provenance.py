@@ -119,3 +119,24 @@ def test_config_changes_lists_dotted_keys():
     new = {"quant": {"weight": {"bit": 2}}, "eval": [{"seq_len": 128}], "runner": {"max_num_workers": 2}}
     assert config_changes(old, new, ("runner",)) == ["eval.0.seq_len: 64 -> 128", "quant.weight.bit: 4 -> 2"]
     assert config_changes(old, old) == []
+
+
+def test_a_changed_calibration_file_under_the_same_path_is_noticed(tmp_path, tiny_model_dir, eval_txt, capsys):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(eval_txt.read_text())
+    cfg = _config(tmp_path, tiny_model_dir, eval_txt,
+                  calib={"name": "custom", "path": str(calib), "n_samples": 4, "bs": -1, "seq_len": 64,
+                         "preproc": "wikitext2_gptq", "seed": 0})
+    data = yaml.safe_load(cfg.read_text())
+    data["quant"]["method"] = "GPTQ"
+    cfg.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    assert main(["run", str(cfg), "-o", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(cfg), "-o", str(run), "--resume"]) == 0  # same inputs: nothing recomputed
+    assert _res(run)["resume"]["recomputed"] == []
+    calib.write_text(calib.read_text()[::-1])  # same path, other calibration text
+    assert main(["run", str(cfg), "-o", str(run), "--resume"]) == 0
+    recomputed = _res(run)["resume"]["recomputed"]
+    assert any(r.startswith("ppl fake_quant/custom") for r in recomputed)
+    assert not any(r.startswith("ppl pretrain/custom") for r in recomputed)
