@@ -16,7 +16,7 @@ from typing import Any, Callable
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
 from accbench.iofaults import as_disk_error, atomic_write_text
-from accbench.provenance import ResumeLog, check_entry, fingerprint
+from accbench.fingerprints import ResumeLog, check_entry, fingerprint
 from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
 log = logging.getLogger("accbench")
@@ -77,7 +77,7 @@ def setup_logging(run_dir: Path) -> logging.Handler:
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = False, strict: bool = False) -> Results:
     """Run everything the config asks for; return the results (also on disk in run_dir).
 
-    On resume a stored result is reused only when its fingerprint matches what this config gives (provenance.py);
+    On resume a stored result is reused only when its fingerprint matches what this config gives (fingerprints.py);
     `strict` refuses a resume whose config changed in a key that can change a number."""
     results = Results.load(run_dir) if resume and (run_dir / "results.json").is_file() else Results()
     if resume:
@@ -154,7 +154,7 @@ def check_config_change(cfg: RunConfig, run_dir: Path, console: Any, strict: boo
     """On resume: say which config keys changed since the run; with `strict`, refuse when a number could change."""
     import yaml
 
-    from accbench.provenance import NOT_NUMERIC, config_changes
+    from accbench.fingerprints import NOT_NUMERIC, config_changes
 
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -177,7 +177,7 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
     """The fingerprint of the model at each position: its weights, dtype, tokenizer, and what transformed it
     (the quant section; for a calibrated method also the calib section and the calibration tokens)."""
     from accbench.models import model_fingerprint
-    from accbench.provenance import tokens_id
+    from accbench.fingerprints import tokens_id
 
     m = cfg.model
     weights = {"weights": model_fingerprint(model_path, m.torch_dtype), "dtype": m.torch_dtype,
@@ -250,7 +250,7 @@ def _resume_quant_from_disk(ctx: RunContext, spec: Any, save_root: Path) -> bool
     from a saved model whose fingerprint file matches (it is loaded and evaluated), or nothing is left to compute.
     Saved models are trusted only through their fingerprint files; a fake-quantized model with activation
     quantization is not (that is applied at run time, not saved)."""
-    from accbench.provenance import saved_model_matches
+    from accbench.fingerprints import saved_model_matches
 
     cfg = ctx.cfg
     if spec.special.get("save_scale") or spec.special.get("save_clip"):
@@ -300,7 +300,7 @@ def _save_position(ctx: RunContext, loaded: Any, position: str, root: Path, what
     """Save the model as it is at `position` under root/position and record where it went."""
     from accbench.models import save_model
 
-    from accbench.provenance import write_model_fingerprint
+    from accbench.fingerprints import write_model_fingerprint
 
     with Timer(ctx.results.timings, f"save_{position}"):
         try:
@@ -675,7 +675,7 @@ def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:
     from accbench.data.text import load_texts, ppl_token_stream, recipe_description
 
     texts = load_texts(e.name, e.path, e.download, e.text_column, e.split)
-    from accbench.provenance import tokens_id
+    from accbench.fingerprints import tokens_id
 
     stream = ppl_token_stream(e.name, texts, tokenizer, e.seq_len, e.path)
     return EvalData(e, e.name, stream, recipe_description(e.name), tokens_id(stream))

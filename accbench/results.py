@@ -31,7 +31,7 @@ class PplEntry(Entry):
     tokens: int
     recipe: str = ""
     window_losses: list[float] = Field(default_factory=list)
-    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class TaskEntry(Entry):
@@ -43,7 +43,7 @@ class TaskEntry(Entry):
     stderr: dict[str, float | None] = Field(default_factory=dict)
     # metric -> {sample id: value}; what paired comparisons between models use
     per_sample: dict[str, dict[str, float]] = Field(default_factory=dict)
-    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class TrainEntry(Entry):
@@ -61,7 +61,7 @@ class TrainEntry(Entry):
     train_samples: int | None = None  # training examples the run had (all_results.json's train_samples)
     train_tokens: int | None = None  # tokens in them (built-in: samples x block_size; a command: if it says)
     loss_curve: list[dict[str, int | float]] = Field(default_factory=list)  # [{step, loss}] from trainer_state.json
-    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class FidelityEntry(Entry):
@@ -76,7 +76,7 @@ class FidelityEntry(Entry):
     delta_p_rms: float
     ppl_ratio: float
     tokens: int
-    fingerprint: str | None = None  # what produced it (accbench/provenance.py); resume reuses only matches
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class Results(BaseModel):

@@ -1,4 +1,4 @@
-"""Provenance: every stored result carries a fingerprint of exactly the inputs that produced it.
+"""Fingerprints: every stored result carries a hash of exactly the inputs that produced it.
 
 A fingerprint is a short hash of (what produced the number): the model's identity at a position (its weight
 files, dtype, and for a transformed model the quant and calibration sections that made it), the data (the

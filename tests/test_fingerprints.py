@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from accbench.cli import main
-from accbench.provenance import config_changes
+from accbench.fingerprints import config_changes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
