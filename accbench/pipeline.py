@@ -598,6 +598,7 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     from accbench.evaluate.engine import Engine
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import TaskContext, run_task
+    from accbench.report.exports import write_task_exports
     from accbench.results import TaskEntry
     from accbench.store import StoredAnswerer
 
@@ -643,6 +644,8 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
         extra = dict(res.extra)
         extra.update(batch_sizes=dict(stats.batch_sizes), truncated=answerer.truncated,
                      requests=dict(answerer.computed), reused_from_store=answerer.reused)
+        extra.setdefault("samples", res.samples)
+        write_task_exports(ctx.run_dir, position, task, res)
         ctx.results.tasks.append(TaskEntry(model=position, task=name, type=res.type, metrics=res.metrics,
                                            n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
@@ -745,6 +748,7 @@ def rescore_run(run_dir: Path, console: Any) -> Results:
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
         keep.update({k: v for k, v in res.extra.items()})
+        keep["samples"] = res.extra.get("samples", res.samples)
         results.tasks[i] = TaskEntry(model=entry.model, task=entry.task, type=res.type, metrics=res.metrics,
                                      n=res.n, stderr=res.stderr, per_sample=res.per_sample, **keep)
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))

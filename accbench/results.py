@@ -34,6 +34,17 @@ class PplEntry(Entry):
     window_losses: list[float] = Field(default_factory=list)
 
 
+class SampleText(Entry):
+    """What one sample asked and answered, for reading flips: the prompt (few-shot examples cut), the gold
+    answer, the model's answer, and where a metric or an lm-eval filter reads a different answer
+    (acc_norm's choice, gsm8k's strict-match extraction) that answer under the metric's or filter's name."""
+
+    prompt: str = ""
+    reference: str | None = None
+    response: str = ""
+    answers: dict[str, str] = Field(default_factory=dict)
+
+
 class TaskEntry(Entry):
     model: str  # position or variant name
     task: str
@@ -43,6 +54,8 @@ class TaskEntry(Entry):
     stderr: dict[str, float | None] = Field(default_factory=dict)
     # metric -> {sample id: value}; what paired comparisons between models use
     per_sample: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # sample id -> its text (SampleText); human-eval keeps a list of {task_id, completion, ...} records
+    samples: dict[str, SampleText] | list[dict[str, Any]] | dict[str, Any] = Field(default_factory=dict)
 
 
 class TrainEntry(Entry):

@@ -31,8 +31,9 @@ def generate_request(context: str, gen_kwargs: dict[str, Any], default_max: int 
                            float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0))
 
 
-def make_lm(answerer: Any) -> Any:
-    """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (an Engine or a wrapper)."""
+def make_lm(answerer: Any, chat_tokenizer: Any = None) -> Any:
+    """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (an Engine or a wrapper);
+    with `chat_tokenizer`, lm-eval's --apply_chat_template renders prompts with that tokenizer's template."""
     import_lm_eval()
     from lm_eval.api.model import LM
 
@@ -54,5 +55,14 @@ def make_lm(answerer: Any) -> Any:
         def tokenizer_name(self) -> str:
             engine = getattr(self.answerer, "engine", self.answerer)
             return getattr(getattr(engine, "tokenizer", None), "name_or_path", "accbench").replace("/", "__")
+
+        def chat_template(self, chat_template: bool | str = False) -> str | None:
+            return getattr(chat_tokenizer, "chat_template", None) if chat_template else None
+
+        def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            # as lm-eval's HFLM: a prefilled assistant turn is continued, not closed
+            return chat_tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt,
+                                                      continue_final_message=not add_generation_prompt)
 
     return AccbenchLM()

@@ -53,4 +53,8 @@ class TaskResult:
     stderr: dict[str, float | None]
     n: int
     per_sample: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {sample_id: value}
+    # sample_id -> {prompt, reference, response, answers} (results.SampleText's fields), for reading flips
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # files other tools read, written beside results.json (e.g. lm-eval's own logged samples); not in results.json
+    exports: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)

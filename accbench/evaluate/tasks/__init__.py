@@ -74,10 +74,17 @@ def _run_mtbench(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
                             judge=judge, model_id=ctx.position)
 
 
+def _run_lm_eval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+    from accbench.evaluate.tasks.lmeval import run
+
+    return run(cfg, answerer, ctx.tokenizer)
+
+
 # tasks that need more than an answerer (tokenizer for chat templates, the sandbox, a judge)
 CONTEXT_TASKS: dict[str, Callable[[Any, Answerer, TaskContext], TaskResult]] = {
     "humaneval": _run_humaneval,
     "mtbench": _run_mtbench,
+    "lm_eval": _run_lm_eval,  # the tokenizer, for chat_template
 }
 
 

@@ -89,9 +89,14 @@ def build_requests(cfg: Any, items: list[Item]) -> list[GenerateRequest]:
 def compute_metrics(cfg: Any, items: list[Item], outputs: list[str]) -> TaskResult:
     outputs = [cut_at_stop(o, cfg.stop)[0] for o in outputs]  # answerers other than the engine may not cut
     per = {it.id: score_output(out, it.targets, cfg) for it, out in zip(items, outputs)}
+    texts = {}
+    for it, out in zip(items, outputs):
+        texts[it.id] = {"prompt": it.prompt, "reference": " | ".join(it.targets), "response": out}
+        if cfg.regex and cfg.metric != "regex":  # what exact_match/contains compared
+            texts[it.id]["answers"] = {cfg.metric: extract(out, cfg.regex) or ""}
     return TaskResult(task=cfg.name, type="generate", metrics={cfg.metric: sum(per.values()) / len(per)},
                       stderr={cfg.metric: mean_stderr(list(per.values()))}, n=len(per),
-                      per_sample={cfg.metric: per},
+                      per_sample={cfg.metric: per}, samples=texts,
                       extra={"examples": [{"id": it.id, "output": o} for it, o in list(zip(items, outputs))[:3]]})
 
 
