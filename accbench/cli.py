@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from accbench import quiet
+
+    quiet.install()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after options (`run cfg.yaml -o dir eval.bs=4`)

@@ -63,7 +63,7 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
         raise ValueError(f"the evaluation text has {stream.numel()} tokens, fewer than one window of seq_len={seq_len}")
     windows = stream[: n * seq_len].view(n, seq_len)
     losses: list[float] = []
-    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="win", disable=not progress, leave=False) as bar:
+    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="win", disable=None if progress else True, leave=False) as bar:
         for i in range(0, n, bs):
             batch = windows[i : i + bs].to(device)
             all_labels = batch[:, 1:].reshape(-1)
