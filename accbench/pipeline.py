@@ -501,7 +501,8 @@ def _load(cfg: RunConfig) -> Any:
         placement = "device_map"
     log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
     return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
-                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast")
+                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast", m.revision, m.peft,
+                      m.from_pretrained)
 
 
 def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:

@@ -16,7 +16,7 @@ from typing import Any
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.generation import cut_at_stop
 from accbench.evaluate.requests import GenerateRequest, TaskResult
-from accbench.evaluate.tasks.common import fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -39,7 +39,7 @@ def load_items(cfg: Any) -> list[Item]:
         if not targets or not isinstance(prompt, str):
             raise DataError(f"task '{cfg.name}': {where}: needs a string prompt and at least one target")
         out.append(Item(sample_id(doc, line), prompt, targets))
-    return out[: cfg.limit] if cfg.limit else out
+    return apply_limit(out, cfg.limit)
 
 
 def normalize(text: str, cfg: Any) -> str:

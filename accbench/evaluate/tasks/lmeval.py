@@ -53,18 +53,78 @@ def _metric_name(key: str) -> str:
     return metric if flt in ("", "none") else key
 
 
-def check(cfg: Any) -> Any:
-    """lm-eval installed, include_path present, the task known; returns the task index."""
+def _checked(cfg: Any) -> Any:
     name = cfg.task or cfg.name
     tm = task_manager(cfg.include_path, name)
     check_task_name(name, tm)
     return tm
 
 
+def check(cfg: Any) -> Any:
+    """lm-eval installed, include_path present, the task known and its dataset loadable (downloaded now, before
+    any model loads, into the datasets cache the run then reads); returns the task index."""
+    tm = _checked(cfg)
+    from lm_eval.tasks import get_task_dict
+
+    name = cfg.task or cfg.name
+    with dataset_errors(cfg.name, tm, name), quiet_lm_eval():
+        get_task_dict([name], tm)
+    return tm
+
+
+def _dataset_of(tm: Any, name: str) -> str:
+    entry = getattr(tm, "task_index", {}).get(name)
+    cfg = getattr(entry, "cfg", None) or {}
+    if cfg.get("dataset_path"):
+        return str(cfg["dataset_path"]) + (f" ({cfg['dataset_name']})" if cfg.get("dataset_name") else "")
+    return f"the datasets of '{name}'"
+
+
+class dataset_errors:
+    """An lm-eval dataset that cannot be fetched is bad input (exit 2), not a crash: say which dataset, that the
+    machine is offline or the hub unreachable, and how to use a local copy."""
+
+    def __init__(self, task: str, tm: Any, name: str) -> None:
+        self.task, self.tm, self.name = task, tm, name
+
+    def __enter__(self) -> "dataset_errors":
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or not _is_unreachable(exc):
+            return False
+        import os
+
+        offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+        why = (f"this machine is set offline ({', '.join(offline)}=1) and the dataset is not in the local cache"
+               if offline else "the Hugging Face hub is unreachable from this machine and the dataset is not cached")
+        raise AccbenchError(
+            f"task '{self.task}': cannot load dataset {_dataset_of(self.tm, self.name)}: {why} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "run once where the hub is reachable to fill the cache (HF_HOME / HF_DATASETS_CACHE), or point the task "
+            "at a local copy: copy its lm-eval YAML into a folder, set `dataset_path: json` (or parquet) with "
+            "`dataset_kwargs: {data_files: {test: /path/to/test.jsonl}}`, and pass that folder as --include_path "
+            "(include_path: in a config)") from None
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """A network/offline failure to fetch a dataset (datasets and huggingface_hub raise several kinds)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        name = type(e).__name__
+        if isinstance(e, ConnectionError) or name in ("OfflineModeIsEnabled", "DatasetNotFoundError",
+                                                       "LocalEntryNotFoundError", "ConnectTimeout", "ConnectError"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def run(cfg: Any, answerer: Any, tokenizer: Any = None) -> TaskResult:
     """Run the lm-eval task on `answerer`; with `chat_template: true`, prompts go through `tokenizer`'s chat
     template, as lm-eval's --apply_chat_template does."""
-    tm = check(cfg)
+    tm = _checked(cfg)
     from lm_eval.evaluator import simple_evaluate
 
     from accbench.backends.lm_eval import make_lm
@@ -75,7 +135,7 @@ def run(cfg: Any, answerer: Any, tokenizer: Any = None) -> TaskResult:
     name = cfg.task or cfg.name
     # num_fewshot left out of the config: the task's own default, as on lm-eval's command line
     shots = cfg.num_fewshot if "num_fewshot" in cfg.model_fields_set else None
-    with quiet_lm_eval():
+    with dataset_errors(cfg.name, tm, name), quiet_lm_eval():
         out = simple_evaluate(model=make_lm(answerer, tokenizer if cfg.chat_template else None), tasks=[name],
                               num_fewshot=shots, limit=cfg.limit, task_manager=tm, log_samples=True,
                               bootstrap_iters=BOOTSTRAP_ITERS, apply_chat_template=bool(cfg.chat_template),

@@ -12,7 +12,7 @@ from typing import Any
 
 from accbench.errors import DataError
 from accbench.evaluate.requests import ScoreRequest, TaskResult
-from accbench.evaluate.tasks.common import fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def load_questions(cfg: Any) -> list[Question]:
             raise DataError(f"task '{cfg.name}': {where}: id {qid!r} appears twice", "give every document a unique id")
         seen.add(qid)
         out.append(Question(qid, context, tuple(choices), label))
-    return out[: cfg.limit] if cfg.limit else out
+    return apply_limit(out, cfg.limit)
 
 
 def build_requests(cfg: Any, questions: list[Question]) -> list[ScoreRequest]:
