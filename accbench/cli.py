@@ -55,7 +55,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
         _mark_failed(run_dir, exc)
         raise
     print_summary(results, console)
-    return int(results.compare.get("exit_code", EXIT_OK)) if results.compare else EXIT_OK
+    return int(results.compare.exit_code) if results.compare else EXIT_OK
 
 
 def _load_finished_run(run_dir: str) -> Any:
@@ -137,7 +137,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output:
         console.print(f"report: {out}/report.html", markup=False)
     gated = bool(args.config or args.gate)
-    return int(summary["exit_code"]) if gated else EXIT_OK
+    return int(summary.exit_code) if gated else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
+from accbench.provenance import collect_provenance
 from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
 log = logging.getLogger("accbench")
@@ -80,6 +81,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     results.run_dir, results.status, results.error = str(run_dir), "running", None
     results.versions = collect_versions()
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    results.provenance = collect_provenance(cfg, dump_config(cfg))
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
     if cfg.opencompass is not None:
@@ -481,8 +483,8 @@ def run_compare_stage(ctx: RunContext) -> None:
     ctx.save()
     with Timer(ctx.results.timings, "report"):
         write_reports(ctx.results, ctx.run_dir)
-    log.info("compare: baseline %s, %d comparisons, gates %s", ctx.results.compare["baseline"],
-             len(ctx.results.compare["comparisons"]), "held" if ctx.results.compare["all_held"] else "FAILED")
+    log.info("compare: baseline %s, %d comparisons, gates %s", ctx.results.compare.baseline,
+             len(ctx.results.compare.comparisons), "held" if ctx.results.compare.all_held else "FAILED")
 
 
 def baseline_position(cfg: RunConfig) -> str:

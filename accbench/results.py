@@ -12,9 +12,12 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+Direction = Literal["lower", "higher"]
 
 SCHEMA_VERSION = 1
 
@@ -87,6 +90,91 @@ class FidelityEntry(Entry):
     tokens: int
 
 
+@dataclass
+class Comparison:
+    """One metric of one candidate model against the baseline model. `delta` = candidate - baseline;
+    `worsening` is the same change signed so that positive means worse (direction-aware)."""
+
+    kind: str  # ppl | task | train | fidelity
+    baseline: str
+    candidate: str
+    metric: str
+    direction: Direction
+    baseline_value: float | None
+    candidate_value: float | None
+    delta: float | None = None
+    relative_delta: float | None = None
+    worsening: float | None = None
+    relative_worsening: float | None = None
+    ci_low: float | None = None  # CI of `delta` (of `relative_delta` for perplexity)
+    ci_high: float | None = None
+    confidence: float | None = None
+    p_value: float | None = None
+    test: str = ""  # mcnemar_exact | paired_bootstrap | normal_unpaired | ""
+    n: int = 0  # paired samples / windows behind the CI
+    correct_to_wrong: int | None = None
+    wrong_to_correct: int | None = None
+    dataset: str | None = None
+    task: str | None = None
+    position: str = ""  # candidate's position/variant name, what gates select on
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateCheck:
+    """One gate checked against one comparison (or against nothing, which fails)."""
+
+    gate: int  # index in the expanded gate list
+    rule: str  # the gate as written
+    target: str  # what it was checked on, e.g. "fake_quant ppl wikitext2"
+    bound: str  # max_relative_increase | max_drop | train_loss_diff | max_kld
+    observed: float | None
+    limit: float
+    held: bool
+    p_value: float | None = None
+    significance: float | None = None
+    reason: str = ""
+
+
+class CompareBlock(BaseModel):
+    """The `compare` block of results.json: every comparison of a candidate with the baseline, every gate check,
+    and the verdict. Empty (no baseline) until the compare stage ran."""
+
+    model_config = ConfigDict(extra="allow")
+
+    baseline: str = ""
+    comparisons: list[Comparison] = Field(default_factory=list)
+    gates: list[GateCheck] = Field(default_factory=list)
+    all_held: bool = True
+    exit_code: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.baseline or self.comparisons or self.gates)
+
+    def of_kind(self, kind: str) -> list[Comparison]:
+        return [c for c in self.comparisons if c.kind == kind]
+
+
+
+class Provenance(BaseModel):
+    """What was compared and how: enough to rerun it or to question it (the report's provenance block)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = ""
+    revision: str | None = None
+    peft: str | None = None
+    method: str | None = None  # quantization method, or "training" for a training run
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    seeds: dict[str, int] = Field(default_factory=dict)
+    config_sha256: str = ""
+    command: list[str] = Field(default_factory=list)
+    machine: dict[str, str] = Field(default_factory=dict)
+    started: str = ""
+
+
 class Results(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -101,8 +189,9 @@ class Results(BaseModel):
     train: list[TrainEntry] = Field(default_factory=list)
     opencompass: list[dict[str, Any]] = Field(default_factory=list)
     opencompass_output: dict[str, str] = Field(default_factory=dict)  # paths: summary csv/txt, log, work dir
-    compare: dict[str, Any] = Field(default_factory=dict)
+    compare: CompareBlock = Field(default_factory=CompareBlock)
     versions: dict[str, str] = Field(default_factory=dict)
+    provenance: Provenance = Field(default_factory=Provenance)
     timings: dict[str, float] = Field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:

@@ -25,8 +25,8 @@ def markdown_table(t: Table) -> str:
 def render_markdown(results: Results, plots: list[str]) -> str:
     parts = [f"# accbench report: {results.run_dir or 'comparison'}", ""]
     if results.compare:
-        parts.append(f"Baseline: **{results.compare.get('baseline')}** · {verdict(results)} · "
-                     f"exit code {results.compare.get('exit_code', 0)}")
+        parts.append(f"Baseline: **{results.compare.baseline}** · {verdict(results)} · "
+                     f"exit code {results.compare.exit_code}")
         parts.append("")
     if results.train:
         parts += ["```", training_block(results), "```", ""]

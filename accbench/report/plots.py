@@ -40,7 +40,7 @@ def ppl_chart(results: Results) -> bytes | None:
     if not results.ppl:
         return None
     plt = _plt()
-    rel = {(c["candidate"], c["dataset"], c["extra"].get("seq_len")): c for c in comparisons(results, "ppl")}
+    rel = {(c.candidate, c.dataset, c.extra.get("seq_len")): c for c in comparisons(results, "ppl")}
     models = list(dict.fromkeys(p.position for p in results.ppl))
     datasets = list(dict.fromkeys((p.dataset, p.seq_len) for p in results.ppl))
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.5, 1.3 * len(models)) * len(datasets), 3.4),
@@ -50,13 +50,13 @@ def ppl_chart(results: Results) -> bytes | None:
         ax.plot([x for x, _ in pts], [p.ppl for _, p in pts], "-", color="#bbb", zorder=1)
         for x, p in pts:
             c = rel.get((p.position, ds, sl))
-            color = "C0" if c is None else (_BAD if c["relative_delta"] > 0 else _GOOD)
-            if c is not None and c.get("ci_low") is not None:
-                base = p.ppl / (1 + c["relative_delta"])
-                lo, hi = base * (1 + c["ci_low"]), base * (1 + c["ci_high"])
+            color = "C0" if c is None else (_BAD if c.relative_delta > 0 else _GOOD)
+            if c is not None and c.ci_low is not None:
+                base = p.ppl / (1 + c.relative_delta)
+                lo, hi = base * (1 + c.ci_low), base * (1 + c.ci_high)
                 ax.errorbar(x, p.ppl, yerr=[[p.ppl - lo], [hi - p.ppl]], fmt="none", ecolor=color, capsize=4)
             ax.scatter([x], [p.ppl], color=color, zorder=2)
-            label = f"{p.ppl:.3f}" + (f"\n{c['relative_delta'] * 100:+.2f}%" if c else "")
+            label = f"{p.ppl:.3f}" + (f"\n{c.relative_delta * 100:+.2f}%" if c else "")
             ax.annotate(label, (x, p.ppl), textcoords="offset points", xytext=(8, 0), va="center", fontsize=8)
         ax.set_xticks(range(len(models)), models, fontsize=8)
         ax.set_xlim(-0.5, len(models) - 0.2)
@@ -70,24 +70,24 @@ def ppl_chart(results: Results) -> bytes | None:
 
 def task_delta_chart(results: Results) -> bytes | None:
     """Each candidate's task-metric change with its CI, signed so that right is better."""
-    comps = [c for c in comparisons(results, "task") if "/" not in c["metric"] and c["worsening"] is not None]
+    comps = [c for c in comparisons(results, "task") if "/" not in c.metric and c.worsening is not None]
     if not comps:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(comps) + 1.4))
     for y, c in enumerate(comps):
-        sign = -1.0 if c["direction"] == "lower" else 1.0  # plot improvement to the right
-        x = sign * c["delta"]
+        sign = -1.0 if c.direction == "lower" else 1.0  # plot improvement to the right
+        x = sign * c.delta
         color = _NEUTRAL
-        if c.get("p_value") is not None and c["p_value"] < 0.05:
+        if c.p_value is not None and c.p_value < 0.05:
             color = _BAD if x < 0 else _GOOD
-        if c.get("ci_low") is not None:
-            lo, hi = sorted((sign * c["ci_low"], sign * c["ci_high"]))
+        if c.ci_low is not None:
+            lo, hi = sorted((sign * c.ci_low, sign * c.ci_high))
             ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", color=color, capsize=4)
         else:
             ax.plot(x, y, "o", color=color)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(comps)), [f"{c['candidate']} · {c['task']} · {c['metric']}" for c in comps], fontsize=8)
+    ax.set_yticks(range(len(comps)), [f"{c.candidate} · {c.task} · {c.metric}" for c in comps], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("change vs baseline (right = better), 95% CI")
     ax.set_title("Task deltas")
@@ -95,19 +95,19 @@ def task_delta_chart(results: Results) -> bytes | None:
 
 
 def flips_chart(results: Results) -> bytes | None:
-    comps = [c for c in comparisons(results, "task") if c.get("correct_to_wrong") is not None]
+    comps = [c for c in comparisons(results, "task") if c.correct_to_wrong is not None]
     if not comps:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(comps) + 1.4))
     ys = range(len(comps))
-    ax.barh(ys, [-c["correct_to_wrong"] for c in comps], color=_BAD, label="correct → wrong")
-    ax.barh(ys, [c["wrong_to_correct"] for c in comps], color=_GOOD, label="wrong → correct")
+    ax.barh(ys, [-c.correct_to_wrong for c in comps], color=_BAD, label="correct → wrong")
+    ax.barh(ys, [c.wrong_to_correct for c in comps], color=_GOOD, label="wrong → correct")
     for y, c in zip(ys, comps):
-        ax.annotate(str(c["correct_to_wrong"]), (-c["correct_to_wrong"], y), ha="right", va="center", fontsize=8)
-        ax.annotate(str(c["wrong_to_correct"]), (c["wrong_to_correct"], y), ha="left", va="center", fontsize=8)
+        ax.annotate(str(c.correct_to_wrong), (-c.correct_to_wrong, y), ha="right", va="center", fontsize=8)
+        ax.annotate(str(c.wrong_to_correct), (c.wrong_to_correct, y), ha="left", va="center", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(list(ys), [f"{c['candidate']} · {c['task']} · {c['metric']}" for c in comps], fontsize=8)
+    ax.set_yticks(list(ys), [f"{c.candidate} · {c.task} · {c.metric}" for c in comps], fontsize=8)
     ax.invert_yaxis()
     ax.margins(x=0.15)
     ax.set_xlabel("samples that flipped against the baseline")
