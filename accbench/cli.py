@@ -184,6 +184,19 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from accbench.results import results_json_schema
+
+    text = json.dumps(results_json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
 def cmd_rescore(args: argparse.Namespace) -> int:
     from accbench.pipeline import rescore_run
 
@@ -304,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--include_path", help="folder of lm-eval task YAMLs to list too")
     tl.add_argument("--no-lm-eval", action="store_true", help="skip lm-eval's registry (indexing it takes ~10 s)")
     tl.set_defaults(func=cmd_tasks)
+
+    sc_ = sub.add_parser("schema", help="print the JSON Schema of results.json (versioned; docs/results.schema.json)")
+    sc_.add_argument("-o", "--output", help="write it to this file instead")
+    sc_.set_defaults(func=cmd_schema)
 
     rs = sub.add_parser("rescore", help="recompute task metrics from a run's stored responses (no model)")
     rs.add_argument("run_dir")

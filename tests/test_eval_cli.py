@@ -1,0 +1,102 @@
+"""`accbench eval` with lm-eval's options: registry/local task names in --tasks, --limit (count or fraction),
+--num_fewshot, --batch_size, --model_args, --apply_chat_template refusal, --version, `accbench tasks`, and an
+unreachable dataset exiting 2 with the dataset named; the lm-eval files it writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from accbench import cli
+from accbench.eval_options import parse_limit, parse_model_args
+from accbench.errors import AccbenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _accbench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "accbench", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def test_model_args_and_limit_parse_as_lm_eval_reads_them():
+    got = parse_model_args("pretrained=org/m,revision=v2,dtype=bfloat16,trust_remote_code=True,peft=ad,"
+                           "load_in_8bit=false,max_memory_per_gpu=8,batch_size=4")
+    assert got == {"path": "org/m", "revision": "v2", "torch_dtype": "bfloat16", "trust_remote_code": True,
+                   "peft": "ad", "from_pretrained": {"load_in_8bit": False, "max_memory_per_gpu": 8}}
+    assert parse_limit("5") == 5 and parse_limit("0.25") == 0.25 and parse_limit("5.0") == 5
+    for bad in ("0", "1.5", "x"):
+        with pytest.raises(AccbenchError, match="--limit"):
+            parse_limit(bad)
+    with pytest.raises(AccbenchError, match="not key=value"):
+        parse_model_args("revision")
+
+
+def test_version():
+    r = _accbench("--version")
+    assert r.returncode == 0 and r.stdout.startswith("accbench ")
+
+
+def test_local_lm_eval_task_by_name_with_lm_eval_options(tiny_model_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    from test_lmeval_filters import GSM_YAML
+
+    d = tmp_path / "tasks"
+    d.mkdir()
+    docs = [{"question": f"What is {a} plus 1?", "answer": f"#### {a + 1}"} for a in range(7)]
+    (d / "data.jsonl").write_text("".join(json.dumps(x) + "\n" for x in docs))
+    (d / "gsm_cli.yaml").write_text(GSM_YAML.format(name="gsm_cli", path=d / "data.jsonl"))
+    out = tmp_path / "run"
+    rc = cli.main(["eval", "--model_args", f"pretrained={tiny_model_dir},dtype=float32", "--tasks", "gsm_cli",
+                   "--include_path", str(d), "--limit", "0.5", "--num_fewshot", "0", "--batch_size", "2",
+                   "--log_samples", "--device", "cpu", "-o", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    (entry,) = res["tasks"]
+    assert entry["n"] == math.ceil(7 * 0.5) == 4
+    assert set(entry["per_sample"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert sorted(entry["samples"]) == ["0", "1", "2", "3"]
+    assert entry["samples"]["0"]["prompt"] == "Question: What is 0 plus 1?\nAnswer:"
+    assert res["provenance"]["model"] == str(tiny_model_dir) and res["provenance"]["command"][:1] != []
+    files = sorted(p.name for p in (out / "lm_eval" / "pretrain").iterdir())
+    assert [f.split("_2")[0] for f in files] == ["results", "samples_gsm_cli"]
+    lm = json.loads(next((out / "lm_eval" / "pretrain").glob("results_*.json")).read_text())
+    assert lm["n-samples"]["gsm_cli"]["effective"] == 4 and lm["n-shot"]["gsm_cli"] == 0
+
+
+def test_chat_template_is_refused_where_it_cannot_apply(tiny_model_dir, tmp_path):
+    data = tmp_path / "mc.jsonl"
+    data.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}) + "\n")
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"tasks:\n  - {{name: mc, type: multiple_choice, path: {data}}}\n")
+    r = _accbench("eval", "--model", str(tiny_model_dir), "--config", str(cfg), "--apply_chat_template",
+                  "--device", "cpu", "-o", str(tmp_path / "run"))
+    assert r.returncode == 2 and "chat_template cannot apply to a multiple_choice task" in r.stderr
+
+
+def test_unreachable_registry_dataset_exits_2_naming_it(tiny_model_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    r = _accbench("eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "5", "--device", "cpu",
+                  "-o", str(tmp_path / "run"),
+                  env={"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "cannot load dataset allenai/ai2_arc" in r.stderr and "offline" in r.stderr
+    assert "--include_path" in r.stderr and "internal error" not in r.stderr
+
+
+def test_tasks_lists_registry_and_config_tasks(tmp_path):
+    pytest.importorskip("lm_eval")
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("tasks:\n  - {name: my_arc_copy, type: lm_eval, task: arc_easy}\n")
+    r = _accbench("tasks", "arc_easy", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    names = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert "lm-eval task" in names["arc_easy"] and "my_arc_copy" not in names  # pattern applies to all
+    r = _accbench("tasks", "my_*", "--config", str(cfg), "--no-lm-eval")
+    assert r.stdout.split()[0] == "my_arc_copy"
