@@ -140,9 +140,9 @@ def _pre(label: str, text: Any) -> str:
     return f"<div><b>{escape(label)}</b><pre>{escape(str(text))}</pre></div>"
 
 
-def _flip_html(f: Flip, names: tuple[str, str]) -> str:
+def _flip_html(f: Flip, names: tuple[str, str], open_: bool = False) -> str:
     ref = _pre("gold", f.reference) if f.reference is not None else ""
-    return (f"<details><summary>{escape(f.sample_id)} ({f.baseline_value:g} → {f.candidate_value:g})</summary>"
+    return (f"<details{' open' if open_ else ''}><summary>{escape(f.sample_id)} ({f.baseline_value:g} → {f.candidate_value:g})</summary>"
             f"{_pre('question', f.prompt)}{ref}<div class='pair'>{_pre(names[0], f.baseline_answer)}"
             f"{_pre(names[1], f.candidate_answer)}</div></details>")
 
@@ -159,7 +159,7 @@ def flips_html(groups: list[FlipGroup]) -> str:
             shown = flips[:MAX_SHOWN]
             more = f" (first {len(shown)} shown)" if len(flips) > len(shown) else ""
             parts.append(f"<h4>{title}: {len(flips)}{more}</h4>")
-            parts += [_flip_html(f, (c.baseline, c.candidate)) for f in shown]
+            parts += [_flip_html(f, (c.baseline, c.candidate), open_=i == 0) for i, f in enumerate(shown)]
     return "".join(parts)
 
 

@@ -23,7 +23,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right;vertical-align:top}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+th{background:#f4f4f4}td:first-child,th:first-child,table.text td,table.text th{text-align:left}
 tr.bad td{background:#fdecea;color:#922}tr.good td{background:#eafaf1}
 .verdict{font-size:1.1rem;padding:.6rem 1rem;border-radius:4px;display:inline-block}
 .ok{background:#eafaf1;color:#1e7e34}.fail{background:#fdecea;color:#922}.none{background:#f4f4f4}
@@ -48,7 +48,8 @@ def html_table(t: Table) -> str:
     body = "".join(f"<tr class='{m}'>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
                    for row, m in zip(t.rows, t.marks))
     note = f"<p class='note'>{escape(t.note)}</p>" if t.note else ""
-    return f"<h2>{escape(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+    cls = " class='text'" if t.text else ""
+    return f"<h2>{escape(t.title)}</h2><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 def render_html(results: Results, plots: dict[str, bytes]) -> str:

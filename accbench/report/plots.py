@@ -158,7 +158,7 @@ def category_chart(results: Results) -> bytes | None:
                    label=e.model, color=f"C{j}")
         ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{task}: score per category")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return _png(fig)
 

@@ -21,6 +21,7 @@ class Table:
     # per row: "bad" (a significant/gated worsening or a failed gate), "good", or "" — renderers colour by it
     marks: list[str] = field(default_factory=list)
     note: str = ""
+    text: bool = False  # a key/value table of text (provenance): renderers align it left
 
     def add(self, row: list[Any], mark: str = "") -> None:
         self.rows.append([str(x) for x in row])
@@ -190,7 +191,7 @@ def provenance_table(results: Results) -> Table | None:
         ("machine", _kv(p.machine)),
         ("started", p.started),
     ]
-    t = Table("Provenance", ["what", "value"])
+    t = Table("Provenance", ["what", "value"], text=True)
     for k, v in rows:
         if v:
             t.add([k, v])
