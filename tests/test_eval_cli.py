@@ -90,6 +90,60 @@ def test_unreachable_registry_dataset_exits_2_naming_it(tiny_model_dir, tmp_path
     assert "--include_path" in r.stderr and "internal error" not in r.stderr
 
 
+def _cached_arc_easy(hf_home: Path) -> None:
+    """A tiny stand-in for allenai/ai2_arc (ARC-Easy) in a Hugging Face datasets cache, laid out as `datasets`
+    caches a hub dataset, so lm-eval's registry task `arc_easy` loads it offline."""
+    import glob
+    import shutil
+
+    import datasets
+
+    rows = [{"id": f"q{i}", "question": f"What is {i} plus one?",
+             "choices": {"text": [str(i + 1), str(i + 2), str(i)], "label": ["A", "B", "C"]}, "answerKey": "A"}
+            for i in range(8)]
+    src_dir = hf_home.parent / "arc_src"
+    src_dir.mkdir(parents=True)
+    files = {}
+    for split in ("train", "validation", "test"):
+        files[split] = str(src_dir / f"{split}.jsonl")
+        Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.load_dataset("json", data_files=files, cache_dir=str(src_dir / "cache"))
+    src = Path(glob.glob(str(src_dir / "cache" / "json" / "*" / "*" / "*"))[0])
+    dst = hf_home / "datasets" / "allenai___ai2_arc" / "ARC-Easy" / src.parts[-2] / src.parts[-1]
+    dst.mkdir(parents=True)
+    for f in src.glob("*.arrow"):
+        shutil.copy(f, dst / f.name.replace("json-", "ai2_arc-"))
+    info = json.loads((src / "dataset_info.json").read_text())
+    info.update(config_name="ARC-Easy", dataset_name="ai2_arc", builder_name="ai2_arc")
+    (dst / "dataset_info.json").write_text(json.dumps(info))
+
+
+def test_registry_task_from_the_local_cache_gives_lm_evals_numbers(tiny_model_dir, tmp_path):
+    """`accbench eval --tasks arc_easy --limit 5` offline with the dataset in the HF cache runs, and its
+    per-sample acc/acc_norm equal `lm_eval --model hf --tasks arc_easy --limit 5 --log_samples` on it."""
+    pytest.importorskip("lm_eval")
+    hf = tmp_path / "hf"
+    _cached_arc_easy(hf)
+    env = {"HF_HOME": str(hf), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    r = _accbench("eval", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "5", "--device", "cpu",
+                  "--dtype", "float32", "-o", str(tmp_path / "run"), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ours,) = json.loads((tmp_path / "run" / "results.json").read_text())["tasks"]
+    assert ours["n"] == 5 and ours["samples"]["0"]["reference"] == "1"
+    lm = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                         f"pretrained={tiny_model_dir},dtype=float32,logits_cache=False", "--tasks", "arc_easy",
+                         "--limit", "5", "--device", "cpu", "--batch_size", "1", "--log_samples", "--output_path",
+                         str(tmp_path / "lm")], capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    assert lm.returncode == 0, lm.stderr[-3000:]
+    theirs = [json.loads(x) for x in next((tmp_path / "lm").rglob("samples_arc_easy_*.jsonl")).read_text().splitlines()]
+    assert len(theirs) == 5
+    for s in theirs:
+        for m in ("acc", "acc_norm"):
+            assert ours["per_sample"][m][str(s["doc_id"])] == s[m]
+    agg = json.loads(next((tmp_path / "lm").rglob("results_*.json")).read_text())["results"]["arc_easy"]
+    assert ours["metrics"]["acc"] == pytest.approx(agg["acc,none"])
+
+
 def test_tasks_lists_registry_and_config_tasks(tmp_path):
     pytest.importorskip("lm_eval")
     cfg = tmp_path / "t.yaml"
