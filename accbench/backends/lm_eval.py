@@ -21,14 +21,20 @@ def import_lm_eval() -> Any:
     return lm_eval
 
 
-def generate_request(context: str, gen_kwargs: dict[str, Any], default_max: int = 256) -> GenerateRequest:
+def generate_request(context: str, gen_kwargs: dict[str, Any], default_max: int = 256,
+                     sample_id: str = "") -> GenerateRequest:
     """lm-eval's generate_until arguments as a GenerateRequest (sampling only when do_sample is set)."""
     until = gen_kwargs.get("until") or ()
     until = (until,) if isinstance(until, str) else tuple(until)
     sample = bool(gen_kwargs.get("do_sample", False))
     temperature = float(gen_kwargs.get("temperature", 1.0 if sample else 0.0)) if sample else 0.0
     return GenerateRequest(context, int(gen_kwargs.get("max_gen_toks", default_max)), until, temperature,
-                           float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0))
+                           float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0), sample_id)
+
+
+def _sample_id(instance: Any) -> str:
+    """`<lm-eval task>/<doc_id>` of an lm-eval request (Instance), as the per-sample store records it."""
+    return f"{instance.task_name}/{instance.doc_id}"
 
 
 def make_lm(answerer: Any, chat_tokenizer: Any = None) -> Any:
@@ -43,13 +49,13 @@ def make_lm(answerer: Any, chat_tokenizer: Any = None) -> Any:
             self.answerer = answerer
 
         def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-            return self.answerer.score([ScoreRequest(*r.args) for r in requests])
+            return self.answerer.score([ScoreRequest(*r.args, sample_id=_sample_id(r)) for r in requests])
 
         def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
-            return self.answerer.score_rolling([RollingRequest(r.args[0]) for r in requests])
+            return self.answerer.score_rolling([RollingRequest(r.args[0], _sample_id(r)) for r in requests])
 
         def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-            return self.answerer.generate([generate_request(*r.args) for r in requests])
+            return self.answerer.generate([generate_request(*r.args, sample_id=_sample_id(r)) for r in requests])
 
         @property
         def tokenizer_name(self) -> str:

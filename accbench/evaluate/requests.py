@@ -7,7 +7,7 @@ requests from many tasks at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 
@@ -17,6 +17,7 @@ class ScoreRequest:
 
     context: str
     continuation: str
+    sample_id: str = field(default="", compare=False)  # the document it belongs to; not part of its identity
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class RollingRequest:
     """Log-likelihood of a whole text, in max-length windows (lm-eval's loglikelihood_rolling)."""
 
     text: str
+    sample_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,15 @@ class GenerateRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    sample_id: str = field(default="", compare=False)
+
+
+def request_fields(request: Any) -> dict[str, Any]:
+    """What identifies a request (its store key, a judge-cache key): every field but the sample id, which only
+    says which document asked it (identical requests of two documents share one answer)."""
+    d = asdict(request)
+    d.pop("sample_id", None)
+    return d
 
 
 GenerateFn = Callable[[list[GenerateRequest]], list[str]]

@@ -83,7 +83,8 @@ def build_requests(cfg: Any, items: list[Item]) -> list[GenerateRequest]:
             raise AccbenchError(f"task '{cfg.name}': regex {cfg.regex!r} is not a valid regular expression: {exc}") from None
     shots = [it.prompt + it.targets[0] for it in items]
     return [GenerateRequest(fewshot_prefix(shots, cfg.num_fewshot, i, cfg.seed) + it.prompt, cfg.max_new_tokens,
-                            tuple(cfg.stop), cfg.temperature, 1.0, cfg.seed) for i, it in enumerate(items)]
+                            tuple(cfg.stop), cfg.temperature, 1.0, cfg.seed, sample_id=it.id)
+            for i, it in enumerate(items)]
 
 
 def compute_metrics(cfg: Any, items: list[Item], outputs: list[str]) -> TaskResult:

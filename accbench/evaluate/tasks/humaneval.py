@@ -153,7 +153,7 @@ def evaluate_humaneval(cfg: HumanEvalTask, generate: GenerateFn, tokenizer: Any)
     stops = () if chat else BASE_STOPS
     n_gen = 1 if cfg.temperature == 0 else cfg.n_samples  # greedy: every sample would be the same text
     requests = [GenerateRequest(context=contexts[t], max_new_tokens=cfg.max_new_tokens, stop=stops,
-                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + j)
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + j, sample_id=t)
                 for t in problems for j in range(n_gen)]
     replies = generate(requests)
     if len(replies) != len(requests):

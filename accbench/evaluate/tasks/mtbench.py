@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from accbench.data.jsonl import iter_jsonl
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.judge import (JsonlCache, JudgeClient, Judgment, Messages, OpenAIJudge,
                                      ReplyCache, judge_ratings, request_key)
-from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
+from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult, request_fields
 
 log = logging.getLogger("accbench.mtbench")
 
@@ -167,7 +167,7 @@ def generate_answers(questions: list[Question], generate: GenerateFn, tokenizer:
             req = GenerateRequest(context=render_chat(tokenizer, msgs, template), max_new_tokens=max_new_tokens,
                                   temperature=TEMPERATURE.get(q.category, DEFAULT_TEMPERATURE),
                                   seed=seed + 16 * idx + turn)
-            key = request_key("answer", {"model": model_id}, asdict(req))
+            key = request_key("answer", {"model": model_id}, request_fields(req))
             hit = cache.get(key)
             batch.append((q, req, key, hit["answer"] if hit else None))
         todo = [i for i, b in enumerate(batch) if b[3] is None]

@@ -59,7 +59,7 @@ def build_requests(cfg: Any, questions: list[Question]) -> list[ScoreRequest]:
     reqs = []
     for i, q in enumerate(questions):
         ctx = fewshot_prefix(shots, cfg.num_fewshot, i, cfg.seed) + q.context
-        reqs.extend(ScoreRequest(ctx, cfg.target_delimiter + c) for c in q.choices)
+        reqs.extend(ScoreRequest(ctx, cfg.target_delimiter + c, sample_id=q.id) for c in q.choices)
     return reqs
 
 
