@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from accbench.results import Provenance
@@ -22,6 +23,13 @@ def machine() -> dict[str, str]:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         out["gpus"] = ", ".join(f"{n} x{names.count(n)}" for n in dict.fromkeys(names))
     return out
+
+
+def command_line(argv: list[str]) -> list[str]:
+    """argv as the user typed it: `python -m accbench` and the console script both show as `accbench`."""
+    if argv and Path(argv[0]).name in ("__main__.py", "cli.py", "accbench"):
+        return ["accbench", *argv[1:]]
+    return list(argv)
 
 
 def collect_provenance(cfg: Any, config_text: str, argv: list[str] | None = None) -> Provenance:
@@ -41,5 +49,5 @@ def collect_provenance(cfg: Any, config_text: str, argv: list[str] | None = None
     return Provenance(model=m.path, revision=m.revision, peft=m.peft, method=method, method_options=options,
                       calibration=calib, seeds=seeds,
                       config_sha256=hashlib.sha256(config_text.encode("utf-8")).hexdigest(),
-                      command=list(argv if argv is not None else sys.argv), machine=machine(),
+                      command=command_line(argv if argv is not None else sys.argv), machine=machine(),
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
