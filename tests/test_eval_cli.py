@@ -118,6 +118,7 @@ def _cached_arc_easy(hf_home: Path) -> None:
     (dst / "dataset_info.json").write_text(json.dumps(info))
 
 
+@pytest.mark.slow  # ~70 s: two CLIs, each indexing lm-eval's registry
 def test_registry_task_from_the_local_cache_gives_lm_evals_numbers(tiny_model_dir, tmp_path):
     """`accbench eval --tasks arc_easy --limit 5` offline with the dataset in the HF cache runs, and its
     per-sample acc/acc_norm equal `lm_eval --model hf --tasks arc_easy --limit 5 --log_samples` on it."""

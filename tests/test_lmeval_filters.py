@@ -53,7 +53,7 @@ filter_list:
       - function: take_first
 """
 FILTERS = ("strict-match", "flexible-extract")
-N_DOCS = 16
+N_DOCS = 12
 
 
 def _task(root: Path, name: str, answers: list[str]) -> Path:
