@@ -24,7 +24,9 @@ class _DropTokenLengthWarning(logging.Filter):
 
 def install(stream: object = None) -> None:
     """Called once by the CLI before any library is imported."""
-    logging.getLogger("transformers.tokenization_utils_base").addFilter(_DropTokenLengthWarning())
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, _DropTokenLengthWarning) for f in logger.filters):
+        logger.addFilter(_DropTokenLengthWarning())
     out = stream if stream is not None else sys.stderr
     if not (hasattr(out, "isatty") and out.isatty()):
         for var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
