@@ -155,3 +155,24 @@ def test_tasks_lists_registry_and_config_tasks(tmp_path):
     assert "lm-eval task" in names["arc_easy"] and "my_arc_copy" not in names  # pattern applies to all
     r = _accbench("tasks", "my_*", "--config", str(cfg), "--no-lm-eval")
     assert r.stdout.split()[0] == "my_arc_copy"
+
+
+def test_lm_eval_group_by_name(tiny_model_dir, tmp_path, lm_eval_mc_task):
+    """A group in --tasks: lm-eval's aggregate, per-sample values of every subtask (ids `subtask/doc_id`), and
+    one lm-eval samples file per subtask."""
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps({"context": f"x = {i}", "choices": [f"+ {i}", "- 1", f"* {i}"],
+                                        "label": i % 3}) + "\n" for i in range(6)))
+    d = lm_eval_mc_task("grp_a", data)
+    lm_eval_mc_task("grp_b", data)
+    (d / "grp.yaml").write_text("group: grp_ab\ntask: [grp_a, grp_b]\naggregate_metric_list:\n"
+                                "  - metric: acc\n    weight_by_size: true\n")
+    out = tmp_path / "run"
+    assert cli.main(["eval", "--model", str(tiny_model_dir), "--tasks", "grp_ab", "--include_path", str(d),
+                     "--device", "cpu", "--dtype", "float32", "-o", str(out)]) == 0
+    (entry,) = json.loads((out / "results.json").read_text())["tasks"]
+    per = entry["per_sample"]["acc"]
+    assert entry["n"] == 12 and sorted(per) == sorted(f"grp_{s}/{i}" for s in "ab" for i in range(6))
+    assert entry["metrics"]["acc"] == pytest.approx(sum(per.values()) / 12)
+    names = sorted(p.name.rsplit("_", 1)[0] for p in (out / "lm_eval" / "pretrain").glob("samples_*"))
+    assert names == ["samples_grp_a", "samples_grp_b"]
