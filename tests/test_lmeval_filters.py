@@ -191,3 +191,29 @@ def test_lm_eval_export_files_read_by_lm_evals_own_code(gsm_runs, tmp_path):
     assert set(rows[0]) >= {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",
                             "doc_hash", "prompt_hash", "target_hash", "exact_match"}
     assert set(rows[0]["arguments"]) == {"gen_args_0"}
+
+
+def test_chat_template_is_honoured_for_lm_eval_tasks(tiny_model_dir, tmp_path, lm_eval_mc_task):
+    """chat_template: true renders lm-eval's prompts with the tokenizer's template (lm-eval's
+    --apply_chat_template); a tokenizer without one is an error, not a silent plain prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from accbench.config import LmEvalTask
+    from accbench.errors import AccbenchError
+    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.tasks import TaskContext, run_task
+
+    data = tmp_path / "mc.jsonl"
+    data.write_text(json.dumps({"context": "x = 1", "choices": ["+ 2", "- 1"], "label": 0}) + "\n")
+    include = lm_eval_mc_task("chat_mc", data)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    task = LmEvalTask(name="chat_mc", type="lm_eval", include_path=str(include), chat_template=True)
+    with pytest.raises(AccbenchError, match="has no chat template"):
+        run_task(task, Engine(model, tok), TaskContext(tok))
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    res = run_task(task, Engine(model, tok), TaskContext(tok))
+    assert res.samples["0"]["prompt"].startswith("<|user|>x = 1")
+    plain = run_task(task.model_copy(update={"chat_template": False}), Engine(model, tok), TaskContext(tok))
+    assert plain.samples["0"]["prompt"] == "x = 1"
