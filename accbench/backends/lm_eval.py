@@ -29,7 +29,8 @@ def generate_request(context: str, gen_kwargs: dict[str, Any], default_max: int 
     sample = bool(gen_kwargs.get("do_sample", False))
     temperature = float(gen_kwargs.get("temperature", 1.0 if sample else 0.0)) if sample else 0.0
     return GenerateRequest(context, int(gen_kwargs.get("max_gen_toks", default_max)), until, temperature,
-                           float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0), sample_id)
+                           float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0),
+                           sample_id=sample_id)
 
 
 def _sample_id(instance: Any) -> str:

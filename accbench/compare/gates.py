@@ -34,6 +34,9 @@ def _selected(g: GateCfg, comparisons: Sequence[Comparison]) -> list[Comparison]
     if g.max_kld is not None:
         return [c for c in comparisons if c.kind == "fidelity" and pos_ok(c)
                 and (g.dataset is None or g.dataset == c.dataset)]
+    if g.min is not None:  # a floor on the candidate's own value: head-to-head metrics first of all
+        return [c for c in comparisons if c.kind in ("versus", "task") and pos_ok(c) and c.metric == g.metric
+                and (g.task is None or g.task == c.task)]
     metric = g.metric.lower() if g.metric else None
     if (metric in ("ppl", "perplexity") and g.task is None) or (metric is None and g.task is None and g.dataset):
         return [c for c in comparisons if c.kind == "ppl" and pos_ok(c)
@@ -58,6 +61,14 @@ def _check(i: int, g: GateCfg, c: Comparison) -> GateCheck:
         bound, limit = "train_loss_diff", g.train_loss_diff
     elif g.max_kld is not None:
         obs, bound, limit = c.candidate_value, "max_kld", g.max_kld
+    elif g.min is not None:
+        chk = GateCheck(i, rule, gate_target(c), "min", c.candidate_value, float(g.min), True)
+        if c.candidate_value is None:
+            chk.held, chk.reason = False, "no value to check"
+        else:
+            chk.held = c.candidate_value >= g.min
+            chk.reason = "at least the minimum" if chk.held else "below the minimum"
+        return chk
     elif g.max_relative_increase is not None:
         obs, bound, limit = c.relative_worsening, "max_relative_increase", g.max_relative_increase
     else:
@@ -98,7 +109,7 @@ def evaluate_gates(gates: Sequence[GateCfg], comparisons: Sequence[Comparison]) 
     for i, g in enumerate(gates):
         hits = _selected(g, comparisons)
         if not hits:
-            bound = next(b for b in ("max_relative_increase", "max_drop", "train_loss_diff", "max_kld")
+            bound = next(b for b in ("max_relative_increase", "max_drop", "train_loss_diff", "max_kld", "min")
                          if getattr(g, b) is not None)
             checks.append(GateCheck(i, describe_gate(g), "(nothing)", bound, None, float(getattr(g, bound)), False,
                                     reason="gate matches no comparison; check its task/metric/dataset/position "

@@ -127,3 +127,25 @@ def compare_fidelity_across_runs(base: FidelityEntry, cand: FidelityEntry, base_
         c.ci_low, c.ci_high, c.p_value = normal_ci(c.delta, math.hypot(base.kld_stderr, cand.kld_stderr), confidence)
         c.test, c.confidence = "normal_unpaired", confidence
     return c
+
+
+# metrics a candidate has of itself against the baseline (MT-bench pairwise judging); gates check them with `min`
+VERSUS_BASELINE = ("win_rate_adjusted", "win_rate", "loss_rate")
+
+
+def versus_baseline(cand: TaskEntry, base_name: str, cand_name: str, position: str) -> list[Comparison]:
+    """The candidate's head-to-head metrics against the baseline, as comparisons of kind "versus"."""
+    out = []
+    pair = (cand.model_extra or {}).get("pairwise") or {}
+    if pair.get("baseline") != base_name:  # judged against another model (e.g. the other run's own baseline)
+        return []
+    for metric in VERSUS_BASELINE:
+        value = cand.metrics.get(metric)
+        if value is None:
+            continue
+        ci = pair.get("ci") if metric == "win_rate_adjusted" else None
+        out.append(Comparison("versus", base_name, cand_name, metric, "lower" if metric == "loss_rate" else "higher",
+                              None, value, ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
+                              confidence=pair.get("confidence") if ci else None, n=int(pair.get("n") or 0),
+                              task=cand.task, position=position, note="candidate judged against the baseline"))
+    return out

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from accbench.compare.gates import evaluate_gates, gates_from_config, summarize
-from accbench.compare.metrics import compare_fidelity, compare_ppl, compare_task_metric, compare_train
+from accbench.compare.metrics import (compare_fidelity, compare_ppl, compare_task_metric, compare_train,
+                                      versus_baseline)
 from accbench.config import CompareCfg
 from accbench.errors import AccbenchError
-from accbench.results import CompareBlock, Comparison, Results
+from accbench.results import CompareBlock, Comparison, GateCheck, Results
 
 def is_training_run(results: Results) -> bool:
     return bool(results.train)
@@ -55,6 +56,7 @@ def compare_pair(results: Results, base: str, cand: str, position: str, resample
         for metric, value in tb.metrics.items():
             if value is not None and tc.metrics.get(metric) is not None:
                 out.append(compare_task_metric(tb, tc, metric, base, cand, position, resamples, confidence, seed))
+        out.extend(versus_baseline(tc, base, cand, position))
     trains = {t.variant: t for t in results.train}
     if base in trains and cand in trains:
         out.append(compare_train(trains[base], trains[cand]))
@@ -79,6 +81,14 @@ def compare_results(results: Results, baseline: str, resamples: int = 10_000, co
 
 def run_comparison(results: Results, cfg: CompareCfg) -> CompareBlock:
     """Compare a run's candidates with its baseline and check the gates of a `compare` section."""
+    from accbench.train.data_check import data_mismatches
+
     baseline = cfg.baseline or default_baseline(results)
     comparisons = compare_results(results, baseline, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
-    return summarize(baseline, comparisons, evaluate_gates(gates_from_config(cfg), comparisons))
+    refused = [] if cfg.allow_different_train_data else data_mismatches(results.train)
+    comparisons = [c for c in comparisons if c.candidate not in {m.variant for m in refused}]
+    gates = gates_from_config(cfg)
+    checks = evaluate_gates(gates, comparisons)
+    checks += [GateCheck(len(gates), "same training data as the baseline", f"{m.variant} {m.what}", m.what,
+                         float(m.variant_value), float(m.baseline_value), False, reason=m.message()) for m in refused]
+    return summarize(baseline, comparisons, checks)

@@ -255,9 +255,11 @@ def all_tables(results: Results) -> list[Table]:
               task_delta_table(results) if comparisons(results, "task") else None,
               train_table(results) if results.train else None,
               opencompass_table(results) if results.opencompass else None,
-              gates_table(results) if results.compare.gates else None,
-              provenance_table(results)]
-    return [t for t in tables if t is not None]
+              gates_table(results) if results.compare.gates else None]
+    from accbench.report.accounting import accounting_tables  # MT-bench judgments, training data
+
+    return [t for t in tables if t is not None] + accounting_tables(results) + \
+        [t for t in (provenance_table(results),) if t is not None]
 
 
 def verdict(results: Results) -> str:
