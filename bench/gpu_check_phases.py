@@ -1,0 +1,376 @@
+"""The measuring phases of bench/gpu_check.py: perplexity, the engine, out-of-memory halving, GPTQ/AWQ.
+
+Each phase takes gpu_check's Ctx and returns a flat dict of figures (seconds, tokens/s, GB). Perplexity
+and the engine run through accbench's CLI (`cli.main`, in this process so the CUDA peak is readable);
+the out-of-memory check and the quantizers use the building blocks (Engine, transform_model /
+fake_quantize_model) the pipeline calls, with the model placed as a run places it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from gpu_check import Ctx, gb, host_rss_bytes, texts
+
+
+def _cuda(ctx: Ctx) -> bool:
+    return ctx.device.startswith("cuda")
+
+
+def _sync(ctx: Ctx) -> None:
+    import torch
+
+    if _cuda(ctx):
+        torch.cuda.synchronize(torch.device(ctx.device))
+
+
+def _reset_peak(ctx: Ctx) -> None:
+    import torch
+
+    if _cuda(ctx):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(torch.device(ctx.device))
+
+
+def _peak_gpu(ctx: Ctx) -> dict:
+    import torch
+
+    if not _cuda(ctx):
+        return {"peak_gpu_allocated_gb": None, "peak_gpu_reserved_gb": None}
+    d = torch.device(ctx.device)
+    return {"peak_gpu_allocated_gb": gb(torch.cuda.max_memory_allocated(d)),
+            "peak_gpu_reserved_gb": gb(torch.cuda.max_memory_reserved(d))}
+
+
+@contextlib.contextmanager
+def _host_peak() -> Iterator[dict]:
+    """Peak resident memory of this process while the block runs, sampled every 10 ms."""
+    box = {"peak": host_rss_bytes()}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            box["peak"] = max(box["peak"], host_rss_bytes())
+            time.sleep(0.01)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        yield box
+    finally:
+        stop.set()
+        th.join()
+        box["peak"] = max(box["peak"], host_rss_bytes())
+
+
+def _cli(args: list[str]) -> float:
+    from accbench import cli
+
+    t0 = time.perf_counter()
+    code = cli.main(args)
+    if code != 0:
+        raise RuntimeError(f"accbench {' '.join(args)} exited {code}")
+    return time.perf_counter() - t0
+
+
+def _text_file(ctx: Ctx) -> Path:
+    """The help topics, repeated so that 8b's perplexity windows and calibration never run out."""
+    path = ctx.work / "text.txt"
+    if not path.is_file():
+        path.write_text("\n\n".join(texts() * 4), encoding="utf-8")
+    return path
+
+
+def _window(ctx: Ctx, tokenizer: Any) -> int:
+    from accbench.evaluate.engine import resolve_max_length
+    from transformers import AutoConfig
+
+    return min(ctx.size.seq_len, resolve_max_length(AutoConfig.from_pretrained(ctx.model_path), tokenizer))
+
+
+# ---------------------------------------------------------------------------------------------- perplexity
+
+
+def phase_ppl(ctx: Ctx) -> dict:
+    """`accbench run` perplexity against a raw batched forward over the same windows (the limit)."""
+    import torch
+    import yaml
+
+    from accbench.data.text import load_texts, ppl_token_stream
+    from accbench.models import load_model, load_tokenizer
+
+    s = ctx.size
+    text = _text_file(ctx)
+    seq_len = _window(ctx, load_tokenizer(ctx.model_path))
+    run_dir = ctx.work / "run_ppl"
+    cfg = {"model": {"path": ctx.model_path, "torch_dtype": s.dtype, "device": ctx.device},
+           "eval": {"name": "custom", "path": str(text), "seq_len": seq_len, "bs": s.ppl_bs,
+                    "eval_pos": ["pretrain"], "num_samples": s.ppl_windows}}
+    (ctx.work / "ppl.yaml").write_text(yaml.safe_dump(cfg))
+    _reset_peak(ctx)
+    cli_s = _cli(["run", str(ctx.work / "ppl.yaml"), "-o", str(run_dir), "--overwrite"])
+    peak_cli = _peak_gpu(ctx)
+    res = json.loads((run_dir / "results.json").read_text())
+    ppl, t = res["ppl"][0], res["timings"]
+
+    loaded = load_model(ctx.model_path, s.dtype, device=ctx.device)
+    stream = ppl_token_stream("custom", load_texts("custom", str(text)), loaded.tokenizer, seq_len)
+    n = min(stream.numel() // seq_len, s.ppl_windows)
+    windows = stream[: n * seq_len].view(n, seq_len)
+    _reset_peak(ctx)
+    with torch.inference_mode():
+        loaded.model(windows[: s.ppl_bs].to(ctx.device), use_cache=False)  # warm-up: kernels, allocator
+        _sync(ctx)
+        t0 = time.perf_counter()
+        for i in range(0, n, s.ppl_bs):
+            loaded.model(windows[i : i + s.ppl_bs].to(ctx.device), use_cache=False)
+        _sync(ctx)
+        raw_s = time.perf_counter() - t0
+    peak_raw = _peak_gpu(ctx)
+    ours = ppl["tokens"] / t["ppl_pretrain"]
+    raw = n * seq_len / raw_s
+    return dict(seq_len=seq_len, bs=s.ppl_bs, windows=ppl["windows"], tokens=ppl["tokens"], ppl=ppl["ppl"],
+                cli_wall_s=round(cli_s, 2), cli_load_model_s=t.get("load_model"), ppl_s=t["ppl_pretrain"],
+                tokens_per_s=round(ours, 1), raw_forward_s=round(raw_s, 3), raw_tokens_per_s=round(raw, 1),
+                ratio_to_raw=round(ours / raw, 3), peak_gpu_allocated_gb=peak_cli["peak_gpu_allocated_gb"],
+                peak_gpu_reserved_gb=peak_cli["peak_gpu_reserved_gb"],
+                raw_peak_gpu_allocated_gb=peak_raw["peak_gpu_allocated_gb"],
+                raw_note="logits of every position, no loss; one warm-up batch before timing")
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+def _task_files(ctx: Ctx) -> tuple[Path, Path]:
+    from bench_engine import build_task
+
+    s = ctx.size
+    mc = build_task(ctx.work / f"mc_{s.mc_questions}", s.mc_questions)
+    rnd = random.Random(1)
+    long_texts = [t for t in texts() if len(t) > 1000]
+    gen = ctx.work / "gen.jsonl"
+    with gen.open("w") as f:
+        for i in range(s.gen_prompts):
+            t = rnd.choice(long_texts)
+            a = rnd.randrange(0, len(t) - 400)
+            f.write(json.dumps({"id": f"g{i}", "prompt": t[a : a + 300], "target": t[a + 300 : a + 320]}) + "\n")
+    return mc, gen
+
+
+def phase_engine(ctx: Ctx) -> dict:
+    """`accbench eval` with batch_size auto: multiple-choice scoring, then generation, each its own run."""
+    import sqlite3
+
+    import yaml
+
+    from accbench.models import load_tokenizer
+
+    s = ctx.size
+    mc, gen = _task_files(ctx)
+    tasks = [{"name": "mc", "type": "multiple_choice", "path": str(mc), "batch_size": "auto"},
+             {"name": "gen", "type": "generate", "path": str(gen), "batch_size": "auto", "stop": [],
+              "max_new_tokens": s.gen_tokens, "metric": "contains"}]
+    (ctx.work / "tasks.yaml").write_text(yaml.safe_dump({"tasks": tasks}))
+    tok = load_tokenizer(ctx.model_path)
+    out: dict[str, Any] = {}
+    for name in ("mc", "gen"):
+        run_dir = ctx.work / f"run_{name}"
+        _reset_peak(ctx)
+        wall = _cli(["eval", "--model", ctx.model_path, "--config", str(ctx.work / "tasks.yaml"), "--tasks", name,
+                     "--dtype", s.dtype, "--device", ctx.device, "-o", str(run_dir), "--overwrite"])
+        res = json.loads((run_dir / "results.json").read_text())
+        entry, secs = res["tasks"][0], res["timings"][f"tasks_pretrain"]
+        fig: dict[str, Any] = dict(n=entry["n"], batch_size_picked=entry["batch_sizes"], seconds=secs,
+                                   cli_wall_s=round(wall, 2), metrics=entry["metrics"], **_peak_gpu(ctx))
+        if name == "mc":
+            docs = [json.loads(line) for line in mc.read_text().splitlines()]
+            # tokens as lm-eval runs them: context + continuation per request
+            toks = sum(len(tok(d["context"]).input_ids) + len(tok(" " + c, add_special_tokens=False).input_ids)
+                       for d in docs for c in d["choices"])
+            fig.update(requests=sum(len(d["choices"]) for d in docs), request_tokens=toks,
+                       tokens_per_s=round(toks / secs, 1))
+        else:
+            db = sqlite3.connect(run_dir / "samples.sqlite")
+            outs = [json.loads(r[0]) for r in db.execute("SELECT response FROM samples WHERE kind = 'generate'")]
+            db.close()
+            made = sum(len(tok(o, add_special_tokens=False).input_ids) for o in outs)
+            fig.update(max_new_tokens=s.gen_tokens, generated_tokens=made, tokens_per_s=round(made / secs, 1),
+                       tokens_note="generated tokens counted by re-tokenizing the stored outputs")
+        out[name] = fig
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- out of memory
+
+
+def _oom_requests(ctx: Ctx) -> list:
+    from accbench.evaluate.requests import ScoreRequest
+
+    rnd = random.Random(2)
+    body = "\n\n".join(texts())
+    reqs = []
+    for _ in range(4 * ctx.size.oom_fit_bs):  # 4x the fitting batch of distinct contexts: two halvings
+        a = rnd.randrange(0, len(body) - ctx.size.oom_context_chars - 100)
+        ctx_text = body[a : a + ctx.size.oom_context_chars]
+        reqs += [ScoreRequest(ctx_text, " " + body[b : b + 40]) for b in (a + ctx.size.oom_context_chars, a)]
+    return reqs
+
+
+@contextlib.contextmanager
+def _oom_above(ctx: Ctx, model: Any, fit_bytes: int, fit_rows: int) -> Iterator[str]:
+    """GPU: cap this process's CUDA memory so the fitting batch fits and twice it does not (a real
+    OutOfMemoryError from the allocator). CPU: raise one when a forward gets more rows than fit."""
+    import torch
+
+    if _cuda(ctx):
+        d = torch.device(ctx.device)
+        torch.cuda.empty_cache()
+        cap = torch.cuda.memory_reserved(d) + int(1.5 * fit_bytes) + 64 * 2**20
+        total = torch.cuda.get_device_properties(d).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), d)
+        try:
+            yield f"CUDA memory capped at {gb(cap)} GB (set_per_process_memory_fraction)"
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, d)
+        return
+    from accbench.models import find_parts
+
+    def hook(mod: Any, args: tuple, kwargs: dict) -> None:
+        h = args[0] if args else kwargs["hidden_states"]
+        if h.shape[0] > fit_rows:
+            raise torch.OutOfMemoryError(f"out of memory (simulated on CPU: {h.shape[0]} rows > {fit_rows})")
+
+    handle = find_parts(model).blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield f"simulated: torch.OutOfMemoryError above {fit_rows} rows per forward"
+    finally:
+        handle.remove()
+
+
+def phase_oom(ctx: Ctx) -> dict:
+    """Score at 4x the fitting batch size under a memory limit: it must halve twice and match a fitting run."""
+    import torch
+
+    from accbench.evaluate.engine import Engine
+    from accbench.models import load_model
+
+    fit = ctx.size.oom_fit_bs
+    loaded = load_model(ctx.model_path, ctx.size.dtype, device=ctx.device)
+    reqs = _oom_requests(ctx)
+    _reset_peak(ctx)
+    base = torch.cuda.memory_allocated(torch.device(ctx.device)) if _cuda(ctx) else 0
+    t0 = time.perf_counter()
+    ref = Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=fit).score(reqs)
+    ref_s = time.perf_counter() - t0
+    fit_bytes = (torch.cuda.max_memory_allocated(torch.device(ctx.device)) - base) if _cuda(ctx) else 0
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: warnings.append(rec.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("accbench.engine").addHandler(handler)
+    eng = Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=4 * fit)
+    try:
+        with _oom_above(ctx, loaded.model, fit_bytes, fit) as how:
+            t0 = time.perf_counter()
+            got = eng.score(reqs)
+            oom_s = time.perf_counter() - t0
+    finally:
+        logging.getLogger("accbench.engine").removeHandler(handler)
+    final = eng.stats.batch_sizes["score"]
+    if final != fit:  # compare with a run at the batch size that held (same chunks, same kernels)
+        ref = Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=final).score(reqs)
+    diff = max(abs(a[0] - b[0]) for a, b in zip(ref, got))
+    halvings = sum("out of memory" in w for w in warnings)
+    return dict(mode=how, requests=len(reqs), context_chars=ctx.size.oom_context_chars, requested_bs=4 * fit,
+                final_bs=final, reference_bs=final, halvings=halvings, max_abs_ll_diff=diff,
+                greedy_equal=all(a[1] == b[1] for a, b in zip(ref, got)), identical=diff == 0.0 and halvings > 0,
+                fit_extra_gpu_gb=gb(fit_bytes) if _cuda(ctx) else None, reference_s=round(ref_s, 3),
+                oom_run_s=round(oom_s, 3))
+
+
+# ---------------------------------------------------------------------------------------------- quantization
+
+
+def _keep_blocks(model: Any, n: int | None) -> tuple[int, list]:
+    """Run the quantizer on the first n decoder blocks; the others stay referenced (in host memory, as in a
+    full run) but out of the model. Returns (blocks in the model before, the blocks set aside)."""
+    import torch.nn as nn
+
+    from accbench.models import find_parts
+
+    blocks = find_parts(model).blocks
+    total = len(blocks)
+    if n is None or n >= total:
+        return total, []
+    name = next(k for k, m in model.named_modules() if m is blocks)
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, attr, nn.ModuleList(list(blocks)[:n]))
+    return total, list(blocks)[n:]
+
+
+def _last_hidden(model: Any, ids: Any, device: str) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model.base_model(input_ids=ids.to(device), use_cache=False).last_hidden_state.float().cpu()
+
+
+def phase_quant(ctx: Ctx, method: str) -> dict:
+    """W4 g128 `method` block by block (GPU: placement offload, one block on the GPU at a time)."""
+    import torch
+
+    from accbench.config import METHOD_SPECIAL_KEYS
+    from accbench.data.calib import calib_batches, calib_samples
+    from accbench.data.text import load_texts
+    from accbench.models import load_model
+    from accbench.quant.quantizer import WeightQuantSpec
+    from accbench.quant.runner import fake_quantize_model, transform_model
+    from accbench.quant.spec import QuantSpec
+
+    s = ctx.size
+    placement = "offload" if _cuda(ctx) else "single"
+    t0 = time.perf_counter()
+    loaded = load_model(ctx.model_path, s.dtype, device=ctx.device, placement=placement)
+    load_s = time.perf_counter() - t0
+    model = loaded.model
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    total, aside = _keep_blocks(model, s.quant_blocks)
+    run_blocks = total - len(aside)
+    samples = calib_samples(load_texts("custom", str(_text_file(ctx))), loaded.tokenizer, "wikitext2_gptq",
+                            s.calib_samples, s.calib_seq_len, 42)
+    batches = calib_batches(samples, -1)
+    special = {**METHOD_SPECIAL_KEYS[method]}
+    if method == "Awq":
+        special.update(trans=True, trans_version="v2", weight_clip=True)  # the README's Llama-3 example
+    spec = QuantSpec(method, WeightQuantSpec(4, False, "per_group", 128), None, special, False, s.calib_seq_len)
+    probe = batches[0][:1, :128]
+    before = _last_hidden(model, probe, loaded.device)
+    rss_loaded = host_rss_bytes()
+    _reset_peak(ctx)
+    with _host_peak() as host:
+        t0 = time.perf_counter()
+        state = transform_model(model, spec, batches, loaded.device)
+        _sync(ctx)
+        t1 = time.perf_counter()
+        fake_quantize_model(model, spec, batches, loaded.device, state)
+        _sync(ctx)
+        t2 = time.perf_counter()
+    peak = _peak_gpu(ctx)
+    after = _last_hidden(model, probe, loaded.device)
+    rel = float((after - before).norm() / before.norm())
+    wall = t2 - t0
+    return dict(method=method, bits=4, group_size=128, special=special, placement=placement,
+                calib_samples=sum(len(b) for b in batches), calib_seq_len=s.calib_seq_len, blocks_run=run_blocks,
+                blocks_total=total, load_s=round(load_s, 2), transform_s=round(t1 - t0, 2),
+                quantize_s=round(t2 - t1, 2), wall_s=round(wall, 2), per_block_s=round(wall / run_blocks, 3),
+                est_all_blocks_s=round(wall / run_blocks * total, 1),
+                est_note=None if run_blocks == total else f"extrapolated from {run_blocks} of {total} blocks",
+                model_gb=gb(model_bytes), host_rss_after_load_gb=gb(rss_loaded), peak_host_rss_gb=gb(host["peak"]),
+                **peak, output_rel_err=round(rel, 5), gptq_error_sum=sum(state.losses.values()) or None,
+                blocks_set_aside=len(aside))
