@@ -4,7 +4,7 @@ On the given device it builds a model with random weights from its config (no do
 once, then measures through accbench's own CLI and building blocks, one phase at a time:
   env     versions (python, torch, CUDA, transformers, accbench), the GPU and the host;
   build   the model (8b: Llama-3-8B shapes, bf16, a BPE tokenizer trained on Python's help topics;
-          tiny: accbench's built-in model), saved once and reused;
+          mini: the same code at a CPU size; tiny: accbench's built-in model), saved once and reused;
   ppl     `accbench run` perplexity at seq_len 2048 (tiny: the model window) against a raw forward pass of
           the same windows (the limit), tokens/s and peak GPU memory of each;
   engine  `accbench eval` multiple-choice scoring and generation with batch_size auto: tokens/s and the
@@ -26,6 +26,7 @@ they run in this process (`--isolate` forces processes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -53,6 +54,7 @@ class Size:
     """What each phase runs at one model size (time budgets in seconds, per phase)."""
 
     name: str
+    model: dict | None  # a Llama config built with random weights; None: the built-in model
     dtype: str
     seq_len: int  # perplexity window (capped at the model window)
     ppl_windows: int
@@ -69,9 +71,14 @@ class Size:
 
 
 SIZES = {
-    "8b": Size("8b", "bfloat16", 2048, 64, 4, 400, 64, 64, 8, 6000, 32, 512, 8,
+    "8b": Size("8b", LLAMA3_8B, "bfloat16", 2048, 64, 4, 400, 64, 64, 8, 6000, 32, 512, 8,
                dict(env=60, build=240, ppl=120, engine=120, oom=90, gptq=150, awq=150)),
-    "tiny": Size("tiny", "float32", 2048, 8, 2, 40, 8, 16, 4, 2000, 8, 256, None,
+    # the 8b code path (tokenizer, bf16 build and save, GQA, the 128k vocabulary) at a size a CPU runs
+    "mini": Size("mini", {**LLAMA3_8B, "hidden_size": 256, "intermediate_size": 896, "num_hidden_layers": 4,
+                          "num_attention_heads": 4, "num_key_value_heads": 1},
+                 "bfloat16", 512, 4, 2, 20, 4, 8, 2, 1500, 4, 128, 2,
+                 dict(env=60, build=120, ppl=60, engine=60, oom=60, gptq=60, awq=60)),
+    "tiny": Size("tiny", None, "float32", 2048, 8, 2, 40, 8, 16, 4, 2000, 8, 256, None,
                  dict(env=60, build=300, ppl=60, engine=60, oom=60, gptq=60, awq=60)),
 }
 
@@ -159,7 +166,7 @@ def phase_build(ctx: Ctx) -> dict:
     """8b: a random bf16 Llama-3-8B-shaped model built on the device and saved once; tiny: the built-in."""
     import torch
 
-    if ctx.size.name == "tiny":
+    if ctx.size.model is None:
         from accbench.builtin import builtin_model_path
 
         t0 = time.perf_counter()
@@ -168,7 +175,7 @@ def phase_build(ctx: Ctx) -> dict:
         return dict(model_path=str(path), params=meta["params"], dtype=ctx.size.dtype, build_s=None,
                     find_or_build_s=round(time.perf_counter() - t0, 2), reused=True,
                     disk_gb=gb(sum(f.stat().st_size for f in path.glob("*.safetensors"))))
-    out = ctx.work / "llama3-8b-random"
+    out = ctx.work / f"llama3-{ctx.size.name}-random"
     if (out / MODEL_MARKER).is_file():
         return {**json.loads((out / MODEL_MARKER).read_text()), "reused": True}
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -176,24 +183,24 @@ def phase_build(ctx: Ctx) -> dict:
     t0 = time.perf_counter()
     tok = _train_tokenizer(32000)
     t_tok = time.perf_counter() - t0
-    cfg = LlamaConfig(**LLAMA3_8B, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    cfg = LlamaConfig(**ctx.size.model, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # built in bf16 where it lives: no float32 copy of 8B weights
+    default, dtype = torch.get_default_dtype(), getattr(torch, ctx.size.dtype)
+    torch.set_default_dtype(dtype)  # built in bf16 where it lives: no float32 copy of 8B weights
     try:
         with torch.device(ctx.device):
             model = LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(default)
-    model.config.dtype = torch.bfloat16  # what from_pretrained(dtype="auto") and the saved config say
+    model.config.dtype = dtype  # what the saved config says
     t_build = time.perf_counter() - t0 - t_tok
     out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     model.save_pretrained(out)
     tok.save_pretrained(out)
     t_save = time.perf_counter() - t1
-    info = dict(model_path=str(out), params=sum(p.numel() for p in model.parameters()), dtype="bfloat16",
-                config=LLAMA3_8B, tokenizer_vocab=len(tok), tokenizer_s=round(t_tok, 2), build_s=round(t_build, 2),
+    info = dict(model_path=str(out), params=sum(p.numel() for p in model.parameters()), dtype=ctx.size.dtype,
+                config=ctx.size.model, tokenizer_vocab=len(tok), tokenizer_s=round(t_tok, 2), build_s=round(t_build, 2),
                 save_s=round(t_save, 2), disk_gb=gb(sum(f.stat().st_size for f in out.glob("*.safetensors"))))
     (out / MODEL_MARKER).write_text(json.dumps(info, indent=2))
     return {**info, "reused": False}
@@ -214,7 +221,8 @@ def phase_functions() -> dict[str, Callable[[Ctx], dict]]:
 def run_phase_here(name: str, ctx: Ctx) -> dict:
     t0 = time.perf_counter()
     try:
-        figures = phase_functions()[name](ctx)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON document only
+            figures = phase_functions()[name](ctx)
         return {"status": "ok", "seconds": round(time.perf_counter() - t0, 2), **figures}
     except Exception as exc:  # a failed phase is a figure too: the others still run
         return {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
@@ -225,6 +233,7 @@ def run_phase_isolated(name: str, ctx: Ctx, args: argparse.Namespace, timeout: f
     """The phase in a fresh process (its own peak memory, a clean GPU), killed after `timeout` seconds."""
     frag = ctx.work / f"phase_{name}.json"
     frag.unlink(missing_ok=True)
+    (ctx.work / f"phase_{name}.progress.json").unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--fragment", str(frag),
            "--size", ctx.size.name, "--device", ctx.device, "--work", str(ctx.work), "--model-path", ctx.model_path]
     if args.quant_blocks is not None:
@@ -234,8 +243,9 @@ def run_phase_isolated(name: str, ctx: Ctx, args: argparse.Namespace, timeout: f
         proc = subprocess.run(cmd, timeout=timeout, stdout=None, stderr=subprocess.PIPE, text=True)
     except subprocess.TimeoutExpired as exc:
         tail = (exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or "")[-2000:]
+        progress = ctx.work / f"phase_{name}.progress.json"  # what a phase had done when it was stopped
         return {"status": "timeout", "seconds": round(time.perf_counter() - t0, 2), "budget_s": round(timeout, 1),
-                "stderr_tail": tail}
+                "progress": json.loads(progress.read_text()) if progress.is_file() else None, "stderr_tail": tail}
     if frag.is_file():
         return json.loads(frag.read_text())
     return {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),

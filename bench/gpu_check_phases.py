@@ -164,46 +164,72 @@ def _task_files(ctx: Ctx) -> tuple[Path, Path]:
     return mc, gen
 
 
+def _timed(ctx: Ctx, fn: Any) -> tuple[Any, float]:
+    _sync(ctx)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(ctx)
+    return out, time.perf_counter() - t0
+
+
+def _engine_throughput(ctx: Ctx, mc: Path, gen: Path) -> dict:
+    """The engine (batch_size auto) on the model placed as a run places it: exact token counts from its stats."""
+    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.requests import GenerateRequest, ScoreRequest
+    from accbench.models import load_model
+
+    loaded = load_model(ctx.model_path, ctx.size.dtype, device=ctx.device)
+    docs = [json.loads(line) for line in mc.read_text().splitlines()]
+    reqs = [ScoreRequest(d["context"], " " + c) for d in docs for c in d["choices"]]
+    eng = Engine(loaded.model, loaded.tokenizer, loaded.device, "auto")
+    _reset_peak(ctx)
+    lls, secs = _timed(ctx, lambda: eng.score(reqs))
+    pairs = [eng.encode_pair(r.context, r.continuation) for r in reqs]
+    request_tokens = sum(len(c) + len(t) - 1 for c, t in pairs)  # what lm-eval runs: one row per request
+    k, acc = 0, 0
+    for d in docs:  # acc from the engine's own numbers, to set next to the CLI's
+        n = len(d["choices"])
+        best = max(range(n), key=lambda j: lls[k + j][0])
+        acc, k = acc + (best == d["label"]), k + n
+    out = {"mc": dict(requests=len(reqs), request_tokens=request_tokens, forward_tokens=eng.stats.forward_tokens,
+                      seconds=round(secs, 3), tokens_per_s=round(request_tokens / secs, 1),
+                      forward_tokens_per_s=round(eng.stats.forward_tokens / secs, 1),
+                      batch_size_picked=eng.stats.batch_sizes["score"], acc=acc / len(docs), **_peak_gpu(ctx))}
+    prompts = [json.loads(line)["prompt"] for line in gen.read_text().splitlines()]
+    greqs = [GenerateRequest(p, ctx.size.gen_tokens) for p in prompts]
+    eng = Engine(loaded.model, loaded.tokenizer, loaded.device, "auto")
+    _reset_peak(ctx)
+    _, secs = _timed(ctx, lambda: eng.generate(greqs))
+    made = eng.stats.forward_tokens + len(greqs)  # one token per decode step per row, plus each row's first
+    out["gen"] = dict(prompts=len(greqs), max_new_tokens=ctx.size.gen_tokens, generated_tokens=made,
+                      seconds=round(secs, 3), tokens_per_s=round(made / secs, 1),
+                      batch_size_picked=eng.stats.batch_sizes["generate"], **_peak_gpu(ctx))
+    return out
+
+
 def phase_engine(ctx: Ctx) -> dict:
-    """`accbench eval` with batch_size auto: multiple-choice scoring, then generation, each its own run."""
-    import sqlite3
+    """Scoring and generation throughput of the engine at the batch size it picks, then the same two tasks
+    end to end through `accbench eval` (its batch sizes, wall time and accuracy next to the engine's)."""
+    import gc
 
     import yaml
 
-    from accbench.models import load_tokenizer
-
-    s = ctx.size
     mc, gen = _task_files(ctx)
+    out = _engine_throughput(ctx, mc, gen)
+    gc.collect()
     tasks = [{"name": "mc", "type": "multiple_choice", "path": str(mc), "batch_size": "auto"},
              {"name": "gen", "type": "generate", "path": str(gen), "batch_size": "auto", "stop": [],
-              "max_new_tokens": s.gen_tokens, "metric": "contains"}]
+              "max_new_tokens": ctx.size.gen_tokens, "metric": "contains"}]
     (ctx.work / "tasks.yaml").write_text(yaml.safe_dump({"tasks": tasks}))
-    tok = load_tokenizer(ctx.model_path)
-    out: dict[str, Any] = {}
-    for name in ("mc", "gen"):
-        run_dir = ctx.work / f"run_{name}"
-        _reset_peak(ctx)
-        wall = _cli(["eval", "--model", ctx.model_path, "--config", str(ctx.work / "tasks.yaml"), "--tasks", name,
-                     "--dtype", s.dtype, "--device", ctx.device, "-o", str(run_dir), "--overwrite"])
-        res = json.loads((run_dir / "results.json").read_text())
-        entry, secs = res["tasks"][0], res["timings"][f"tasks_pretrain"]
-        fig: dict[str, Any] = dict(n=entry["n"], batch_size_picked=entry["batch_sizes"], seconds=secs,
-                                   cli_wall_s=round(wall, 2), metrics=entry["metrics"], **_peak_gpu(ctx))
-        if name == "mc":
-            docs = [json.loads(line) for line in mc.read_text().splitlines()]
-            # tokens as lm-eval runs them: context + continuation per request
-            toks = sum(len(tok(d["context"]).input_ids) + len(tok(" " + c, add_special_tokens=False).input_ids)
-                       for d in docs for c in d["choices"])
-            fig.update(requests=sum(len(d["choices"]) for d in docs), request_tokens=toks,
-                       tokens_per_s=round(toks / secs, 1))
-        else:
-            db = sqlite3.connect(run_dir / "samples.sqlite")
-            outs = [json.loads(r[0]) for r in db.execute("SELECT response FROM samples WHERE kind = 'generate'")]
-            db.close()
-            made = sum(len(tok(o, add_special_tokens=False).input_ids) for o in outs)
-            fig.update(max_new_tokens=s.gen_tokens, generated_tokens=made, tokens_per_s=round(made / secs, 1),
-                       tokens_note="generated tokens counted by re-tokenizing the stored outputs")
-        out[name] = fig
+    run_dir = ctx.work / "run_eval"
+    _reset_peak(ctx)
+    wall = _cli(["eval", "--model", ctx.model_path, "--config", str(ctx.work / "tasks.yaml"), "--dtype",
+                 ctx.size.dtype, "--device", ctx.device, "-o", str(run_dir), "--overwrite"])
+    res = json.loads((run_dir / "results.json").read_text())
+    t = res["timings"]
+    out["cli"] = dict(wall_s=round(wall, 2), load_model_s=t.get("load_model"), tasks_s=t.get("tasks_pretrain"),
+                      **{e["task"]: dict(n=e["n"], metrics=e["metrics"], batch_size_picked=e["batch_sizes"])
+                         for e in res["tasks"]}, **_peak_gpu(ctx))
     return out
 
 
@@ -314,6 +340,29 @@ def _keep_blocks(model: Any, n: int | None) -> tuple[int, list]:
     return total, list(blocks)[n:]
 
 
+@contextlib.contextmanager
+def _block_progress(model: Any, path: Path) -> Iterator[None]:
+    """Write, as each decoder block first runs, how many have started and when: if the phase is killed at its
+    time budget, gpu_check reports these instead of nothing."""
+    from accbench.models import find_parts
+
+    t0, seen = time.perf_counter(), {}
+
+    def hook(i: int) -> Any:
+        def fn(mod: Any, args: Any) -> None:
+            if i not in seen:
+                seen[i] = round(time.perf_counter() - t0, 2)
+                path.write_text(json.dumps({"blocks_started": len(seen), "started_at_s": seen}))
+        return fn
+
+    handles = [b.register_forward_pre_hook(hook(i)) for i, b in enumerate(find_parts(model).blocks)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _last_hidden(model: Any, ids: Any, device: str) -> Any:
     import torch
 
@@ -353,7 +402,7 @@ def phase_quant(ctx: Ctx, method: str) -> dict:
     before = _last_hidden(model, probe, loaded.device)
     rss_loaded = host_rss_bytes()
     _reset_peak(ctx)
-    with _host_peak() as host:
+    with _host_peak() as host, _block_progress(model, ctx.work / f"phase_{method.lower()}.progress.json"):
         t0 = time.perf_counter()
         state = transform_model(model, spec, batches, loaded.device)
         _sync(ctx)
