@@ -212,10 +212,10 @@ def phase_build(ctx: Ctx) -> dict:
 def phase_functions() -> dict[str, Callable[[Ctx], dict]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import gpu_check_phases as ph
+    import gpu_check_quant as q
 
     return {"env": phase_env, "build": phase_build, "ppl": ph.phase_ppl, "engine": ph.phase_engine,
-            "oom": ph.phase_oom, "gptq": lambda c: ph.phase_quant(c, "GPTQ"),
-            "awq": lambda c: ph.phase_quant(c, "Awq")}
+            "oom": ph.phase_oom, "gptq": lambda c: q.phase_quant(c, "GPTQ"), "awq": lambda c: q.phase_quant(c, "Awq")}
 
 
 def run_phase_here(name: str, ctx: Ctx) -> dict:
