@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,18 +239,28 @@ def run_phase_isolated(name: str, ctx: Ctx, args: argparse.Namespace, timeout: f
            "--size", ctx.size.name, "--device", ctx.device, "--work", str(ctx.work), "--model-path", ctx.model_path]
     if args.quant_blocks is not None:
         cmd += ["--quant-blocks", str(args.quant_blocks)]
+    log = ctx.work / f"phase_{name}.log"
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, timeout=timeout, stdout=None, stderr=subprocess.PIPE, text=True)
-    except subprocess.TimeoutExpired as exc:
-        tail = (exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or "")[-2000:]
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the phase and anything it started
+            proc.wait()
+    secs = round(time.perf_counter() - t0, 2)
+    text = log.read_text(errors="replace")
+    sys.stderr.write(text)  # the phase's own log, in order, into this process's log
+    sys.stderr.flush()
+    if proc.returncode == -signal.SIGKILL and secs >= timeout:
         progress = ctx.work / f"phase_{name}.progress.json"  # what a phase had done when it was stopped
-        return {"status": "timeout", "seconds": round(time.perf_counter() - t0, 2), "budget_s": round(timeout, 1),
-                "progress": json.loads(progress.read_text()) if progress.is_file() else None, "stderr_tail": tail}
+        return {"status": "timeout", "seconds": secs, "budget_s": round(timeout, 1),
+                "progress": json.loads(progress.read_text()) if progress.is_file() else None,
+                "log_tail": text[-2000:]}
     if frag.is_file():
         return json.loads(frag.read_text())
-    return {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
-            "error": f"the phase process exited {proc.returncode} without figures", "stderr_tail": proc.stderr[-4000:]}
+    return {"status": "failed", "seconds": secs, "error": f"the phase process exited {proc.returncode} without figures",
+            "log_tail": text[-4000:]}
 
 
 def write_doc(doc: dict, out: Path | None) -> None:
