@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from gpu_check import Ctx, gb, host_rss_bytes, texts
 
@@ -287,22 +287,19 @@ def _oom_above(ctx: Ctx, model: Any, fit_bytes: int, fit_rows: int) -> Iterator[
         handle.remove()
 
 
-def phase_oom(ctx: Ctx) -> dict:
-    """Score at 4x the fitting batch size under a memory limit: it must halve twice and match a fitting run."""
+def _halving(ctx: Ctx, loaded: Any, kind: str, answer: Callable[[Any], list]) -> tuple[dict, list, list]:
+    """answer(engine) at the fitting batch size, then at 4x it under the memory limit: the batch size must
+    halve until it fits and the answers must equal those of a run at the batch size that held."""
     import torch
 
     from accbench.evaluate.engine import Engine
-    from accbench.models import load_model
 
     fit = ctx.size.oom_fit_bs
-    loaded = load_model(ctx.model_path, ctx.size.dtype, device=ctx.device)
-    reqs = _oom_requests(ctx)
+    dev = torch.device(ctx.device) if _cuda(ctx) else None
     _reset_peak(ctx)
-    base = torch.cuda.memory_allocated(torch.device(ctx.device)) if _cuda(ctx) else 0
-    t0 = time.perf_counter()
-    ref = Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=fit).score(reqs)
-    ref_s = time.perf_counter() - t0
-    fit_bytes = (torch.cuda.max_memory_allocated(torch.device(ctx.device)) - base) if _cuda(ctx) else 0
+    base = torch.cuda.memory_allocated(dev) if dev is not None else 0
+    ref, ref_s = _timed(ctx, lambda: answer(Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=fit)))
+    fit_bytes = torch.cuda.max_memory_allocated(dev) - base if dev is not None else 0
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda rec: warnings.append(rec.getMessage())  # type: ignore[method-assign]
@@ -310,18 +307,29 @@ def phase_oom(ctx: Ctx) -> dict:
     eng = Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=4 * fit)
     try:
         with _oom_above(ctx, loaded.model, fit_bytes, fit) as how:
-            t0 = time.perf_counter()
-            got = eng.score(reqs)
-            oom_s = time.perf_counter() - t0
+            got, oom_s = _timed(ctx, lambda: answer(eng))
     finally:
         logging.getLogger("accbench.engine").removeHandler(handler)
-    final = eng.stats.batch_sizes["score"]
+    final = eng.stats.batch_sizes[kind]
     if final != fit:  # compare with a run at the batch size that held (same chunks, same kernels)
-        ref = Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=final).score(reqs)
-    diff = max(abs(a[0] - b[0]) for a, b in zip(ref, got))
+        ref = answer(Engine(loaded.model, loaded.tokenizer, ctx.device, batch_size=final))
     halvings = sum("out of memory" in w for w in warnings)
-    return dict(mode=how, requests=len(reqs), context_chars=ctx.size.oom_context_chars, requested_bs=4 * fit,
-                final_bs=final, reference_bs=final, halvings=halvings, max_abs_ll_diff=diff,
-                greedy_equal=all(a[1] == b[1] for a, b in zip(ref, got)), identical=diff == 0.0 and halvings > 0,
-                fit_extra_gpu_gb=gb(fit_bytes) if _cuda(ctx) else None, reference_s=round(ref_s, 3),
-                oom_run_s=round(oom_s, 3))
+    fig = dict(mode=how, requested_bs=4 * fit, final_bs=final, halvings=halvings,
+               identical=ref == got and halvings > 0, fit_extra_gpu_gb=gb(fit_bytes) if dev is not None else None,
+               reference_s=round(ref_s, 3), oom_run_s=round(oom_s, 3))
+    return fig, ref, got
+
+
+def phase_oom(ctx: Ctx) -> dict:
+    """Scoring and generation at 4x a batch size that fits, under a memory limit (see _oom_above)."""
+    from accbench.evaluate.requests import GenerateRequest
+    from accbench.models import load_model
+
+    loaded = load_model(ctx.model_path, ctx.size.dtype, device=ctx.device)
+    reqs = _oom_requests(ctx)
+    score, ref, got = _halving(ctx, loaded, "score", lambda e: e.score(reqs))
+    score.update(requests=len(reqs), max_abs_ll_diff=max(abs(a[0] - b[0]) for a, b in zip(ref, got)))
+    greqs = [GenerateRequest(r.context, 8) for r in reqs[::2]]
+    gen, ref, got = _halving(ctx, loaded, "generate", lambda e: e.generate(greqs))
+    gen.update(requests=len(greqs), max_new_tokens=8, texts_equal=sum(a == b for a, b in zip(ref, got)))
+    return dict(context_chars=ctx.size.oom_context_chars, score=score, generate=gen)

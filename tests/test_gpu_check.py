@@ -65,10 +65,11 @@ def test_tiny_cpu_run_gives_every_figure(tmp_path: Path) -> None:
     assert 8 <= gen["generated_tokens"] <= 8 * 16 and gen["tokens_per_s"] > 0 and gen["batch_size_picked"] >= 1
     assert cli["gen"]["n"] == 8 and cli["gen"]["batch_size_picked"]["generate"] >= 1 and cli["wall_s"] > 0
 
-    o = ph["oom"]
-    assert (o["requested_bs"], o["final_bs"], o["halvings"]) == (16, 4, 2)
-    assert o["identical"] is True and o["max_abs_ll_diff"] == 0.0 and o["greedy_equal"] is True
-    assert "simulated" in o["mode"]
+    o, g = ph["oom"]["score"], ph["oom"]["generate"]
+    assert (o["requested_bs"], o["final_bs"], o["halvings"]) == (16, 4, 2) and "simulated" in o["mode"]
+    assert o["identical"] is True and o["max_abs_ll_diff"] == 0.0 and o["requests"] == 32
+    assert (g["requested_bs"], g["final_bs"], g["halvings"]) == (16, 4, 2)
+    assert g["identical"] is True and g["texts_equal"] == g["requests"] == 16
 
     for name in ("gptq", "awq"):
         q = ph[name]
@@ -105,5 +106,5 @@ def test_mini_runs_the_8b_code_path(tmp_path: Path) -> None:
     assert b["config"]["vocab_size"] == 128256 and b["config"]["num_key_value_heads"] == 1 and b["dtype"] == "bfloat16"
     cfg = json.loads((Path(b["model_path"]) / "config.json").read_text())
     assert cfg["dtype"] == "bfloat16" and cfg["vocab_size"] == 128256
-    assert doc["phases"]["ppl"]["seq_len"] == 512 and doc["phases"]["oom"]["identical"] is True
+    assert doc["phases"]["ppl"]["seq_len"] == 512 and doc["phases"]["oom"]["score"]["identical"] is True
     assert doc["phases"]["gptq"]["blocks_run"] == 2 and doc["phases"]["gptq"]["blocks_total"] == 4
