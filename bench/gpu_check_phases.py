@@ -20,6 +20,16 @@ from typing import Any, Callable, Iterator
 from gpu_check import Ctx, gb, host_rss_bytes, texts
 
 
+def engine_api() -> tuple[Any, Callable[[Any, Any], int]]:
+    """(the HF engine class, resolve_max_length) wherever this checkout keeps them: evaluate/backends/hf.py
+    once the pipeline package refactor (issue 14) is in, evaluate/engine.py before it."""
+    try:
+        from accbench.evaluate.backends.hf import HFBackend, resolve_max_length
+    except ImportError:
+        from accbench.evaluate.engine import Engine as HFBackend, resolve_max_length  # type: ignore[no-redef]
+    return HFBackend, resolve_max_length
+
+
 def _cuda(ctx: Ctx) -> bool:
     return ctx.device.startswith("cuda")
 
@@ -93,10 +103,8 @@ def _window(ctx: Ctx, tokenizer: Any) -> int:
 
     from transformers import AutoConfig
 
-    from accbench.evaluate.engine import resolve_max_length
-
     model = SimpleNamespace(config=AutoConfig.from_pretrained(ctx.model_path))  # the window, without the weights
-    return min(ctx.size.seq_len, resolve_max_length(model, tokenizer))
+    return min(ctx.size.seq_len, engine_api()[1](model, tokenizer))
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
@@ -181,10 +189,10 @@ def _timed(ctx: Ctx, fn: Any) -> tuple[Any, float]:
 
 def _engine_throughput(ctx: Ctx, mc: Path, gen: Path) -> dict:
     """The engine (batch_size auto) on the model placed as a run places it: exact token counts from its stats."""
-    from accbench.evaluate.engine import Engine
     from accbench.evaluate.requests import GenerateRequest, ScoreRequest
     from accbench.models import load_model
 
+    Engine = engine_api()[0]
     loaded = load_model(ctx.model_path, ctx.size.dtype, device=ctx.device)
     docs = [json.loads(line) for line in mc.read_text().splitlines()]
     reqs = [ScoreRequest(d["context"], " " + c) for d in docs for c in d["choices"]]
@@ -292,8 +300,7 @@ def _halving(ctx: Ctx, loaded: Any, kind: str, answer: Callable[[Any], list]) ->
     halve until it fits and the answers must equal those of a run at the batch size that held."""
     import torch
 
-    from accbench.evaluate.engine import Engine
-
+    Engine = engine_api()[0]
     fit = ctx.size.oom_fit_bs
     dev = torch.device(ctx.device) if _cuda(ctx) else None
     _reset_peak(ctx)
