@@ -81,13 +81,18 @@ def _host_peak() -> Iterator[dict]:
 
 
 def _cli(args: list[str]) -> float:
+    """`accbench ARGS` in this process; its wall time. The run's model is collected before the next one loads."""
+    import gc
+
     from accbench import cli
 
     t0 = time.perf_counter()
     code = cli.main(args)
+    wall = time.perf_counter() - t0
+    gc.collect()
     if code != 0:
         raise RuntimeError(f"accbench {' '.join(args)} exited {code}")
-    return time.perf_counter() - t0
+    return wall
 
 
 def _text_file(ctx: Ctx) -> Path:
