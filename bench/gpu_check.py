@@ -7,11 +7,11 @@ once, then measures through accbench's own CLI and building blocks, one phase at
           mini: the same code at a CPU size; tiny: accbench's built-in model), saved once and reused;
   ppl     `accbench run` perplexity at seq_len 2048 (tiny: the model window) against a raw forward pass of
           the same windows (the limit), tokens/s and peak GPU memory of each;
-  engine  `accbench eval` multiple-choice scoring and generation with batch_size auto: tokens/s and the
-          batch size the engine picked;
-  oom     a scoring batch size that does not fit halves until it does, and the log-likelihoods equal those
-          of a run at the fitting batch size (GPU: a real CUDA out-of-memory under a per-process memory
-          cap; CPU: a simulated one above a row limit);
+  engine  the engine with batch_size auto on the placed model: multiple-choice scoring and generation
+          tokens/s and the batch size it picked; then both tasks end to end through `accbench eval`;
+  oom     scoring and generation at a batch size that does not fit: it halves until it does, and the
+          answers equal those of a run at the batch size that held (GPU: a real CUDA out-of-memory under a
+          per-process memory cap; CPU: a simulated one above a row limit);
   gptq, awq  W4 g128 block by block with the rest of the model on CPU (placement offload on GPU): wall
           time, peak GPU memory, peak host memory (on 8b the first --quant-blocks blocks; the full-model
           time is extrapolated per block and labelled so).
