@@ -1,0 +1,86 @@
+"""Built-in downstream task data, made offline from the held-out (test) documents of ``builtin:pydoc``.
+
+The built-in model can only be judged on what it was trained to do: continue Python reference text. So
+its tasks are drawn from the same domain, from documents it never saw (the ``test`` split of
+``accbench.builtin``), and shaped like the tasks users run on real models:
+
+- ``pydoc-cloze`` (multiple choice, 4 choices): a context of a few lines ending mid-line, the true rest
+  of that line against three rests of other lines of about the same character length (a distractor
+  differs from the truth by at most a quarter of its length, so length alone does not give it away).
+- ``pydoc-ident`` (generation): a document up to the second occurrence of a Python name it already used
+  (``__debug__``, ``AssertionError``, ``sys.exit`` ...) plus that name's first characters; the target is the
+  rest of the name. Copying it back needs attention over the context, not bigram statistics.
+
+Items are deterministic (they depend only on the corpus shipped with Python and fixed seeds) and are
+read by the ``multiple_choice`` / ``generate`` tasks through ``path: builtin:NAME``, as if from a jsonl
+file with the fields named below. Their ids are unique; choices carry no leading space (the task's
+default ``target_delimiter`` adds one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from typing import Any
+
+BUILTIN_TASK_DATA: dict[str, dict[str, str]] = {
+    "pydoc-cloze": {"type": "multiple_choice", "fields": "id, context, choices, label",
+                    "doc": "the next word of held-out Python reference text against 3 words of the same length"},
+    "pydoc-nextword": {"type": "generate", "fields": "id, prompt, target",
+                       "doc": "generate the next word or name of held-out Python reference text"},
+}
+
+N_ITEMS = 400  # per task: a 95% interval of about +-0.05 on an accuracy near 0.5, and enough flips to see
+_CONTEXT_CHARS = 300  # context: whole lines, about this many characters, ending just before the word
+_MIN_WORD = 3
+_WORD = re.compile(r"(?<=\S )[A-Za-z_]\w{%d,}(?=[\s.,;:)\"])" % (_MIN_WORD - 1))
+
+
+def builtin_task_rows(name: str) -> list[dict[str, Any]]:
+    """The documents of a built-in task data set, as a jsonl file would hold them."""
+    if name not in BUILTIN_TASK_DATA:
+        raise ValueError(f"unknown built-in task data {name!r}; valid: {', '.join(BUILTIN_TASK_DATA)}")
+    from accbench.builtin import builtin_texts
+
+    spots = _spots(builtin_texts("pydoc-plain", "test"))
+    return _cloze_items(spots) if name == "pydoc-cloze" else _nextword_items(spots)
+
+
+def _spots(docs: list[str]) -> list[tuple[int, str, str]]:
+    """Every (document, context, next word) where a word of held-out text follows a space on a line."""
+    out = []
+    for d, doc in enumerate(docs):
+        for m in _WORD.finditer(doc):
+            start = doc.rfind("\n", 0, max(0, m.start() - _CONTEXT_CHARS)) + 1
+            if start == 0 or not doc[start : m.start()].strip():
+                continue  # the first lines of a document: too little context
+            out.append((d, doc[start : m.start() - 1], m.group(0)))
+    return out
+
+
+def _spread(spots: list, salt: str) -> list:
+    """N_ITEMS spots spread over the documents, in a fixed pseudo-random order."""
+    order = sorted(range(len(spots)), key=lambda i: hashlib.sha256(f"{salt}:{i}".encode()).hexdigest())
+    return [spots[i] for i in sorted(order[:N_ITEMS])]
+
+
+def _cloze_items(spots: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    by_len: dict[int, list[tuple[int, str]]] = {}
+    for d, _, word in spots:
+        by_len.setdefault(len(word), []).append((d, word))
+    rng = random.Random("pydoc-cloze")
+    def pool(d: int, word: str) -> list[str]:  # same length, other documents, not the word itself
+        return sorted({w for dd, w in by_len[len(word)] if dd != d and w.lower() != word.lower()})
+
+    items = []
+    for k, (d, context, word) in enumerate(_spread([s for s in spots if len(pool(s[0], s[2])) >= 3], "cloze")):
+        choices = rng.sample(pool(d, word), 3) + [word]
+        rng.shuffle(choices)
+        items.append({"id": f"cloze-{k}", "context": context, "choices": choices, "label": choices.index(word)})
+    return items
+
+
+def _nextword_items(spots: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    return [{"id": f"next-{k}", "prompt": context, "target": word}
+            for k, (_, context, word) in enumerate(_spread(spots, "nextword"))]
