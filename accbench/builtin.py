@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-_VERSION = "v3"
+_VERSION = "v4"
 
 BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     "tiny-llama": {
@@ -60,6 +60,10 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,  # tied was tried: same RTN sensitivity, worse ppl (84 vs 75.5)
         "freeze_embeddings": True,  # see the module docstring
         "est_seconds": 85,  # idle 2-core machine
+        # after training, per block: this many channels scaled up by `outlier_scale` (see _add_outlier_channels)
+        "outlier_channels": 8,
+        "outlier_mlp_channels": 64,
+        "outlier_scale": 16.0,
     },
 }
 
@@ -288,6 +292,7 @@ def _build(name: str, spec: dict[str, Any], seed: int, out: Path) -> None:
         torch.set_num_threads(threads)
 
     model.eval()
+    _add_outlier_channels(model, spec["outlier_channels"], spec["outlier_mlp_channels"], spec["outlier_scale"], seed)
     model.save_pretrained(out)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                      model_max_length=spec["max_position_embeddings"])
@@ -305,3 +310,35 @@ def _build(name: str, spec: dict[str, Any], seed: int, out: Path) -> None:
         "trained_seq_len": seq,
     }
     (out / "accbench_builtin.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: the marker
+
+
+def _add_outlier_channels(model: Any, n_channels: int, n_mlp: int, alpha: float, seed: int) -> None:
+    """Give the trained model the outlier channels of real LLMs, without changing what it computes.
+
+    In every block, ``n_channels`` channels of each RMSNorm weight are multiplied by ``alpha`` and the
+    same input columns of the linears that read the norm divided by it; likewise ``n_channels`` rows of
+    v_proj / columns of o_proj and ``n_mlp`` rows of up_proj / columns of down_proj (attention and the
+    gated MLP act channel-wise, so the fold is exact). Float outputs are unchanged up to rounding, but a
+    few activation channels are now ``alpha`` times larger and their weight columns ``alpha`` times
+    smaller, which is what makes round-to-nearest hurt in real LLMs and what AWQ's scales undo.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(n: int, k: int) -> Any:
+        return torch.randperm(n, generator=gen)[:k]
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for norm, readers in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
+                                  (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+                ch = pick(norm.weight.shape[0], n_channels)
+                norm.weight[ch] *= alpha
+                for lin in readers:
+                    lin.weight[:, ch] /= alpha
+            for producer, consumer, k in ((attn.v_proj, attn.o_proj, n_channels), (mlp.up_proj, mlp.down_proj, n_mlp)):
+                ch = pick(producer.out_features, k)
+                producer.weight[ch] *= alpha
+                consumer.weight[:, ch] /= alpha
