@@ -50,7 +50,11 @@ def _rows(name: str) -> tuple[dict[str, Any], ...]:
     from accbench.builtin import builtin_texts
 
     spots = _spots(builtin_texts("pydoc-plain", "test"), "\n".join(builtin_texts("pydoc-plain", "train")))
-    return tuple(_cloze_items(spots) if name == "pydoc-cloze" else _nextword_items(spots))
+    if name == "pydoc-nextword":
+        return tuple(_nextword_items(spots))
+    corpus = "\n".join(doc for split in ("train", "calib", "test") for doc in builtin_texts("pydoc-plain", split))
+    words = re.findall(r"\w+", corpus.lower())
+    return tuple(_cloze_items(spots, set(zip(words, words[1:]))))
 
 
 def _spots(docs: list[str], train: str) -> list[tuple[int, str, str]]:
@@ -79,19 +83,24 @@ def _spread(spots: list, salt: str) -> list:
     return [spots[i] for i in sorted(order[:N_ITEMS])]
 
 
-def _cloze_items(spots: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+def _cloze_items(spots: list[tuple[int, str, str]], bigrams: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Distractors: same length, from other documents, and never seen after the context's last word anywhere in
+    the corpus, so that no distractor is itself a fitting continuation (an item with two right answers)."""
     by_len: dict[int, list[tuple[int, str]]] = {}
     for d, _, word in spots:
         by_len.setdefault(len(word), []).append((d, word))
     rng = random.Random("pydoc-cloze")
-    def pool(d: int, word: str) -> list[str]:  # same length, other documents, not the word itself
-        other = {w.lower(): w for dd, w in sorted(by_len[len(word)], reverse=True) if dd != d}
+
+    def pool(d: int, context: str, word: str) -> list[str]:
+        prev = (re.findall(r"\w+", context[-40:]) or [""])[-1].lower()
+        other = {w.lower(): w for dd, w in sorted(by_len[len(word)], reverse=True)
+                 if dd != d and (prev, w.lower()) not in bigrams}
         other.pop(word.lower(), None)
         return sorted(other.values())  # one spelling per word: choices never differ only in case
 
     items = []
-    for k, (d, context, word) in enumerate(_spread([s for s in spots if len(pool(s[0], s[2])) >= 3], "cloze")):
-        choices = rng.sample(pool(d, word), 3) + [word]
+    for k, (d, context, word) in enumerate(_spread([s for s in spots if len(pool(*s)) >= 3], "cloze")):
+        choices = rng.sample(pool(d, context, word), 3) + [word]
         rng.shuffle(choices)
         items.append({"id": f"cloze-{k}", "context": context, "choices": choices, "label": choices.index(word)})
     return items

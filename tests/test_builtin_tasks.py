@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from accbench.builtin import builtin_texts
@@ -34,12 +36,17 @@ def test_sizes_and_determinism(cloze: list[dict], nextword: list[dict]) -> None:
 def test_cloze_items_are_fair(cloze: list[dict]) -> None:
     held_out = "\n".join(builtin_texts("pydoc-plain", "test"))
     train = "\n".join(builtin_texts("pydoc-plain", "train"))
+    docs = [doc for split in ("train", "calib", "test") for doc in builtin_texts("pydoc-plain", split)]
+    corpus = " " + " ".join(re.findall(r"\w+", "\n".join(docs).lower())) + " "
     for it in cloze:
         truth = it["choices"][it["label"]]
         assert len({len(c) for c in it["choices"]}) == 1, it  # length gives nothing away
         assert len({c.lower() for c in it["choices"]}) == 4, it
         assert it["context"] + " " + truth in held_out, it  # the truth really follows the context
         assert not it["context"][-1].isspace() and not any(c[0].isspace() for c in it["choices"]), it
+        prev = re.findall(r"\w+", it["context"])[-1].lower()
+        for c in it["choices"]:  # no distractor is itself a continuation seen anywhere in the corpus
+            assert c == truth or f" {prev} {c.lower()} " not in corpus, (it, c)
         last_line = it["context"].rsplit("\n", 1)[-1]
         assert last_line + " " + truth not in train, it  # the topics quote each other: quoted passages are left out
 
