@@ -310,6 +310,7 @@ def _train_variant(ctx: RunContext, loaded: Any, name: str, trainer_args: dict, 
     from accbench.results import TrainEntry
     from accbench.train.clm import TrainSpec
     from accbench.train.launch import child_env, run_logged, worker_command
+    from accbench.train.data_check import data_counts
     from accbench.train.variants import fill_placeholders, read_trainer_results
 
     t, m = ctx.cfg.train, ctx.cfg.model
@@ -342,10 +343,12 @@ def _train_variant(ctx: RunContext, loaded: Any, name: str, trainer_args: dict, 
     sps = res.train_steps_per_second
     speedup = 1.0 if name == baseline else (
         sps / base.train_steps_per_second if base and sps and base.train_steps_per_second else None)
+    samples, tokens = data_counts(res.metrics, None if v.command is not None else t.block_size)
     entry = TrainEntry(variant=name, train_loss=res.train_loss, train_runtime=res.train_runtime,
                        train_steps_per_second=sps, checkpoint=str(out), baseline=name == baseline,
                        speedup=speedup, global_step=res.global_step, wall_time=round(wall, 3), log=str(log_path),
-                       kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve)
+                       kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve,
+                       train_samples=samples, train_tokens=tokens)
     ctx.results.train = [e for e in ctx.results.train if e.variant != name] + [entry]
     log.info("trained %s: loss %.6f, %s steps/s, %.1f s", name, res.train_loss, sps, wall)
     ctx.console.print(f"[bold]{name}[/]: train loss = {res.train_loss:.6f}, steps/s = {sps}, "
@@ -492,6 +495,15 @@ def baseline_position(cfg: RunConfig) -> str:
     return cfg.compare.baseline or "pretrain"
 
 
+def pairwise_baseline(cfg: RunConfig, position: str) -> str:
+    """The model a candidate is judged against head to head (MT-bench pairwise); "" for a model that is not
+    compared with the baseline (the baseline itself; the original model in a training run)."""
+    base = baseline_position(cfg)
+    if position == base or (cfg.train is not None and position not in cfg.train.variants):
+        return ""
+    return base
+
+
 def _load(cfg: RunConfig) -> Any:
     from accbench.models import load_model
 
@@ -601,7 +613,8 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     from accbench.results import TaskEntry
     from accbench.store import StoredAnswerer
 
-    task_ctx = TaskContext(loaded.tokenizer, ctx.run_dir, position, lambda j: _load_hf_judge(j, loaded.device))
+    task_ctx = TaskContext(loaded.tokenizer, ctx.run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
+                           baseline=pairwise_baseline(ctx.cfg, position))
     fp = _position_fingerprint(ctx, position, loaded)
     workers = _start_workers(ctx, position, loaded)
     engines: dict[str, Any] = {}
@@ -740,7 +753,8 @@ def rescore_run(run_dir: Path, console: Any) -> Results:
         task = next((t for t in cfg.tasks if t.name == entry.task), None)
         if task is None or entry.model not in models:
             continue
-        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model)
+        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model,
+                               baseline=pairwise_baseline(cfg, entry.model))
         res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None), task_ctx)
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
