@@ -2,14 +2,17 @@
 
 The built-in model can only be judged on what it was trained to do: continue Python reference text. So
 its tasks are drawn from the same domain, from documents it never saw (the ``test`` split of
-``accbench.builtin``), and shaped like the tasks users run on real models:
+``accbench.builtin``; passages those documents quote verbatim from train documents are left out), and
+shaped like the tasks users run on real models:
 
-- ``pydoc-cloze`` (multiple choice, 4 choices): a context of a few lines ending mid-line, the true rest
-  of that line against three rests of other lines of about the same character length (a distractor
-  differs from the truth by at most a quarter of its length, so length alone does not give it away).
-- ``pydoc-ident`` (generation): a document up to the second occurrence of a Python name it already used
-  (``__debug__``, ``AssertionError``, ``sys.exit`` ...) plus that name's first characters; the target is the
-  rest of the name. Copying it back needs attention over the context, not bigram statistics.
+- ``pydoc-cloze`` (multiple choice, 4 choices, chance 0.25): a few lines of context ending just before a
+  word, the true word against three words of the same length from other documents (length gives nothing
+  away) that never follow the context's last word anywhere in the corpus (no item has two right answers).
+- ``pydoc-nextword`` (generation): the same kind of context; the model must generate the next word.
+
+Both measure what the small model does well (next-word statistics). Tried and dropped: the rest of a line
+against length-matched rests of other lines (acc 0.24, chance), and completing a name that occurred
+earlier in the same document (0 of 237: the model does not copy from its context).
 
 Items are deterministic (they depend only on the corpus shipped with Python and fixed seeds) and are
 read by the ``multiple_choice`` / ``generate`` tasks through ``path: builtin:NAME``, as if from a jsonl
