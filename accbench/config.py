@@ -34,6 +34,9 @@ class BaseCfg(Section):
 
 class ModelCfg(Section):
     path: str
+    revision: str | None = None  # a branch, tag or commit of a hub model
+    peft: str | None = None  # a PEFT adapter (path or hub id) applied on top of the model
+    from_pretrained: dict[str, Any] = Field(default_factory=dict)  # anything else from_pretrained takes
     type: str | None = None  # llmc names the architecture; we discover it from config.json
     tokenizer_path: str | None = None
     tokenizer_mode: Literal["fast", "slow"] = "fast"
@@ -211,11 +214,22 @@ class RunnerCfg(Section):
 class TaskBase(Section):
     name: str
     path: str | None = None
-    limit: int | None = Field(None, ge=1)
+    # a count, or as on lm-eval's --limit a fraction (0 < limit < 1) of the documents
+    limit: int | float | None = Field(None, gt=0)
     num_fewshot: int = Field(0, ge=0)
     seed: int = 1234
     batch_size: int | Literal["auto"] = "auto"
     chat_template: bool = False
+
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | float | None) -> int | float | None:
+        if isinstance(v, float) and v >= 1:
+            if not v.is_integer():
+                raise ValueError(f"limit {v}: a count must be a whole number; a fraction must be below 1")
+            return int(v)
+        return v
 
 
 class MultipleChoiceTask(TaskBase):
@@ -679,8 +693,11 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = "auto", device: str | None = None,
-                overrides: list[str] | None = None) -> RunConfig:
-    """The run config of `accbench eval`: one model, the named tasks of a config (plus its runner section)."""
+                overrides: list[str] | None = None, task_options: dict[str, Any] | None = None,
+                model_options: dict[str, Any] | None = None, include_path: str | None = None) -> RunConfig:
+    """The run config of `accbench eval`: one model, the named tasks. A name the config defines is that task;
+    any other name is an lm-eval task or group (from lm-eval's registry, or `include_path`'s YAMLs), as on
+    lm-eval's command line. `task_options` (limit, num_fewshot, batch_size, chat_template) apply to every task."""
     data: dict[str, Any] = {}
     if config:
         p = Path(config)
@@ -697,18 +714,21 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
         raise ConfigError([ConfigProblem("tasks", "must be a list of tasks", None, config)])
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
-        known = [t.get("name") for t in all_tasks if isinstance(t, dict)]
-        missing = [n for n in names if n not in known]
-        if missing:
-            where = f"in {config}" if config else "(no --config given)"
-            raise ConfigError([ConfigProblem("tasks", f"task '{n}' is not defined {where}{_suggest(n, known)}"
-                                             f"; defined: {', '.join(map(str, known)) or 'none'}", None, config)
-                               for n in missing])
-        all_tasks = [t for t in all_tasks if isinstance(t, dict) and t.get("name") in names]
+        defined = {t.get("name"): t for t in all_tasks if isinstance(t, dict)}
+        all_tasks = [dict(defined[n]) if n in defined else
+                     {"name": n, "type": "lm_eval", **({"include_path": include_path} if include_path else {})}
+                     for n in names]
     if not all_tasks:
-        raise ConfigError([ConfigProblem("tasks", "no tasks to evaluate: pass --config with a tasks list", None, config)])
-    run: dict[str, Any] = {"model": {"path": model, "torch_dtype": dtype, **({"device": device} if device else {})},
-                           "tasks": all_tasks}
+        raise ConfigError([ConfigProblem("tasks", "no tasks to evaluate: pass --tasks (lm-eval task names, or names "
+                                         "from --config) or --config with a tasks list", None, config)])
+    for t in all_tasks:
+        if isinstance(t, dict):
+            t.update(task_options or {})
+            if include_path and t.get("type") == "lm_eval":
+                t.setdefault("include_path", include_path)
+    model_section = {"path": model, "torch_dtype": dtype, **({"device": device} if device else {})}
+    model_section.update(model_options or {})
+    run: dict[str, Any] = {"model": model_section, "tasks": all_tasks}
     for key in ("runner", "base"):
         if key in data:
             run[key] = data[key]

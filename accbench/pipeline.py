@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from accbench.config import EvalCfg, RunConfig, dump_config
 from accbench.errors import AccbenchError
+from accbench.provenance import collect_provenance
 from accbench.results import FidelityEntry, PplEntry, Results, Timer, collect_versions
 
 log = logging.getLogger("accbench")
@@ -80,6 +81,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = Fal
     results.run_dir, results.status, results.error = str(run_dir), "running", None
     results.versions = collect_versions()
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    results.provenance = collect_provenance(cfg, dump_config(cfg))
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
     if cfg.opencompass is not None:
@@ -484,8 +486,8 @@ def run_compare_stage(ctx: RunContext) -> None:
     ctx.save()
     with Timer(ctx.results.timings, "report"):
         write_reports(ctx.results, ctx.run_dir)
-    log.info("compare: baseline %s, %d comparisons, gates %s", ctx.results.compare["baseline"],
-             len(ctx.results.compare["comparisons"]), "held" if ctx.results.compare["all_held"] else "FAILED")
+    log.info("compare: baseline %s, %d comparisons, gates %s", ctx.results.compare.baseline,
+             len(ctx.results.compare.comparisons), "held" if ctx.results.compare.all_held else "FAILED")
 
 
 def baseline_position(cfg: RunConfig) -> str:
@@ -513,7 +515,8 @@ def _load(cfg: RunConfig) -> Any:
         placement = "device_map"
     log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
     return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
-                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast")
+                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast", m.revision, m.peft,
+                      m.from_pretrained)
 
 
 def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:
@@ -610,6 +613,7 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
     from accbench.evaluate.engine import Engine
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import TaskContext, run_task
+    from accbench.report.exports import write_task_exports
     from accbench.results import TaskEntry
     from accbench.store import StoredAnswerer
 
@@ -656,6 +660,8 @@ def run_tasks(ctx: RunContext, position: str, loaded: Any) -> None:
         extra = dict(res.extra)
         extra.update(batch_sizes=dict(stats.batch_sizes), truncated=answerer.truncated,
                      requests=dict(answerer.computed), reused_from_store=answerer.reused)
+        extra.setdefault("samples", res.samples)
+        write_task_exports(ctx.run_dir, position, task, res)
         ctx.results.tasks.append(TaskEntry(model=position, task=name, type=res.type, metrics=res.metrics,
                                            n=res.n, stderr=res.stderr, per_sample=res.per_sample, **extra))
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
@@ -759,6 +765,7 @@ def rescore_run(run_dir: Path, console: Any) -> Results:
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
         keep.update({k: v for k, v in res.extra.items()})
+        keep["samples"] = res.extra.get("samples", res.samples)
         results.tasks[i] = TaskEntry(model=entry.model, task=entry.task, type=res.type, metrics=res.metrics,
                                      n=res.n, stderr=res.stderr, per_sample=res.per_sample, **keep)
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))

@@ -16,7 +16,7 @@ from typing import Any
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.generation import cut_at_stop
 from accbench.evaluate.requests import GenerateRequest, TaskResult
-from accbench.evaluate.tasks.common import fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -39,7 +39,7 @@ def load_items(cfg: Any) -> list[Item]:
         if not targets or not isinstance(prompt, str):
             raise DataError(f"task '{cfg.name}': {where}: needs a string prompt and at least one target")
         out.append(Item(sample_id(doc, line), prompt, targets))
-    return out[: cfg.limit] if cfg.limit else out
+    return apply_limit(out, cfg.limit)
 
 
 def normalize(text: str, cfg: Any) -> str:
@@ -83,15 +83,21 @@ def build_requests(cfg: Any, items: list[Item]) -> list[GenerateRequest]:
             raise AccbenchError(f"task '{cfg.name}': regex {cfg.regex!r} is not a valid regular expression: {exc}") from None
     shots = [it.prompt + it.targets[0] for it in items]
     return [GenerateRequest(fewshot_prefix(shots, cfg.num_fewshot, i, cfg.seed) + it.prompt, cfg.max_new_tokens,
-                            tuple(cfg.stop), cfg.temperature, 1.0, cfg.seed) for i, it in enumerate(items)]
+                            tuple(cfg.stop), cfg.temperature, 1.0, cfg.seed, sample_id=it.id)
+            for i, it in enumerate(items)]
 
 
 def compute_metrics(cfg: Any, items: list[Item], outputs: list[str]) -> TaskResult:
     outputs = [cut_at_stop(o, cfg.stop)[0] for o in outputs]  # answerers other than the engine may not cut
     per = {it.id: score_output(out, it.targets, cfg) for it, out in zip(items, outputs)}
+    texts = {}
+    for it, out in zip(items, outputs):
+        texts[it.id] = {"prompt": it.prompt, "reference": " | ".join(it.targets), "response": out}
+        if cfg.regex and cfg.metric != "regex":  # what exact_match/contains compared
+            texts[it.id]["answers"] = {cfg.metric: extract(out, cfg.regex) or ""}
     return TaskResult(task=cfg.name, type="generate", metrics={cfg.metric: sum(per.values()) / len(per)},
                       stderr={cfg.metric: mean_stderr(list(per.values()))}, n=len(per),
-                      per_sample={cfg.metric: per},
+                      per_sample={cfg.metric: per}, samples=texts,
                       extra={"examples": [{"id": it.id, "output": o} for it, o in list(zip(items, outputs))[:3]]})
 
 

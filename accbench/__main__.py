@@ -1,0 +1,7 @@
+"""`python -m accbench`: the same as the `accbench` command."""
+
+import sys
+
+from accbench.cli import main
+
+sys.exit(main())
