@@ -67,3 +67,16 @@ def test_quickstart_flips_and_statistics(quickstart):
         assert (row["correct_to_wrong"], row["wrong_to_correct"]) == pytest.approx((c2w, w2c), abs=2), key
         assert row["correct_to_wrong"] > 0 and row["wrong_to_correct"] > 0, key  # flips in both directions
         assert row["test"] == "mcnemar_exact" and 0 < row["p_value"] <= 1 and row["ci_low"] <= row["delta"] <= row["ci_high"]
+
+
+def test_quickstart_report_says_every_delta_in_words(quickstart):
+    """Every task delta and the perplexity change carry a worded significance statement in report.md."""
+    _, run, _ = quickstart
+    md = (run / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| fake_quant |") and "pydoc_" in line
+            and "mcnemar_exact" in line]
+    assert len(rows) >= 2
+    assert all("not significant (p ≥ 0.05)" in r for r in rows), rows  # pinned p values are 0.3 and 0.73
+    ppl_rows = [line for line in md.splitlines() if line.startswith("| fake_quant | builtin:pydoc") and "CI" not in line
+                and line.count("|") > 9]  # the perplexity table (the recovery table's rows are shorter)
+    assert len(ppl_rows) == 1 and "significantly worse (p < 0.05)" in ppl_rows[0], ppl_rows

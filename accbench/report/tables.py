@@ -52,6 +52,21 @@ def fmt_p(p: float | None) -> str:
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
+ALPHA = 0.05  # the level of the worded verdict; gates carry their own `significance`
+
+
+def significance(c: Comparison) -> str:
+    """The p value said in words, so every delta has a significance statement: which way the change went and
+    whether the paired test tells it apart from noise at ALPHA."""
+    if c.p_value is None or c.worsening is None:
+        return "no test"
+    if c.p_value >= ALPHA:
+        return f"not significant (p ≥ {ALPHA:g})"
+    if c.worsening == 0:
+        return "no change"
+    return f"significantly {'worse' if c.worsening > 0 else 'better'} (p < {ALPHA:g})"
+
+
 def comparisons(results: Results, kind: str) -> list[Comparison]:
     return results.compare.of_kind(kind)
 
@@ -68,17 +83,18 @@ def _mark(c: Comparison | None, failed: set[str]) -> str:
 
 def ppl_table(results: Results) -> Table:
     base = results.compare.baseline
-    t = Table("Perplexity", ["model", "dataset", "seq_len", "windows", "ppl", f"Δ vs {base}", "95% CI", "p"])
+    t = Table("Perplexity", ["model", "dataset", "seq_len", "windows", "ppl", f"Δ vs {base}", "95% CI", "p",
+                             "significance"])
     comp = {(c.candidate, c.dataset, c.extra.get("seq_len")): c for c in comparisons(results, "ppl")}
     failed = _failed_targets(results)
     for p in results.ppl:
         c = comp.get((p.position, p.dataset, p.seq_len))
         if c is None:
-            t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), "", "", ""])
+            t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), "", "", "", ""])
             continue
         ci = f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]" if c.ci_low is not None else "–"
         t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), fmt_pct(c.relative_delta), ci,
-               fmt_p(c.p_value)], _mark(c, failed))
+               fmt_p(c.p_value), significance(c)], _mark(c, failed))
     return t
 
 
@@ -128,7 +144,7 @@ def task_scores_table(results: Results) -> Table:
 def task_delta_table(results: Results) -> Table:
     base = results.compare.baseline
     t = Table(f"Task deltas vs {base}", ["model", "task", "metric", "baseline", "candidate", "Δ", "95% CI",
-                                         "c→w", "w→c", "p", "test", "n"])
+                                         "c→w", "w→c", "p", "test", "significance", "n"])
     failed = _failed_targets(results)
     rows = [c for c in comparisons(results, "task") if "/" not in c.metric]  # categories: charted in the HTML
     for c in rows:
@@ -136,7 +152,7 @@ def task_delta_table(results: Results) -> Table:
         flips = c.correct_to_wrong is not None
         t.add([c.candidate, c.task, c.metric, fmt(c.baseline_value), fmt(c.candidate_value),
                fmt_signed(c.delta), ci, c.correct_to_wrong if flips else "–",
-               c.wrong_to_correct if flips else "–", fmt_p(c.p_value), c.test or "–", c.n or "–"],
+               c.wrong_to_correct if flips else "–", fmt_p(c.p_value), c.test or "–", significance(c), c.n or "–"],
               _mark(c, failed))
     used = [k for k in TEST_NOTES if any(c.test == k for c in rows)]
     untested = sum(1 for c in rows if not c.test)
