@@ -173,7 +173,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_setup_opencompass(args: argparse.Namespace) -> int:
-    from accbench.backends.opencompass import setup_env
+    from accbench.integrations.opencompass import setup_env
 
     setup_env(Path(args.dir), args.python)
     return EXIT_OK

@@ -375,7 +375,7 @@ def run_opencompass_stage(ctx: RunContext, ready: tuple[Path, Any, Any]) -> None
     probed config): reading the user's config takes OpenCompass's interpreter ~15 s, so it is done once."""
     from dataclasses import asdict
 
-    from accbench.backends import opencompass as oc
+    from accbench.integrations import opencompass as oc
 
     occ = ctx.cfg.opencompass
     assert occ is not None
@@ -416,7 +416,7 @@ def run_opencompass_stage(ctx: RunContext, ready: tuple[Path, Any, Any]) -> None
 def check_opencompass_ready(ctx: RunContext) -> tuple[Path, Any, Any]:
     """Everything about the opencompass section that can fail before a model loads: the config file, the
     OpenCompass environment, the config's model entries, the GPUs and the positions asked for."""
-    from accbench.backends import opencompass as oc
+    from accbench.integrations import opencompass as oc
 
     occ = ctx.cfg.opencompass
     assert occ is not None
@@ -441,7 +441,7 @@ def check_opencompass_ready(ctx: RunContext) -> tuple[Path, Any, Any]:
 
 def _opencompass_models(ctx: RunContext, eval_pos: list[str] | None, oc_dir: Path) -> dict[str, str]:
     """position -> model folder for OpenCompass: the original (when evaluated) and every saved model."""
-    from accbench.backends.hf_v4_view import v4_compatible_model_dir
+    from accbench.integrations.hf_v4_view import v4_compatible_model_dir
 
     models = ctx.results.models
     if eval_pos is not None:

@@ -22,7 +22,7 @@ BOOTSTRAP_ITERS = 1000  # only for metrics without a closed-form standard error
 def task_manager(include_path: str | None, name: str | None = None) -> Any:
     """lm-eval's task index; with include_path, only the local YAMLs when they define `name` (indexing
     lm-eval's thousands of built-in tasks takes tens of seconds)."""
-    from accbench.backends.lm_eval import import_lm_eval
+    from accbench.integrations.lm_eval import import_lm_eval
 
     import_lm_eval()
     import logging
@@ -65,7 +65,7 @@ def run(cfg: Any, answerer: Any) -> TaskResult:
     tm = check(cfg)
     from lm_eval.evaluator import simple_evaluate
 
-    from accbench.backends.lm_eval import make_lm
+    from accbench.integrations.lm_eval import make_lm
 
     name = cfg.task or cfg.name
     # num_fewshot left out of the config: the task's own default, as on lm-eval's command line
