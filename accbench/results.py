@@ -43,6 +43,12 @@ class TaskEntry(Entry):
     stderr: dict[str, float | None] = Field(default_factory=dict)
     # metric -> {sample id: value}; what paired comparisons between models use
     per_sample: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # what answered it: the batch size used per request kind, requests whose context was cut to the model
+    # window, requests computed per kind, and answers reused from the per-sample store (--resume)
+    batch_sizes: dict[str, int] = Field(default_factory=dict)
+    truncated: int = 0
+    requests: dict[str, int] = Field(default_factory=dict)
+    reused_from_store: int = 0
 
 
 class TrainEntry(Entry):
@@ -72,6 +78,25 @@ class FidelityEntry(Entry):
     delta_p_rms: float
     ppl_ratio: float
     tokens: int
+    seq_len: int | None = None
+    baseline: str | None = None  # the position whose recorded distributions this one is compared with
+    top_k: int | None = None
+    method: str | None = None
+    kld_max: float | None = None
+    tail_mass_mean: float | None = None
+    kld_hist: dict[str, Any] | None = None
+
+
+class QuantInfo(Entry):
+    """What quantized the model (results.json `quant`): the method, its settings, the calibration used."""
+
+    method: str
+    weight: dict[str, Any] = Field(default_factory=dict)
+    act: dict[str, Any] | None = None
+    special: dict[str, Any] = Field(default_factory=dict)  # the method's options, defaults filled
+    quant_out: bool = False
+    calib_samples: int = 0
+    gptq_error_sum: float | None = None  # GPTQ: the summed per-layer reconstruction error
 
 
 class Results(BaseModel):
@@ -86,6 +111,7 @@ class Results(BaseModel):
     fidelity: list[FidelityEntry] = Field(default_factory=list)
     tasks: list[TaskEntry] = Field(default_factory=list)
     train: list[TrainEntry] = Field(default_factory=list)
+    quant: QuantInfo | None = None
     opencompass: list[dict[str, Any]] = Field(default_factory=list)
     opencompass_output: dict[str, str] = Field(default_factory=dict)  # paths: summary csv/txt, log, work dir
     compare: dict[str, Any] = Field(default_factory=dict)

@@ -38,6 +38,12 @@ class GenerateRequest:
     seed: int = 0
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 GenerateFn = Callable[[list[GenerateRequest]], list[str]]
 ScoreFn = Callable[[list[ScoreRequest]], list[tuple[float, bool]]]
 
@@ -54,3 +60,20 @@ class TaskResult:
     n: int
     per_sample: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {sample_id: value}
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WindowLossRequest:
+    """Perplexity windows of a text file by llmc's recipe (whole-model work, not a per-request kind): the text
+    is joined, tokenized once, cut into `seq_len` windows (at most `limit`); the answer is each window's mean
+    loss. `bs` windows run per forward; it does not change the answer, so it is not part of `key()`."""
+
+    name: str
+    path: str
+    seq_len: int
+    bs: int = 1
+    limit: int | None = None
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the answer in the per-sample store."""
+        return {"path": self.path, "seq_len": self.seq_len, "limit": self.limit}

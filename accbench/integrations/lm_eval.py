@@ -6,10 +6,13 @@ lm-eval is the optional extra `lm_eval`; it is imported only when this adapter i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accbench.errors import AccbenchError
 from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
+
+if TYPE_CHECKING:
+    from accbench.evaluate.tasks import Answerer
 
 
 def import_lm_eval() -> Any:
@@ -31,8 +34,9 @@ def generate_request(context: str, gen_kwargs: dict[str, Any], default_max: int 
                            float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0))
 
 
-def make_lm(answerer: Any) -> Any:
-    """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (an Engine or a wrapper)."""
+def make_lm(answerer: "Answerer") -> Any:
+    """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (a model backend, or the
+    per-sample store in front of one)."""
     import_lm_eval()
     from lm_eval.api.model import LM
 
@@ -52,7 +56,7 @@ def make_lm(answerer: Any) -> Any:
 
         @property
         def tokenizer_name(self) -> str:
-            engine = getattr(self.answerer, "engine", self.answerer)
-            return getattr(getattr(engine, "tokenizer", None), "name_or_path", "accbench").replace("/", "__")
+            tok = self.answerer.tokenizer
+            return (tok.name_or_path if tok is not None else "accbench").replace("/", "__")
 
     return AccbenchLM()

@@ -1,8 +1,10 @@
 """Downstream tasks of the native engine, one file each, dispatched by the config's `type`.
 
-A task turns its documents into requests, asks an `Answerer` (the engine; the engine behind the
-per-sample store; the store alone when rescoring; a pool of workers) and turns the answers into a
-`TaskResult` with per-sample scores, so two models can be compared pairwise on the same samples.
+A task turns its documents into requests, asks an `Answerer` (a model backend, evaluate/backends; the
+request pool's client behind the per-sample store; the store alone when rescoring) and turns the answers
+into a `TaskResult` with per-sample scores, so two models can be compared pairwise on the same samples.
+A new task type is one file here (`check(cfg)`, `run(cfg, answerer)`) plus one line in `_modules`, and its
+config class in config_tasks.py.
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, TaskResult
+from accbench.evaluate.requests import (GenerateRequest, RollingRequest, ScoreRequest, TaskResult,
+                                        WindowLossRequest)
 
 
 class Answerer(Protocol):
-    """What a task needs to get answers; `Engine` is one."""
+    """What a task may ask; every model backend (evaluate/backends/base.py) is one, and so are the request
+    pool's client and the per-sample store that wrap it."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, or None when answers come only from the store (rescoring)."""
 
     def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]: ...
 
     def score_rolling(self, requests: list[RollingRequest]) -> list[float]: ...
 
     def generate(self, requests: list[GenerateRequest]) -> list[str]: ...
+
+    def window_losses(self, request: WindowLossRequest) -> list[float]: ...
 
 
 TaskFn = Callable[[Any, Answerer], TaskResult]

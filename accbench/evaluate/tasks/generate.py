@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accbench.errors import AccbenchError, DataError
-from accbench.evaluate.generation import cut_at_stop
+from accbench.evaluate.requests import cut_at_stop
 from accbench.evaluate.requests import GenerateRequest, TaskResult
 from accbench.evaluate.tasks.common import fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
 

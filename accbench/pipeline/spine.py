@@ -1,0 +1,146 @@
+"""The run's spine: read it top to bottom to see what `accbench run` does.
+
+Preflight (every check that needs no weights), load the model, evaluate it, transform it (quantize) or train
+variants of it, evaluating each position as it becomes ready, then OpenCompass, compare and report. Only
+this module, cli.py and config.py know `RunConfig`: each stage module takes its own config section and plain
+values, and hands what it computes back to `RunContext.record`, which files it into results.json and saves
+at once, so an interruption keeps everything computed so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from accbench.config import RunConfig, dump_config
+from accbench.pipeline import compare, opencompass, positions, preflight, quantize, tasks, train
+from accbench.pipeline.positions import EvalData, prepare_eval_data
+from accbench.pipeline.records import Fact, ModelPath, OpenCompassResult, TaskOrder, Timing, timed
+from accbench.results import FidelityEntry, PplEntry, QuantInfo, Results, TaskEntry, TrainEntry, collect_versions
+
+if TYPE_CHECKING:
+    from accbench.models import LoadedModel
+    from accbench.store import SampleStore
+
+log = logging.getLogger("accbench")
+
+
+def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = False) -> Results:
+    """Run everything the config asks for; return the results (also on disk in run_dir)."""
+    results = Results.load(run_dir) if resume and (run_dir / "results.json").is_file() else Results()
+    results.run_dir, results.status, results.error = str(run_dir), "running", None
+    results.versions = collect_versions()
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
+    ctx.save()
+    checked = preflight.check_run(cfg, run_dir)  # every weight-free check, before the model loads
+    with timed(ctx.record, "load_model"):
+        loaded = _load(cfg)
+    ctx.record(ModelPath("pretrain", loaded.path))
+    ctx.evals = [prepare_eval_data(e, loaded.tokenizer) for e in cfg.eval]
+
+    if cfg.train is not None:
+        train.run_training(cfg.train, cfg.model, cfg.runner.num_gpus, ctx.baseline, loaded, run_dir, resume,
+                           list(results.train), ctx.record, lambda pos, model: evaluate_position(ctx, pos, model),
+                           console)
+    else:
+        if "pretrain" in cfg.positions():
+            evaluate_position(ctx, "pretrain", loaded)
+        if cfg.quant is not None:
+            wanted = cfg.positions()
+            quantize.run_quantization(
+                quantize.quant_spec(cfg.quant, cfg.calib), cfg.quant, cfg.calib, cfg.save, loaded, run_dir, ctx.record,
+                lambda pos, model: evaluate_position(ctx, pos, model) if pos in wanted else None, console)
+    if cfg.opencompass is not None:
+        opencompass.run_opencompass(cfg.opencompass, checked.opencompass, dict(results.models), cfg.positions(),
+                                    results.opencompass_output, run_dir, resume, ctx.record, console)
+    results.compare = compare.compare_positions(results, cfg.compare, ctx.record)
+    ctx.save()
+    compare.write_run_reports(results, run_dir, ctx.record)
+    results.status = "complete"
+    ctx.save()
+    return results
+
+
+@dataclass
+class RunContext:
+    """The spine's state: the config, the results it files every stage's facts into, the datasets tokenized
+    once, the per-sample store (opened by the first task). Stages never see it."""
+
+    cfg: RunConfig
+    run_dir: Path
+    results: Results
+    console: Any
+    resume: bool = False
+    evals: list[EvalData] = field(default_factory=list)
+    store: "SampleStore | None" = None
+    baseline: str = "pretrain"  # the position (or variant) whose output distributions fidelity compares against
+
+    def save(self) -> None:
+        self.results.save(self.run_dir)
+
+    def record(self, fact: Fact) -> None:
+        """File one fact a stage handed back into results.json, and save."""
+        r = self.results
+        if isinstance(fact, PplEntry):
+            r.ppl.append(fact)
+        elif isinstance(fact, FidelityEntry):
+            r.fidelity.append(fact)
+        elif isinstance(fact, TaskEntry):
+            r.tasks.append(fact)
+        elif isinstance(fact, TrainEntry):
+            r.train = [e for e in r.train if e.variant != fact.variant] + [fact]
+        elif isinstance(fact, QuantInfo):
+            r.quant = fact
+        elif isinstance(fact, Timing):
+            r.timings[fact.name] = round(r.timings.get(fact.name, 0.0) + fact.seconds, 3)
+            return  # a timing alone is saved with the next fact
+        elif isinstance(fact, ModelPath):
+            if fact.path is None:
+                r.models.pop(fact.position, None)
+            else:
+                r.models[fact.position] = fact.path
+        elif isinstance(fact, TaskOrder):
+            r.tasks = tasks.in_config_order(r.tasks, fact.position, fact.names)
+        elif isinstance(fact, OpenCompassResult):
+            r.opencompass, r.opencompass_output = fact.scores, fact.output
+        self.save()
+
+
+def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> None:
+    """Perplexity (and fidelity) on every eval dataset that lists this position, then the downstream tasks."""
+    cfg = ctx.cfg
+    evals = ctx.evals if cfg.train is not None else [e for e in ctx.evals if position in e.cfg.eval_pos]
+    positions.evaluate_perplexity(evals, position, loaded, ctx.baseline, ctx.run_dir, ctx.results.ppl,
+                                  ctx.results.fidelity, ctx.record, ctx.console)
+    todo = tasks.pending(cfg.tasks, ctx.results.tasks, position)
+    if not todo:
+        return
+    if ctx.store is None:
+        from accbench.store import SampleStore
+
+        ctx.store = SampleStore(ctx.run_dir)
+    transform = cfg.quant.model_dump(mode="json") if cfg.quant is not None and position != "pretrain" else None
+    tasks.run_tasks(todo, [t.name for t in cfg.tasks], position, loaded, cfg.model, cfg.runner, ctx.store, transform, ctx.run_dir,
+                    ctx.record, ctx.console)
+
+
+def _load(cfg: RunConfig) -> "LoadedModel":
+    from accbench.models import load_model
+
+    m = cfg.model
+    placement = "offload" if any(e.inference_per_block for e in cfg.eval) else m.placement
+    if cfg.runner.num_gpus > 1 and placement == "single":
+        placement = "device_map"
+    log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
+    return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
+                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast")
+
+
+def baseline_position(cfg: RunConfig) -> str:
+    """The reference model: compare.baseline if set, else 'pretrain', or the baseline training variant."""
+    if cfg.train is not None:
+        return train.training_baseline(list(cfg.train.variants), cfg.compare.baseline)
+    return cfg.compare.baseline or "pretrain"
