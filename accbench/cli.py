@@ -11,9 +11,13 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accbench.errors import EXIT_CRASH, EXIT_OK, AccbenchError
+
+if TYPE_CHECKING:
+    from accbench.config import CompareCfg, RunConfig
+    from accbench.results import Results
 
 log = logging.getLogger("accbench")
 
@@ -25,9 +29,14 @@ def _console() -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """The config, then every check `run` makes before loading the model (pipeline/preflight.py), all at once."""
     from accbench.config import load_config
+    from accbench.pipeline.preflight import PreflightError, find_problems
 
     cfg = load_config(args.config, args.overrides)
+    problems = find_problems(cfg)
+    if problems:
+        raise problems[0] if len(problems) == 1 else PreflightError(problems)
     print(f"{args.config}: valid ({', '.join(k for k, v in cfg if v not in (None, [], {}))})")
     return EXIT_OK
 
@@ -39,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_config(cfg, args, "run")
 
 
-def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
+def _run_config(cfg: "RunConfig", args: argparse.Namespace, verb: str) -> int:
     """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
@@ -58,7 +67,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     return int(results.compare.get("exit_code", EXIT_OK)) if results.compare else EXIT_OK
 
 
-def _load_finished_run(run_dir: str) -> Any:
+def _load_finished_run(run_dir: str) -> "Results":
     from accbench.results import Results
 
     path = Path(run_dir) / "results.json"
@@ -73,7 +82,7 @@ def _load_finished_run(run_dir: str) -> Any:
     return res
 
 
-def _compare_cfg(config: str | None, gates: list[str]) -> Any:
+def _compare_cfg(config: str | None, gates: list[str]) -> "CompareCfg":
     """The compare section of a YAML file (a run config or a file with just `compare:`), plus --gate items."""
     import yaml
     from pydantic import ValidationError

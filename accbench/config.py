@@ -1,408 +1,62 @@
 """The typed run config: llmc-compatible YAML sections plus accbench's own, validated all at once.
 
-One pydantic model per section. `load_config` reads YAML (anchors work), applies `key.path=value`
+One pydantic model per section (config_sections.py, config_tasks.py, config_train.py); `RunConfig` here
+holds them. `load_config` reads YAML (anchors work), applies `key.path=value`
 overrides, validates, and raises one `ConfigError` listing every problem with its YAML line, the
 nearest valid key for a misspelling, and a clear "not supported yet" for llmc features we lack.
-Only `pipeline.py` and `cli.py` read this object; building blocks take plain arguments.
+Only the pipeline's spine and `cli.py` read this object; stages take their section, building blocks plain
+arguments.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from accbench.config_sections import (
+    EVAL_POSITIONS,
+    UNSUPPORTED_EVAL_POS,
+    ActQuantCfg,
+    BaseCfg,
+    CalibCfg,
+    CompareCfg,
+    EvalCfg,
+    FidelityCfg,
+    GateCfg,
+    ModelCfg,
+    OpenCompassCfg,
+    QuantCfg,
+    RunnerCfg,
+    SaveCfg,
+    Section,
+    TextDataCfg,
+    WeightQuantCfg,
+    suggest,
+)
+from accbench.config_tasks import (
+    TASK_MODELS,
+    GenerateTask,
+    HumanEvalTask,
+    JudgeCfg,
+    LmEvalTask,
+    MTBenchTask,
+    MultipleChoiceTask,
+    PerplexityTask,
+    TaskBase,
+    TaskCfg,
+)
+from accbench.config_train import LauncherCfg, TrainCfg, VariantCfg
 from accbench.errors import ConfigError, ConfigProblem
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-# ----------------------------------------------------------------------------- llmc sections
-
-
-class BaseCfg(Section):
-    seed: int = 42
-    output_dir: str = "runs"
-    run_name: str | None = None
-
-
-class ModelCfg(Section):
-    path: str
-    type: str | None = None  # llmc names the architecture; we discover it from config.json
-    tokenizer_path: str | None = None
-    tokenizer_mode: Literal["fast", "slow"] = "fast"
-    torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    trust_remote_code: bool = False
-    attn_implementation: str | None = None
-    placement: Literal["single", "device_map", "offload"] = "single"
-    device: str | None = None  # default: cuda when available, else cpu
-
-
-class TextDataCfg(Section):
-    """A text dataset: a built-in one, llmc's names read from disk or the hub, or a local file."""
-
-    name: str = "custom"
-    download: bool = False
-    path: str | None = None
-    text_column: str = "text"
-    split: str | None = None
-
-    @model_validator(mode="after")
-    def _needs_path(self) -> "TextDataCfg":
-        if not self.download and not self.name.startswith("builtin:") and not self.path:
-            raise ValueError(
-                f"dataset '{self.name}' has download: false but no path; set path to the data on disk "
-                "(a datasets.save_to_disk folder, .txt, .jsonl or .parquet) or set download: true"
-            )
-        return self
-
-
-class CalibCfg(TextDataCfg):
-    n_samples: int = Field(128, ge=1)
-    bs: int = -1
-    seq_len: int = Field(512, ge=8)
-    preproc: str = "txt_general_preproc"
-    seed: int = 42
-
-
-class FidelityCfg(Section):
-    top_k: int = Field(64, ge=1)
-
-
-EVAL_POSITIONS = ("pretrain", "transformed", "fake_quant")
-
-
-class EvalCfg(TextDataCfg):
-    eval_pos: list[str] = Field(default_factory=lambda: ["pretrain"])
-    bs: int = Field(1, ge=1)
-    seq_len: int = Field(2048, ge=8)
-    inference_per_block: bool = False
-    fidelity: bool | FidelityCfg = False
-    eval_token_consist: bool = False  # llmc's token-consistency check; served by `fidelity` (top-1 agreement)
-    num_samples: int | None = Field(None, ge=1)  # cap on windows, for quick looks
-
-    @field_validator("eval_pos", mode="before")
-    @classmethod
-    def _pos_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("eval_pos")
-    @classmethod
-    def _known_pos(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if p in UNSUPPORTED_EVAL_POS:
-                raise ValueError(f"eval_pos '{p}' is an llmc position accbench does not support yet")
-            if p not in EVAL_POSITIONS:
-                raise ValueError(f"unknown eval_pos '{p}'; valid: {', '.join(EVAL_POSITIONS)}")
-        return v
-
-    def fidelity_top_k(self) -> int | None:
-        if isinstance(self.fidelity, FidelityCfg):
-            return self.fidelity.top_k
-        return 64 if (self.fidelity or self.eval_token_consist) else None
-
-
-class WeightQuantCfg(Section):
-    bit: int = Field(4, ge=2, le=8)
-    symmetric: bool = False
-    granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_group"
-    group_size: int = 128
-    calib_algo: Literal["minmax", "mse"] = "minmax"
-    int_range: list[int] | None = None
-
-    @model_validator(mode="after")
-    def _group(self) -> "WeightQuantCfg":
-        if self.granularity == "per_group" and self.group_size <= 0:
-            raise ValueError("granularity per_group needs a positive group_size")
-        return self
-
-
-class ActQuantCfg(Section):
-    bit: int = Field(8, ge=2, le=8)
-    symmetric: bool = True
-    granularity: Literal["per_token", "per_tensor"] = "per_token"
-    static: bool = False
-
-
-QUANT_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant")
-# special keys each method accepts (llmc's names); a misspelling is an error with a suggestion
-METHOD_SPECIAL_KEYS: dict[str, dict[str, Any]] = {
-    "RTN": {},
-    "Awq": {"trans": True, "trans_version": "v2", "weight_clip": False, "clip_sym": True,
-            "n_grid": 20, "save_scale": False, "save_clip": False, "clip_version": "v1", "awq_bs": None},
-    "GPTQ": {"actorder": False, "static_groups": False, "percdamp": 0.01, "blocksize": 128,
-             "true_sequential": True, "owq": False},
-    "SmoothQuant": {"alpha": 0.5},
-}
-_METHOD_ALIASES = {m.lower(): m for m in QUANT_METHODS} | {"quarot": None, "omniquant": None,
-                                                           "spqr": None, "hqq": None, "osplus": None,
-                                                           "quip": None, "tesseraq": None}
-
-
-class QuantCfg(Section):
-    method: str
-    weight: WeightQuantCfg = Field(default_factory=WeightQuantCfg)
-    act: ActQuantCfg | None = None
-    special: dict[str, Any] = Field(default_factory=dict)
-    quant_out: bool = False
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        canon = _METHOD_ALIASES.get(v.lower(), "?")
-        if canon is None:
-            raise ValueError(f"quant method '{v}' is an llmc method accbench does not support yet "
-                             f"(supported: {', '.join(QUANT_METHODS)})")
-        if canon == "?":
-            raise ValueError(f"unknown quant method '{v}'{_suggest(v, QUANT_METHODS)}; "
-                             f"supported: {', '.join(QUANT_METHODS)}")
-        return canon
-
-    @field_validator("special")
-    @classmethod
-    def _special_keys(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        method = info.data.get("method")
-        if method is None:
-            return v
-        allowed = METHOD_SPECIAL_KEYS[method]
-        bad = [k for k in v if k not in allowed]
-        if bad:
-            msgs = [f"'{k}' is not an option of {method}{_suggest(k, allowed)}" for k in bad]
-            if not allowed:
-                msgs.append(f"{method} takes no special options")
-            raise ValueError("; ".join(msgs))
-        return v
-
-    def special_with_defaults(self) -> dict[str, Any]:
-        return {**METHOD_SPECIAL_KEYS[self.method], **self.special}
-
-
-class SaveCfg(Section):
-    save_trans: bool = False
-    save_fake: bool = False
-    save_path: str | None = None
-
-
-class OpenCompassCfg(Section):
-    cfg_path: str
-    output_path: str | None = None
-    max_num_workers: int = Field(1, ge=1)
-    num_gpus: int = Field(1, ge=0)
-    python: str | None = None
-    eval_pos: list[str] | None = None  # default: every evaluated position whose model is saved
-
-
-# ----------------------------------------------------------------------------- accbench sections
-
-
-class RunnerCfg(Section):
-    type: Literal["local", "ray"] = "local"
-    max_num_workers: int = Field(1, ge=1)
-    num_gpus: int = Field(1, ge=0)
-    address: str | None = None
-
-
-class TaskBase(Section):
-    name: str
-    path: str | None = None
-    limit: int | None = Field(None, ge=1)
-    num_fewshot: int = Field(0, ge=0)
-    seed: int = 1234
-    batch_size: int | Literal["auto"] = "auto"
-    chat_template: bool = False
-
-
-class MultipleChoiceTask(TaskBase):
-    type: Literal["multiple_choice"]
-    context_field: str = "context"
-    choices_field: str = "choices"
-    label_field: str = "label"
-    target_delimiter: str = " "
-
-
-class GenerateTask(TaskBase):
-    type: Literal["generate"]
-    prompt_field: str = "prompt"
-    target_field: str = "target"
-    metric: Literal["exact_match", "contains", "regex"] = "exact_match"
-    regex: str | None = None
-    ignore_case: bool = False
-    ignore_punctuation: bool = False
-    strip: bool = True
-    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
-
-
-class PerplexityTask(TaskBase):
-    type: Literal["perplexity"]
-    seq_len: int = Field(2048, ge=8)
-    bs: int = Field(1, ge=1)
-
-
-class LmEvalTask(TaskBase):
-    type: Literal["lm_eval"]
-    task: str | None = None  # lm-eval task name; default: name
-    include_path: str | None = None
-
-
-class HumanEvalTask(TaskBase):
-    type: Literal["humaneval"]
-    n_samples: int = Field(1, ge=1)
-    k: list[int] = Field(default_factory=lambda: [1])
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(512, ge=1)
-    allow_code_execution: bool = False
-    timeout: float = Field(10.0, gt=0)
-    workers: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _k(self) -> "HumanEvalTask":
-        too_big = [k for k in self.k if k > self.n_samples]
-        if too_big:
-            raise ValueError(f"k={too_big} exceeds n_samples={self.n_samples}; pass@k needs n_samples >= k")
-        return self
-
-
-class JudgeCfg(Section):
-    type: Literal["openai", "hf"] = "openai"
-    model: str | None = None
-    path: str | None = None
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(8, ge=1)
-    timeout: float = Field(60.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    parse_retries: int = Field(2, ge=0)
-    max_tokens: int = Field(2048, ge=1)  # the judge's reply length
-
-    @model_validator(mode="after")
-    def _needs(self) -> "JudgeCfg":
-        if self.type == "openai" and not self.model:
-            raise ValueError("an openai judge needs judge.model (e.g. gpt-4o)")
-        if self.type == "hf" and not self.path:
-            raise ValueError("an hf judge needs judge.path (a local judge model directory)")
-        return self
-
-
-class MTBenchTask(TaskBase):
-    type: Literal["mtbench"]
-    questions: str = "builtin:sample"  # FastChat question.jsonl, or builtin:sample
-    reference_answers: str | None = None
-    judge: JudgeCfg  # required: who grades the answers
-    max_new_tokens: int = Field(1024, ge=1)
-    max_judge_failures: int = Field(0, ge=0)
-    chat_template_override: str | None = None
-
-    @model_validator(mode="after")
-    def _questions_not_path(self) -> "MTBenchTask":
-        if self.path is not None:
-            raise ValueError("an mtbench task reads its questions from `questions:` (FastChat's question.jsonl), "
-                             "not `path:`")
-        return self
-
-
-TaskCfg = Annotated[
-    Union[MultipleChoiceTask, GenerateTask, PerplexityTask, LmEvalTask, HumanEvalTask, MTBenchTask],
-    Field(discriminator="type"),
-]
-
-
-class VariantCfg(Section):
-    """One way to train: built-in Trainer options, or the user's own `command` (see docs/training.md)."""
-
-    torch_compile: bool = False
-    bf16: bool = False
-    fp16: bool = False
-    optim: str | None = None
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None
-    command: str | None = None  # placeholders: {model} {output_dir} {seed} {train_file}
-    env: dict[str, str] = Field(default_factory=dict)
-    trainer_args: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "VariantCfg":
-        if self.bf16 and self.fp16:
-            raise ValueError("a variant trains in bf16 or fp16, not both")
-        if self.command is not None:
-            builtin = [k for k in ("torch_compile", "bf16", "fp16", "optim", "gradient_checkpointing",
-                                   "attn_implementation", "trainer_args") if getattr(self, k)]
-            if builtin:
-                raise ValueError(f"a command variant runs the user's own script, so {builtin} would be ignored; "
-                                 "pass such options in the command itself (only env applies to a command)")
-            if not self.command.strip():
-                raise ValueError("command is empty")
-        return self
-
-
-class LauncherCfg(Section):
-    type: Literal["none", "torchrun"] = "none"
-    nproc_per_node: int = Field(1, ge=1)
-    extra_args: list[str] = Field(default_factory=list)  # more torchrun flags, e.g. ["--master_port", "29511"]
-
-
-class TrainCfg(Section):
-    dataset: TextDataCfg
-    block_size: int = Field(1024, ge=8)
-    per_device_train_batch_size: int = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
-    learning_rate: float = Field(5e-5, gt=0)
-    seed: int = 42
-    variants: dict[str, VariantCfg] = Field(default_factory=lambda: {"native": VariantCfg()})
-    launcher: LauncherCfg = Field(default_factory=LauncherCfg)
-    trainer_args: dict[str, Any] = Field(default_factory=dict)
-    save_checkpoints: bool = True
-
-    @field_validator("variants")
-    @classmethod
-    def _variant_names(cls, v: dict[str, VariantCfg]) -> dict[str, VariantCfg]:
-        if not v:
-            raise ValueError("train.variants is empty; add at least the baseline, e.g. native: {}")
-        for name in v:
-            # a variant's name is its model position in results.json; the original model is 'pretrain'
-            if name in EVAL_POSITIONS or not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"variant name '{name}' is reserved or not a plain name; use letters, digits, "
-                                 f"'_' or '-', and none of {', '.join(EVAL_POSITIONS)}")
-        return v
-
-
-class GateCfg(Section):
-    metric: str | None = None
-    dataset: str | None = None
-    task: str | None = None
-    position: str | None = None
-    max_relative_increase: float | None = None
-    max_drop: float | None = None
-    significance: float | None = Field(None, gt=0, lt=1)
-    train_loss_diff: float | None = None
-    max_kld: float | None = None
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> "GateCfg":
-        bounds = [self.max_relative_increase, self.max_drop, self.train_loss_diff, self.max_kld]
-        if all(b is None for b in bounds):
-            raise ValueError("a gate needs a bound: max_relative_increase, max_drop, train_loss_diff or max_kld")
-        return self
-
-
-class CompareCfg(Section):
-    baseline: str | None = None
-    gates: list[GateCfg] = Field(default_factory=list)
-    max_train_loss_diff: float | None = None  # shorthand gates, as in the training seed
-    max_score_drop: float | None = None
-    bootstrap_resamples: int = Field(10_000, ge=100)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    seed: int = 0
+__all__ = ["EVAL_POSITIONS", "UNSUPPORTED_EVAL_POS", "ActQuantCfg", "BaseCfg", "CalibCfg", "CompareCfg", "EvalCfg",
+           "FidelityCfg", "GateCfg", "GenerateTask", "HumanEvalTask", "JudgeCfg", "LauncherCfg", "LmEvalTask",
+           "MTBenchTask", "ModelCfg", "MultipleChoiceTask", "OpenCompassCfg", "PerplexityTask", "QuantCfg",
+           "RunConfig", "RunnerCfg", "SaveCfg", "Section", "TaskBase", "TaskCfg", "TextDataCfg", "TrainCfg",
+           "VariantCfg", "WeightQuantCfg", "apply_overrides", "dump_config", "eval_config", "load_config",
+           "parse_override", "validate_config"]
 
 
 class RunConfig(Section):
@@ -468,12 +122,8 @@ UNSUPPORTED_LLMC_KEYS = {
     "token_reduction": "token reduction",
     "model.use_cpu_to_save_cuda_mem_for_catcher": "llmc's catcher offload (blockwise calibration keeps blocks on CPU)",
 }
-UNSUPPORTED_EVAL_POS = {"fake_quant_wo_kv", "transformed_wo_kv", "pretrain_wo_kv"}
 
 
-def _suggest(word: str, options: Any) -> str:
-    near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def _line_map(text: str) -> dict[tuple, int]:
@@ -577,9 +227,7 @@ def validate_config(data: Any, source: str | None = None, text: str | None = Non
     return cfg
 
 
-_TASK_MODELS = {"multiple_choice": MultipleChoiceTask, "generate": GenerateTask, "perplexity": PerplexityTask,
-                "lm_eval": LmEvalTask, "humaneval": HumanEvalTask, "mtbench": MTBenchTask}
-_TASK_TYPES = set(_TASK_MODELS)
+_TASK_TYPES = set(TASK_MODELS)
 
 
 def _problem_from_error(err: dict, loc: tuple, lines: dict, source: str | None) -> ConfigProblem:
@@ -595,7 +243,7 @@ def _problem_from_error(err: dict, loc: tuple, lines: dict, source: str | None) 
     if err["type"] == "extra_forbidden":
         parent = _model_at(tuple(p for p in err["loc"][:-1]))
         fields = list(parent.model_fields) if parent else []
-        hint = _suggest(loc[-1], fields)
+        hint = suggest(loc[-1], fields)
         return ConfigProblem(dotted, f"unknown key '{loc[-1]}'{hint}", line, source)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
@@ -614,7 +262,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if isinstance(part, int):
             continue
         if part in _TASK_TYPES:  # the discriminator tag pydantic puts in the location
-            model = _TASK_MODELS[part]
+            model = TASK_MODELS[part]
             continue
         field = model.model_fields.get(part) if model else None
         if field is None:
@@ -680,7 +328,7 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
         missing = [n for n in names if n not in known]
         if missing:
             where = f"in {config}" if config else "(no --config given)"
-            raise ConfigError([ConfigProblem("tasks", f"task '{n}' is not defined {where}{_suggest(n, known)}"
+            raise ConfigError([ConfigProblem("tasks", f"task '{n}' is not defined {where}{suggest(n, known)}"
                                              f"; defined: {', '.join(map(str, known)) or 'none'}", None, config)
                                for n in missing])
         all_tasks = [t for t in all_tasks if isinstance(t, dict) and t.get("name") in names]

@@ -39,7 +39,7 @@ def _ppl(model, stream) -> float:
 
 
 def _quantized_ppl(base, method: str, bit: int, batches, stream) -> float:
-    from accbench.config import METHOD_SPECIAL_KEYS
+    from accbench.quant.methods import METHOD_SPECIAL_KEYS
     from accbench.quant.quantizer import WeightQuantSpec
     from accbench.quant.runner import fake_quantize_model, transform_model
     from accbench.quant.spec import QuantSpec

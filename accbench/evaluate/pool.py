@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from accbench.evaluate.backends.base import BatchSize, ModelBackend
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
 
 log = logging.getLogger("accbench.pool")
 
@@ -93,7 +93,7 @@ class PooledAnswerer:
         backend = self._backend()
         return self.call(lambda: backend.window_losses(request))
 
-    def truncates(self, kind: str, request: Any) -> bool:
+    def truncates(self, kind: str, request: Request) -> bool:
         return self.backend.truncates(kind, request) if self.backend is not None else False
 
     def _backend(self) -> ModelBackend:

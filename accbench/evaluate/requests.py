@@ -8,7 +8,7 @@ requests from many tasks at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Union
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+Request = Union[ScoreRequest, RollingRequest, GenerateRequest]  # what a backend answers, one kind per call
 GenerateFn = Callable[[list[GenerateRequest]], list[str]]
 ScoreFn = Callable[[list[ScoreRequest]], list[tuple[float, bool]]]
 
@@ -77,3 +78,20 @@ class WindowLossRequest:
     def key(self) -> dict[str, Any]:
         """What identifies the answer in the per-sample store."""
         return {"path": self.path, "seq_len": self.seq_len, "limit": self.limit}
+
+
+class Answerer(Protocol):
+    """What a task may ask; every model backend (evaluate/backends/base.py) is one, and so are the request
+    pool's client and the per-sample store that wrap it."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, or None when answers come only from the store (rescoring)."""
+
+    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]: ...
+
+    def score_rolling(self, requests: list[RollingRequest]) -> list[float]: ...
+
+    def generate(self, requests: list[GenerateRequest]) -> list[str]: ...
+
+    def window_losses(self, request: WindowLossRequest) -> list[float]: ...

@@ -6,13 +6,10 @@ lm-eval is the optional extra `lm_eval`; it is imported only when this adapter i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
-
-if TYPE_CHECKING:
-    from accbench.evaluate.tasks import Answerer
+from accbench.evaluate.requests import Answerer, GenerateRequest, RollingRequest, ScoreRequest
 
 
 def import_lm_eval() -> Any:
@@ -34,7 +31,7 @@ def generate_request(context: str, gen_kwargs: dict[str, Any], default_max: int 
                            float(gen_kwargs.get("top_p", 1.0) or 1.0), int(gen_kwargs.get("seed", 0) or 0))
 
 
-def make_lm(answerer: "Answerer") -> Any:
+def make_lm(answerer: Answerer) -> Any:
     """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (a model backend, or the
     per-sample store in front of one)."""
     import_lm_eval()

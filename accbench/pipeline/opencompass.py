@@ -10,13 +10,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from accbench.config import OpenCompassCfg, SaveCfg
 from accbench.errors import AccbenchError
 from accbench.pipeline.records import OpenCompassResult, Record, timed
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from accbench.integrations.opencompass import OpenCompassEnv, ProbedConfig
 
 log = logging.getLogger("accbench")
@@ -64,7 +66,7 @@ def prepare_opencompass(occ: OpenCompassCfg, save: SaveCfg, run_dir: Path) -> Op
 
 def run_opencompass(occ: OpenCompassCfg, ready: OpenCompassReady, models: dict[str, str], evaluated: list[str],
                     earlier_output: dict[str, str], run_dir: Path, resume: bool, record: Record,
-                    console: Any) -> None:
+                    console: "Console") -> None:
     """Run OpenCompass on the saved `models` (position -> folder) and hand back its scores."""
     from accbench.integrations import opencompass as oc
 

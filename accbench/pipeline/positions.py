@@ -17,6 +17,8 @@ from accbench.pipeline.records import Record, timed
 from accbench.results import FidelityEntry, PplEntry
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from accbench.evaluate.fidelity import DistributionRecorder, FidelityComparer
     from accbench.models import LoadedModel
 
@@ -43,7 +45,7 @@ def prepare_eval_data(e: EvalCfg, tokenizer: Any) -> EvalData:
 
 def evaluate_perplexity(evals: list[EvalData], position: str, loaded: "LoadedModel", baseline: str, run_dir: Path,
                         earlier_ppl: list[PplEntry], earlier_fidelity: list[FidelityEntry], record: Record,
-                        console: Any) -> None:
+                        console: "Console") -> None:
     """Perplexity of `loaded` on each dataset of `evals` (those already in `earlier_ppl` are kept, unless
     fidelity still needs the pass), plus fidelity against `baseline`."""
     from accbench.evaluate.perplexity import perplexity
@@ -68,7 +70,7 @@ def evaluate_perplexity(evals: list[EvalData], position: str, loaded: "LoadedMod
 
 
 def _fidelity_hook(ev: EvalData, position: str, baseline: str, run_dir: Path, earlier: list[FidelityEntry],
-                   console: Any) -> "DistributionRecorder | FidelityComparer | None":
+                   console: "Console") -> "DistributionRecorder | FidelityComparer | None":
     """The perplexity hook fidelity needs here: record at the baseline, compare elsewhere, or None."""
     from accbench.evaluate.fidelity import DistributionRecorder, FidelityComparer, recording_complete, recording_dir
 
@@ -95,7 +97,7 @@ def _fidelity_hook(ev: EvalData, position: str, baseline: str, run_dir: Path, ea
 
 
 def _finish_fidelity(hook: "DistributionRecorder | FidelityComparer", position: str, ev: EvalData, baseline: str,
-                     record: Record, console: Any) -> None:
+                     record: Record, console: "Console") -> None:
     from accbench.evaluate.fidelity import DistributionRecorder
 
     if isinstance(hook, DistributionRecorder):

@@ -16,6 +16,8 @@ from accbench.pipeline.records import Evaluate, ModelPath, Record, timed
 from accbench.results import QuantInfo
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from accbench.models import LoadedModel
     from accbench.quant.spec import QuantSpec
 
@@ -50,7 +52,7 @@ def build_calib_batches(c: CalibCfg, tok: Any) -> list:
 
 
 def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, save: SaveCfg, loaded: "LoadedModel",
-                     run_dir: Path, record: Record, evaluate: Evaluate, console: Any) -> None:
+                     run_dir: Path, record: Record, evaluate: Evaluate, console: "Console") -> None:
     """Calibrate and quantize block by block; hand `transformed` and `fake_quant` to `evaluate`; save as asked."""
     from accbench.quant.methods import needs_calibration
     from accbench.quant.runner import check_quant, fake_quantize_model, transform_model
@@ -96,7 +98,7 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
 
 
 def _save_position(loaded: "LoadedModel", position: str, root: Path, what: str, record: Record,
-                   console: Any) -> None:
+                   console: "Console") -> None:
     """Save the model as it is at `position` under root/position and hand back where it went."""
     from accbench.models import save_model
 

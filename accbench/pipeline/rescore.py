@@ -4,14 +4,17 @@ without a model (a metric fixed or changed after the run)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accbench.config import TaskCfg, load_config
 from accbench.errors import AccbenchError
 from accbench.results import Results, TaskEntry
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def rescore_run(run_dir: Path, console: Any) -> Results:
+
+def rescore_run(run_dir: Path, console: "Console") -> Results:
     """Recompute every task's metrics from the responses in the run's per-sample store, without a model."""
     from accbench.evaluate.tasks import TaskContext, run_task
     from accbench.store import STORE_FILE, SampleStore, StoredAnswerer

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from accbench.config import RunConfig, dump_config
 from accbench.pipeline import compare, opencompass, positions, preflight, quantize, tasks, train
@@ -21,13 +21,15 @@ from accbench.pipeline.records import Fact, ModelPath, OpenCompassResult, TaskOr
 from accbench.results import FidelityEntry, PplEntry, QuantInfo, Results, TaskEntry, TrainEntry, collect_versions
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from accbench.models import LoadedModel
     from accbench.store import SampleStore
 
 log = logging.getLogger("accbench")
 
 
-def run_pipeline(cfg: RunConfig, run_dir: Path, console: Any, resume: bool = False) -> Results:
+def run_pipeline(cfg: RunConfig, run_dir: Path, console: "Console", resume: bool = False) -> Results:
     """Run everything the config asks for; return the results (also on disk in run_dir)."""
     results = Results.load(run_dir) if resume and (run_dir / "results.json").is_file() else Results()
     results.run_dir, results.status, results.error = str(run_dir), "running", None
@@ -72,7 +74,7 @@ class RunContext:
     cfg: RunConfig
     run_dir: Path
     results: Results
-    console: Any
+    console: "Console"
     resume: bool = False
     evals: list[EvalData] = field(default_factory=list)
     store: "SampleStore | None" = None

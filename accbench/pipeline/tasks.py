@@ -19,6 +19,8 @@ from accbench.pipeline.records import Record, TaskOrder, Timing, timed
 from accbench.results import TaskEntry
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from accbench.evaluate.judge import HFJudge
     from accbench.evaluate.pool import PooledAnswerer
     from accbench.evaluate.requests import TaskResult
@@ -70,7 +72,7 @@ class _Backends:
 
 def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, loaded: "LoadedModel", model: ModelCfg,
               runner: RunnerCfg, store: "SampleStore", transform: dict[str, Any] | None, run_dir: Path,
-              record: Record, console: Any) -> None:
+              record: Record, console: "Console") -> None:
     """Evaluate `todo` at `position`; `transform` (the quant settings, or None) is part of the model's identity
     in the per-sample store."""
     from accbench.evaluate.pool import RequestPool

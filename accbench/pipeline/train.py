@@ -19,6 +19,8 @@ from accbench.pipeline.records import Evaluate, ModelPath, Record, Timing, timed
 from accbench.results import TrainEntry
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from accbench.models import LoadedModel
 
 log = logging.getLogger("accbench")
@@ -53,7 +55,7 @@ def variant_args(t: TrainCfg) -> dict[str, dict[str, Any]]:
 
 
 def run_training(t: TrainCfg, m: ModelCfg, num_gpus: int, baseline: str, loaded: "LoadedModel", run_dir: Path,
-                 resume: bool, earlier: list[TrainEntry], record: Record, evaluate: Evaluate, console: Any) -> None:
+                 resume: bool, earlier: list[TrainEntry], record: Record, evaluate: Evaluate, console: "Console") -> None:
     """Prepare the training data, evaluate `pretrain`, then train, evaluate (and unless kept, delete) each
     variant in turn. `earlier`: the TrainEntries of the run being resumed."""
     from accbench.data.text import load_texts
@@ -114,7 +116,7 @@ def _save_train_data(blocks: Any, texts: list[str], data_dir: Path) -> None:
 
 def _train_variant(t: TrainCfg, m: ModelCfg, model_path: str, name: str, trainer_args: dict[str, Any],
                    data_dir: Path, out: Path, run_dir: Path, base: TrainEntry | None, is_baseline: bool,
-                   record: Record, console: Any) -> TrainEntry:
+                   record: Record, console: "Console") -> TrainEntry:
     """Train one variant in its own process and return its TrainEntry (speedup against `base`)."""
     from accbench.train.clm import TrainSpec
     from accbench.train.launch import child_env, run_logged, worker_command

@@ -21,6 +21,7 @@ import torch.nn as nn
 from accbench.errors import AccbenchError
 from accbench.quant.blockwise import BlockInputs, catch_block_inputs, collect_input_ranges, run_blockwise
 from accbench.quant.methods import METHODS, needs_calibration
+from accbench.quant.options import option_problems
 from accbench.quant.quantizer import fake_quantize_weight, install_act_quant
 from accbench.quant.spec import QuantSpec, QuantState
 
@@ -41,7 +42,6 @@ def _blocks(model: Any) -> tuple[Any, str]:
 def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
     """Every problem we can see before calibration, as one AccbenchError (what, where, how to fix)."""
     problems: list[str] = []
-    sp = spec.special
     blocks, prefix = _blocks(model)
     linears = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
                if isinstance(m, nn.Linear)}
@@ -59,27 +59,9 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
         problems.append("static activation quantization (quant.act.static: true) needs calibration data: add a calib section")
     if needs_calibration(spec.method, False) and not has_calib:
         problems.append(f"quant method {spec.method} needs calibration data: add a calib section")
-    if spec.method == "Awq":
-        if sp.get("trans_version", "v2") not in ("v1", "v2"):
-            problems.append(f"quant.special.trans_version must be v1 or v2, got {sp.get('trans_version')!r}")
-        if sp.get("clip_version", "v1") not in ("v1", "v2"):
-            problems.append(f"quant.special.clip_version must be v1 or v2, got {sp.get('clip_version')!r}")
-        if not isinstance(sp.get("n_grid", 20), int) or sp.get("n_grid", 20) < 1:
-            problems.append(f"quant.special.n_grid must be a positive integer, got {sp.get('n_grid')!r}")
-        if sp.get("weight_clip") and spec.weight.granularity == "per_tensor":
-            problems.append("quant.special.weight_clip searches per row or group; it does not apply to per_tensor weights")
-    if spec.method == "GPTQ":
-        if not isinstance(sp.get("blocksize", 128), int) or sp.get("blocksize", 128) < 1:
-            problems.append(f"quant.special.blocksize must be a positive integer, got {sp.get('blocksize')!r}")
-        pd = sp.get("percdamp", 0.01)
-        if not isinstance(pd, (int, float)) or not 0 < pd <= 1:
-            problems.append(f"quant.special.percdamp must be in (0, 1], got {pd!r}")
-        if sp.get("owq"):
-            problems.append("quant.special.owq (outlier-aware GPTQ) is an llmc option accbench does not support yet; remove it")
-    if spec.method == "SmoothQuant":
-        a = sp.get("alpha", 0.5)
-        if not isinstance(a, (int, float)) or not 0 <= a <= 1:
-            problems.append(f"quant.special.alpha must be in [0, 1], got {a!r}")
+    options = METHODS[spec.method].options
+    bad_options = option_problems(spec.method, options, spec.special)
+    problems += bad_options or options.of(spec).problems(spec.weight)
     if problems:
         raise AccbenchError("cannot quantize:\n" + "\n".join(f"  - {p}" for p in problems),
                             "fix the quant section (see docs/quantization.md)")

@@ -12,8 +12,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest
+from accbench.evaluate.backends.base import BatchSize, ModelBackend
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
 
 # test hooks: make a worker die while answering, once (marker file) or always
 FAIL_ONCE_ENV = "ACCBENCH_TEST_WORKER_FAIL_ONCE"
@@ -60,7 +60,7 @@ class ReplicaPool(ModelBackend):
     def window_losses(self, request: WindowLossRequest) -> list[float]:
         return self._local().window_losses(request)
 
-    def truncates(self, kind: str, request: Any) -> bool:
+    def truncates(self, kind: str, request: Request) -> bool:
         return self._local().truncates(kind, request)
 
     def release(self) -> None:

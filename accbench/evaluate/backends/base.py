@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
 
 if TYPE_CHECKING:
     from accbench.models import LoadedModel
@@ -82,7 +82,7 @@ class ModelBackend(ABC):
         that a worker pool runs on the parent's model."""
 
     @abstractmethod
-    def truncates(self, kind: str, request: Any) -> bool:
+    def truncates(self, kind: str, request: Request) -> bool:
         """Whether answering `request` of `kind` would cut its context (so that answers reused from the
         per-sample store count their truncations as a fresh run would)."""
 

@@ -26,7 +26,7 @@ from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBacken
 from accbench.evaluate.backends.batching import initial_batch_size, probe_batch_size, run_in_batches
 from accbench.evaluate.backends.hf_generate import generate_batched
 from accbench.evaluate.perplexity import _can_split_head
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
 
 if TYPE_CHECKING:
     from accbench.models import LoadedModel
@@ -161,7 +161,7 @@ class HFBackend(ModelBackend):
             raise DataError(f"task '{request.name}': {exc}", "use a longer text or a smaller seq_len") from None
         return res.window_losses
 
-    def truncates(self, kind: str, request: Any) -> bool:
+    def truncates(self, kind: str, request: Request) -> bool:
         # requests it answers are reported in `last_truncated` without tokenizing twice
         if kind == "score":
             ctx, cont = self.encode_pair(request.context, request.continuation)

@@ -11,28 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import (GenerateRequest, RollingRequest, ScoreRequest, TaskResult,
-                                        WindowLossRequest)
+from accbench.evaluate.requests import Answerer, TaskResult
 
-
-class Answerer(Protocol):
-    """What a task may ask; every model backend (evaluate/backends/base.py) is one, and so are the request
-    pool's client and the per-sample store that wrap it."""
-
-    @property
-    def tokenizer(self) -> Any:
-        """The model's tokenizer, or None when answers come only from the store (rescoring)."""
-
-    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]: ...
-
-    def score_rolling(self, requests: list[RollingRequest]) -> list[float]: ...
-
-    def generate(self, requests: list[GenerateRequest]) -> list[str]: ...
-
-    def window_losses(self, request: WindowLossRequest) -> list[float]: ...
+if TYPE_CHECKING:
+    from accbench.config_tasks import HumanEvalTask, MTBenchTask, TaskCfg
 
 
 TaskFn = Callable[[Any, Answerer], TaskResult]
@@ -68,13 +53,13 @@ class TaskContext:
     load_judge: Callable[[Any], Any] | None = None  # JudgeCfg -> JudgeClient, for `hf` judges
 
 
-def _run_humaneval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+def _run_humaneval(cfg: "HumanEvalTask", answerer: Answerer, ctx: TaskContext) -> TaskResult:
     from accbench.evaluate.tasks.humaneval import evaluate_humaneval
 
     return evaluate_humaneval(cfg, answerer.generate, ctx.tokenizer)
 
 
-def _run_mtbench(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+def _run_mtbench(cfg: "MTBenchTask", answerer: Answerer, ctx: TaskContext) -> TaskResult:
     from accbench.evaluate.tasks.mtbench import evaluate_mtbench
 
     if ctx.work_dir is None:
@@ -91,7 +76,7 @@ CONTEXT_TASKS: dict[str, Callable[[Any, Answerer, TaskContext], TaskResult]] = {
 }
 
 
-def run_task(cfg: Any, answerer: Answerer, ctx: TaskContext | None = None) -> TaskResult:
+def run_task(cfg: "TaskCfg", answerer: Answerer, ctx: TaskContext | None = None) -> TaskResult:
     """Evaluate one task config (MultipleChoiceTask, GenerateTask, HumanEvalTask, ...) with `answerer`."""
     if cfg.type in CONTEXT_TASKS:
         return CONTEXT_TASKS[cfg.type](cfg, answerer, ctx or TaskContext())

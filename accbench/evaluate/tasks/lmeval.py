@@ -10,10 +10,13 @@ from __future__ import annotations
 import difflib
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import TaskResult
+from accbench.evaluate.requests import Answerer, TaskResult
+
+if TYPE_CHECKING:
+    from accbench.config import LmEvalTask
 
 BOOTSTRAP_ITERS = 1000  # only for metrics without a closed-form standard error
 
@@ -53,7 +56,7 @@ def _metric_name(key: str) -> str:
     return metric if flt in ("", "none") else key
 
 
-def check(cfg: Any) -> Any:
+def check(cfg: "LmEvalTask") -> Any:
     """lm-eval installed, include_path present, the task known; returns the task index."""
     name = cfg.task or cfg.name
     tm = task_manager(cfg.include_path, name)
@@ -61,7 +64,7 @@ def check(cfg: Any) -> Any:
     return tm
 
 
-def run(cfg: Any, answerer: Any) -> TaskResult:
+def run(cfg: "LmEvalTask", answerer: Answerer) -> TaskResult:
     tm = check(cfg)
     from lm_eval.evaluator import simple_evaluate
 

@@ -10,12 +10,11 @@ import math
 from typing import TYPE_CHECKING
 
 from accbench.errors import DataError
-from accbench.evaluate.requests import TaskResult, WindowLossRequest
+from accbench.evaluate.requests import Answerer, TaskResult, WindowLossRequest
 from accbench.evaluate.tasks.common import mean_stderr
 
 if TYPE_CHECKING:
     from accbench.config import PerplexityTask
-    from accbench.evaluate.tasks import Answerer
 
 
 def check(cfg: "PerplexityTask") -> None:
@@ -25,7 +24,7 @@ def check(cfg: "PerplexityTask") -> None:
         raise DataError(f"task '{cfg.name}': text file not found: {cfg.path}", f"set path: for task '{cfg.name}'")
 
 
-def run(cfg: "PerplexityTask", answerer: "Answerer") -> TaskResult:
+def run(cfg: "PerplexityTask", answerer: Answerer) -> TaskResult:
     if not cfg.path:
         raise DataError(f"task '{cfg.name}' needs a path to a text file", f"set path: for task '{cfg.name}'")
     # the per-sample store (when the answerer is one) keeps the window losses for resume and rescore
