@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from accbench.config import RunConfig, dump_config
 from accbench.pipeline import compare, opencompass, positions, preflight, quantize, tasks, train
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from accbench.store import SampleStore
 
 log = logging.getLogger("accbench")
+E = TypeVar("E")
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: "Console", resume: bool = False) -> Results:
@@ -84,14 +85,15 @@ class RunContext:
         self.results.save(self.run_dir)
 
     def record(self, fact: Fact) -> None:
-        """File one fact a stage handed back into results.json, and save."""
+        """File one fact a stage handed back into results.json (replacing an earlier one of the same position
+        and dataset/task/variant, as a recomputation on --resume does), and save."""
         r = self.results
         if isinstance(fact, PplEntry):
-            r.ppl.append(fact)
+            r.ppl = _replace(r.ppl, fact, lambda e: (e.position, e.dataset, e.seq_len))
         elif isinstance(fact, FidelityEntry):
-            r.fidelity.append(fact)
+            r.fidelity = _replace(r.fidelity, fact, lambda e: (e.position, e.dataset, e.seq_len))
         elif isinstance(fact, TaskEntry):
-            r.tasks.append(fact)
+            r.tasks = _replace(r.tasks, fact, lambda e: (e.model, e.task))
         elif isinstance(fact, TrainEntry):
             r.train = [e for e in r.train if e.variant != fact.variant] + [fact]
         elif isinstance(fact, QuantInfo):
@@ -109,6 +111,17 @@ class RunContext:
         elif isinstance(fact, OpenCompassResult):
             r.opencompass, r.opencompass_output = fact.scores, fact.output
         self.save()
+
+
+def _replace(entries: list[E], new: E, key: Callable[[E], tuple]) -> list[E]:
+    """`entries` with `new` in place of the entry of the same key, or appended."""
+    k = key(new)
+    i = next((i for i, e in enumerate(entries) if key(e) == k), None)
+    if i is None:
+        entries.append(new)
+    else:
+        entries[i] = new
+    return entries
 
 
 def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> None:
