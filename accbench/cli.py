@@ -53,7 +53,7 @@ def _run_config(cfg: "RunConfig", args: argparse.Namespace, verb: str) -> int:
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
 
-    run_dir = resolve_run_dir(cfg, args.output)
+    run_dir = resolve_run_dir(cfg.base, args.output)
     prepare_run_dir(run_dir, args.resume, args.overwrite)
     setup_logging(run_dir)
     console = _console()

@@ -7,15 +7,16 @@ import shutil
 import time
 from pathlib import Path
 
-from accbench.config import RunConfig
+from accbench.config import BaseCfg
 from accbench.errors import AccbenchError
 
 
-def resolve_run_dir(cfg: RunConfig, output: str | None) -> Path:
+def resolve_run_dir(base: BaseCfg, output: str | None) -> Path:
+    """-o when given, else <base.output_dir>/<base.run_name or a timestamp>."""
     if output:
         return Path(output)
-    name = cfg.base.run_name or time.strftime("%Y%m%d_%H%M%S")
-    return Path(cfg.base.output_dir) / name
+    name = base.run_name or time.strftime("%Y%m%d_%H%M%S")
+    return Path(base.output_dir) / name
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
