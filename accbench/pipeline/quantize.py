@@ -54,7 +54,7 @@ def build_calib_batches(c: CalibCfg, tok: Any) -> list:
 def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, save: SaveCfg, loaded: "LoadedModel",
                      run_dir: Path, record: Record, evaluate: Evaluate, console: "Console") -> None:
     """Calibrate and quantize block by block; hand `transformed` and `fake_quant` to `evaluate`; save as asked."""
-    from accbench.quant.methods import needs_calibration
+    from accbench.quant.methods import METHODS, needs_calibration
     from accbench.quant.runner import check_quant, fake_quantize_model, transform_model
 
     check_quant(loaded.model, spec, calib is not None)
@@ -87,13 +87,14 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
         _save_position(loaded, "fake_quant", save_root, "fake-quantized model"
                        + (" (weights only: activation quantization is applied at run time, not saved)"
                           if spec.act is not None else ""), record, console)
-    if spec.special.get("save_scale") or spec.special.get("save_clip"):
+    saved = METHODS[spec.method].options.of(spec).saved_state()  # AWQ's save_scale / save_clip
+    if saved:
         import torch
 
         save_root.mkdir(parents=True, exist_ok=True)
-        if spec.special.get("save_scale"):
+        if "scales" in saved:
             torch.save(state.scales, save_root / "scales.pt")
-        if spec.special.get("save_clip"):
+        if "clips" in saved:
             torch.save(state.clips, save_root / "clips.pt")
 
 

@@ -55,6 +55,9 @@ class AwqOptions(MethodOptions):
             raise ValueError(f"quant.special.n_grid must be a positive integer, got {v!r}")
         return v
 
+    def saved_state(self) -> set[str]:
+        return {name for name, wanted in (("scales", self.save_scale), ("clips", self.save_clip)) if wanted}
+
     def problems(self, weight: WeightQuantSpec) -> list[str]:
         if self.weight_clip and weight.granularity == "per_tensor":
             return ["quant.special.weight_clip searches per row or group; it does not apply to per_tensor weights"]

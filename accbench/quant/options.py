@@ -37,6 +37,10 @@ class MethodOptions(BaseModel):
         """Problems of these options together with the weight settings (none by default)."""
         return []
 
+    def saved_state(self) -> set[str]:
+        """Which parts of the method's QuantState the run saves next to the models ("scales", "clips")."""
+        return set()
+
 
 def option_problems(method: str, options: type[MethodOptions], special: dict[str, Any]) -> list[str]:
     """Every problem of `special` as options of `method`: unknown keys (with the near match) and bad values."""
