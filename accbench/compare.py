@@ -370,6 +370,12 @@ def summarize(baseline: str, comparisons: Sequence[Comparison], checks: Sequence
 def run_comparison(results: Results, cfg: CompareCfg) -> dict[str, Any]:
     """Compare a run's candidates with its baseline and check the gates of a `compare` section."""
     baseline = cfg.baseline or default_baseline(results)
+    names = model_names(results)
+    if names and baseline not in names and cfg.baseline is None:
+        block = summarize(baseline, [], evaluate_gates(gates_from_config(cfg), []))
+        block["note"] = (f"no baseline position was evaluated ('{baseline}' has no results), so nothing is compared; "
+                         f"add {baseline} to eval.eval_pos to compare {', '.join(names)} with it")
+        return block
     comparisons = compare_results(results, baseline, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
     return summarize(baseline, comparisons, evaluate_gates(gates_from_config(cfg), comparisons))
 

@@ -108,24 +108,6 @@ class RunConfig(Section):
 
 # ----------------------------------------------------------------------------- loading
 
-# llmc keys we know but do not implement yet: a clear "not supported yet" instead of "unknown key"
-UNSUPPORTED_LLMC_KEYS = {
-    "quant.kvcache": "KV-cache quantization",
-    "quant.quant_objects": "non-language quant objects",
-    "save.save_lightllm": "saving for LightLLM",
-    "save.save_vllm": "saving for vLLM",
-    "save.save_sgl": "saving for SGLang",
-    "save.save_autoawq": "saving in AutoAWQ format",
-    "save.save_mlcllm": "saving for MLC-LLM",
-    "save.tp_size": "tensor-parallel export",
-    "sparse": "sparsification",
-    "token_reduction": "token reduction",
-    "model.use_cpu_to_save_cuda_mem_for_catcher": "llmc's catcher offload (blockwise calibration keeps blocks on CPU)",
-}
-
-
-
-
 def _line_map(text: str) -> dict[tuple, int]:
     """Map key paths (tuples of str/int) to 1-based YAML line numbers."""
     lines: dict[tuple, int] = {}
@@ -182,39 +164,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _known_unsupported(data: dict) -> list[tuple[tuple, str]]:
-    found = []
-    for dotted, what in UNSUPPORTED_LLMC_KEYS.items():
-        node: Any = data
-        parts = dotted.split(".")
-        for p in parts:
-            node = node.get(p) if isinstance(node, dict) else None
-            if node is None:
-                break
-        else:
-            if node not in (False, None):
-                found.append((tuple(parts), what))
-    return found
-
-
-def _drop_path(data: dict, path: tuple) -> None:
-    node = data
-    for p in path[:-1]:
-        node = node[p]
-    node.pop(path[-1], None)
-
-
 def validate_config(data: Any, source: str | None = None, text: str | None = None) -> RunConfig:
     """Validate a raw mapping into a RunConfig, collecting every problem into one ConfigError."""
     lines = _line_map(text) if text else {}
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem("", "the config must be a YAML mapping of sections", 1, source)])
-    problems: list[ConfigProblem] = []
-    data = dict(data)
-    for path, what in _known_unsupported(data):
-        problems.append(ConfigProblem(".".join(path), f"{what} is an llmc feature accbench does not support yet; "
-                                      "remove this key", lines.get(path), source))
-        _drop_path(data, path)
+    from accbench.config_sections import built_methods
+    from accbench.llmc_features import llmc_problems
+
+    problems, data = llmc_problems(data, built_methods(), lines, source)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -134,6 +134,11 @@ class ActQuantCfg(Section):
 UNSUPPORTED_LLMC_METHODS = ("quarot", "omniquant", "spqr", "hqq", "osplus", "quip", "tesseraq")
 
 
+def built_methods() -> list[str]:
+    """The names of the quantization methods accbench has built."""
+    return list(_quant_methods())
+
+
 def _quant_methods() -> dict[str, Any]:
     """The method table (quant/methods.py): each method's code and options class. Imports torch."""
     from accbench.quant.methods import METHODS

@@ -50,6 +50,8 @@ def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchE
     checks += [lambda t=t: _check_task(t) for t in cfg.tasks]
     if cfg.opencompass is not None:
         checks += [lambda: check_opencompass(cfg.opencompass, cfg.save)]
+    if cfg.train is None:
+        checks += [lambda: _check_baseline(cfg)]
     problems = []
     for check in checks:
         try:
@@ -118,6 +120,18 @@ def _check_calib(cfg: RunConfig) -> None:
 
     if cfg.calib is not None and cfg.calib.preproc not in PREPROC:
         raise DataError(f"unknown calib.preproc '{cfg.calib.preproc}'", f"use one of: {', '.join(PREPROC)}")
+
+
+def _check_baseline(cfg: RunConfig) -> None:
+    """Gates (and an explicit compare.baseline) need the baseline position evaluated; without one the run
+    still evaluates what it has and says that nothing was compared."""
+    baseline = cfg.compare.baseline or "pretrain"
+    positions = cfg.positions()
+    needs = cfg.compare.gates or cfg.compare.max_score_drop is not None or cfg.compare.baseline
+    if baseline not in positions and needs:
+        raise AccbenchError(f"compare needs the baseline position '{baseline}', which eval.eval_pos "
+                            f"({', '.join(positions)}) does not evaluate",
+                            f"add {baseline} to eval.eval_pos, or remove the gates")
 
 
 def _check_train(cfg: RunConfig, model_config: Any) -> None:

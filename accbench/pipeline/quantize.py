@@ -98,12 +98,16 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
             torch.save(state.clips, save_root / "clips.pt")
 
 
+LLMC_SAVE_FOLDERS = {"transformed": "transformed_model", "fake_quant": "fake_quant_model"}
+
+
 def _save_position(loaded: "LoadedModel", position: str, root: Path, what: str, record: Record,
                    console: "Console") -> None:
-    """Save the model as it is at `position` under root/position and hand back where it went."""
+    """Save the model as it is at `position` under llmc's folder name (root/transformed_model,
+    root/fake_quant_model, so a script written for llmc finds it) and hand back where it went."""
     from accbench.models import save_model
 
     with timed(record, f"save_{position}"):
-        path = str(save_model(loaded.model, loaded.tokenizer, root / position))
+        path = str(save_model(loaded.model, loaded.tokenizer, root / LLMC_SAVE_FOLDERS[position]))
     record(ModelPath(position, path))
     console.print(f"saved {what} → {path}")

@@ -39,6 +39,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: "Console", resume: bool
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
     checked = preflight.check_run(cfg, run_dir)  # every weight-free check, before the model loads
+    seed_everything(cfg.base.seed)
     with timed(ctx.record, "load_model"):
         loaded = _load(cfg)
     ctx.record(ModelPath("pretrain", loaded.path))
@@ -152,6 +153,18 @@ def _load(cfg: RunConfig) -> "LoadedModel":
     log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
     return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
                       cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast")
+
+
+def seed_everything(seed: int) -> None:
+    """base.seed, as llmc uses it: Python's, NumPy's and torch's (CPU and every GPU) random generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def baseline_position(cfg: RunConfig) -> str:
