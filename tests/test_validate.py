@@ -39,9 +39,10 @@ def quant_cfg(tmp_path, tiny_model_dir, eval_txt) -> str:
 
 @pytest.mark.parametrize("override,message", [
     ("quant.special.percdamp=5", "quant.special.percdamp must be in (0, 1]"),
-    ("quant.weight.int_range=[0,7]", "int_range is an llmc option accbench does not support yet"),
-    ("calib.preproc=pileval_smooth", "unknown calib.preproc 'pileval_smooth'"),
-    ("quant.special.owq=true", "owq (outlier-aware GPTQ) is an llmc option accbench does not support yet"),
+    ("quant.weight.int_range=[0,7]", "quant.weight.int_range: llmc's int_range is not supported yet"),
+    ("calib.preproc=pileval_smoth", "unknown calib.preproc 'pileval_smoth'"),
+    ("calib.preproc=ultrachat_general", "llmc's calibration preprocessing ultrachat_general"),
+    ("quant.special.owq=true", "llmc's outlier-aware GPTQ (owq) is not supported yet"),
     ("quant.weight.group_size=48", "group_size 48 does not divide the input dimension 64"),
 ])
 def test_quant_problems_exit_2(quant_cfg, override, message, capsys, no_model_load):
@@ -53,10 +54,10 @@ def test_quant_problems_exit_2(quant_cfg, override, message, capsys, no_model_lo
 
 
 def test_problems_of_several_checks_are_reported_together(quant_cfg, capsys, no_model_load):
-    assert main(["validate", quant_cfg, "quant.weight.int_range=[0,7]", "calib.preproc=pileval_smooth"]) == 2
+    assert main(["validate", quant_cfg, "quant.weight.group_size=48", "calib.preproc=pileval_smoth"]) == 2
     err = capsys.readouterr().err
     assert "2 problems found before loading the model" in err
-    assert "int_range" in err and "pileval_smooth" in err
+    assert "group_size 48" in err and "pileval_smoth" in err
 
 
 def test_unknown_trainer_optimizer(tmp_path, tiny_model_dir, capsys, no_model_load):
