@@ -15,9 +15,9 @@ import yaml
 from accbench.cli import main
 from accbench.llmc_features import feature_table
 
+from llmc_fixtures import LLMC, with_paths
+
 REPO = Path(__file__).resolve().parents[1]
-LLMC = next((p for p in (REPO.parent / "shared" / "data" / "llmc_configs", Path("/work/shared/data/llmc_configs"))
-             if p.is_dir()), None)
 pytestmark = pytest.mark.skipif(LLMC is None, reason="../shared/data/llmc_configs is absent")
 
 # problems of llmc's own configs that are not llmc features: llmc itself skips an eval_pos it does not know,
@@ -27,19 +27,6 @@ LLMC_SLIPS = {
     "quantization/backend/vllm/tesseraq_w4a16.yml": "unknown eval_pos 'nahh'",
     "quantization/methods/Awq/awq_w_only_opencompass.yml": "the opencompass section evaluates a saved model",
 }
-
-
-def with_paths(cfg: dict, model: str, data: Path, save: Path) -> dict:
-    """The config with only its paths changed (model.path, calib/eval path, save_path), as a user would."""
-    cfg["model"]["path"] = model
-    for section in ("calib", "eval"):
-        entries = cfg.get(section)
-        for e in entries if isinstance(entries, list) else [entries] if isinstance(entries, dict) else []:
-            if "path" in e:
-                e["path"] = str(data)
-    if isinstance(cfg.get("save"), dict) and "save_path" in cfg["save"]:
-        cfg["save"]["save_path"] = str(save)
-    return cfg
 
 
 def _validate(path: Path) -> tuple[int, str]:

@@ -1,0 +1,96 @@
+"""llmc's own configs run end to end on a tiny model (paths changed; sizes shrunk by overrides so CPU tests
+stay fast): GPTQ without a baseline position, SmoothQuant with pileval_smooth calibration, saving to llmc's
+folder names, base.seed; and the preflight rule that gates need the baseline position."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from accbench.cli import main
+from accbench.data.calib import calib_batches, calib_samples
+from llmc_fixtures import LLMC, with_paths
+
+needs_llmc = pytest.mark.skipif(LLMC is None, reason="../shared/data/llmc_configs is absent")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = ["calib.n_samples=4", "calib.seq_len=32", "eval.seq_len=64", "eval.bs=4"]
+
+
+def _llmc_config(tmp_path: Path, name: str, model: Path, data: Path) -> Path:
+    cfg = with_paths(yaml.safe_load((LLMC / name).read_text()), str(model), data, tmp_path / "save")
+    cfg["model"]["torch_dtype"] = "float32"
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+def _run(cfg: Path, out: Path, capsys, *overrides: str) -> tuple[int, str, dict]:
+    code = main(["run", str(cfg), "-o", str(out), *overrides])
+    err = capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    return code, err, res
+
+
+@needs_llmc
+def test_gptq_example_without_baseline_runs(tmp_path, tiny_model_dir, eval_txt, capsys):
+    cfg = _llmc_config(tmp_path, "quantization/methods/GPTQ/gptq_w_only.yml", tiny_model_dir, eval_txt)
+    assert yaml.safe_load(cfg.read_text())["eval"]["eval_pos"] == ["fake_quant"]
+    code, err, res = _run(cfg, tmp_path / "run", capsys, *SMALL, "quant.weight.group_size=32", "calib.bs=-1")
+    assert code == 0, err[-3000:]
+    assert res["status"] == "complete" and [p["position"] for p in res["ppl"]] == ["fake_quant"]
+    assert res["compare"]["comparisons"] == [] and "no baseline position was evaluated" in res["compare"]["note"]
+    assert "add pretrain to eval.eval_pos" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_gates_without_baseline_position_fail_before_loading(tmp_path, tiny_model_dir, eval_txt, capsys):
+    cfg = {"model": {"path": str(tiny_model_dir)}, "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}},
+           "eval": {"name": "custom", "path": str(eval_txt), "seq_len": 64, "eval_pos": ["fake_quant"]},
+           "compare": {"gates": [{"metric": "ppl", "max_relative_increase": 0.1}]}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "compare needs the baseline position 'pretrain'" in err and "add pretrain to eval.eval_pos" in err
+
+
+@needs_llmc
+def test_smoothquant_pileval_smooth_saves_to_llmc_folders(tmp_path, tiny_model_dir, eval_txt, capsys):
+    cfg = _llmc_config(tmp_path, "quantization/backend/trtllm/smoothquant_w8a8.yml", tiny_model_dir, eval_txt)
+    assert yaml.safe_load(cfg.read_text())["calib"]["preproc"] == "pileval_smooth"
+    code, err, res = _run(cfg, tmp_path / "run", capsys, *SMALL, "eval.eval_pos=[pretrain,fake_quant]",
+                          "save.save_fake=true")
+    assert code == 0, err[-3000:]
+    save = tmp_path / "save"
+    assert res["models"]["transformed"] == str(save / "transformed_model")
+    assert res["models"]["fake_quant"] == str(save / "fake_quant_model")
+    assert (save / "transformed_model" / "config.json").is_file()
+    pre, fake = (next(p["ppl"] for p in res["ppl"] if p["position"] == pos) for pos in ("pretrain", "fake_quant"))
+    assert fake != pre and abs(fake / pre - 1) < 0.05
+
+
+def test_pileval_smooth_follows_llmc(tiny_tokenizer):
+    """Shuffled documents, the first n_samples, each truncated to seq_len (not skipped, not windowed)."""
+    texts = [" ".join(["word"] * n) for n in (3, 50, 7, 200, 12)]
+    got = calib_samples(texts, tiny_tokenizer, "pileval_smooth", 3, 16, seed=5)
+    order = list(texts)
+    random.Random(5).shuffle(order)
+    want = [tiny_tokenizer(t).input_ids[:16] for t in order[:3]]
+    assert got == want and len({len(s) for s in got}) > 1
+    assert [b.shape[0] for b in calib_batches(got, -1)] == [1, 1, 1]  # unequal lengths: one sample a batch
+
+
+def test_base_seed_seeds_everything():
+    import numpy as np
+    import torch
+
+    from accbench.pipeline.spine import seed_everything
+
+    seed_everything(7)
+    a = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_everything(7)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == a
