@@ -75,7 +75,22 @@ class RunConfig(Section):
     @field_validator("eval", mode="before")
     @classmethod
     def _eval_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, dict) else v
+        """One entry per dataset: llmc's `name: [wikitext2, c4]` evaluates each, from `path/<name>` when the
+        list has more than one name (from `path` itself when one)."""
+        entries = [v] if isinstance(v, dict) else v
+        if not isinstance(entries, list):
+            return v
+        out = []
+        for e in entries:
+            names = e.get("name") if isinstance(e, dict) else None
+            if not isinstance(names, list):
+                out.append(e)
+                continue
+            for n in names:
+                path = e.get("path")
+                joined = str(Path(path) / str(n)) if path and len(names) > 1 else path
+                out.append({**e, "name": n, **({"path": joined} if path else {})})
+        return out
 
     @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":

@@ -94,3 +94,21 @@ def test_base_seed_seeds_everything():
     a = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     seed_everything(7)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == a
+
+
+@needs_llmc
+def test_eval_name_list_evaluates_each_dataset(tmp_path, tiny_model_dir, eval_txt, capsys):
+    """llmc's `name: [wikitext2, c4]` with `path: DIR` reads DIR/wikitext2 and DIR/c4 (save_to_disk folders)."""
+    from datasets import Dataset
+
+    docs = eval_txt.read_text().split("\n\n")
+    for name in ("wikitext2", "c4"):
+        Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "evaldata" / name))
+    cfg = _llmc_config(tmp_path, "quantization/methods/RTN/rtn_w_only.yml", tiny_model_dir, tmp_path / "evaldata")
+    code, err, res = _run(cfg, tmp_path / "run", capsys, "eval.name=[wikitext2,c4]", "eval.seq_len=64",
+                          "eval.bs=4", "quant.weight.group_size=32")
+    assert code == 0, err[-3000:]
+    got = {(p["position"], p["dataset"]) for p in res["ppl"]}
+    assert got == {(pos, d) for pos in ("pretrain", "fake_quant") for d in ("wikitext2", "c4")}
+    wiki = {p["position"]: p["ppl"] for p in res["ppl"] if p["dataset"] == "wikitext2"}
+    assert wiki["fake_quant"] != wiki["pretrain"]
