@@ -108,8 +108,21 @@ class EvalCfg(TextDataCfg):
         return 64 if (self.fidelity or self.eval_token_consist) else None
 
 
+def _bit_and_type(bit: "int | str", quant_type: str) -> None:
+    """llmc: integer bits with int-quant, a float format (e4m3, e5m2) with quant_type: float-quant."""
+    if isinstance(bit, str) and quant_type != "float-quant":
+        raise ValueError(f"bit '{bit}' is a float format: set quant_type: float-quant")
+    if isinstance(bit, int) and quant_type == "float-quant":
+        raise ValueError("quant_type float-quant takes a float format as bit: e4m3 or e5m2")
+    if isinstance(bit, int) and not 2 <= bit <= 8:
+        raise ValueError(f"bit must be 2..8, got {bit}")
+    if isinstance(bit, str) and bit not in ("e4m3", "e5m2"):
+        raise ValueError(f"float format '{bit}' is not supported; valid: e4m3, e5m2")
+
+
 class WeightQuantCfg(Section):
-    bit: int = Field(4, ge=2, le=8)
+    bit: int | str = 4
+    quant_type: Literal["int-quant", "float-quant"] = "int-quant"
     symmetric: bool = False
     granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_group"
     group_size: int = 128
@@ -120,14 +133,21 @@ class WeightQuantCfg(Section):
     def _group(self) -> "WeightQuantCfg":
         if self.granularity == "per_group" and self.group_size <= 0:
             raise ValueError("granularity per_group needs a positive group_size")
+        _bit_and_type(self.bit, self.quant_type)
         return self
 
 
 class ActQuantCfg(Section):
-    bit: int = Field(8, ge=2, le=8)
+    bit: int | str = 8
+    quant_type: Literal["int-quant", "float-quant"] = "int-quant"
     symmetric: bool = True
     granularity: Literal["per_token", "per_tensor"] = "per_token"
     static: bool = False
+
+    @model_validator(mode="after")
+    def _bit(self) -> "ActQuantCfg":
+        _bit_and_type(self.bit, self.quant_type)
+        return self
 
 
 # llmc methods accbench does not implement yet: a clear "not supported yet" instead of "unknown method"

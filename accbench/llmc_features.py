@@ -27,9 +27,6 @@ def _always(v: Any) -> bool:
     return True
 
 
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str)
-
 
 def _not_in(*allowed: Any) -> Callable[[Any], bool]:
     return lambda v: v not in allowed
@@ -83,6 +80,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("save_trans / save_fake (folders transformed_model, fake_quant_model under save_path)",
             ("save.save_trans", "save.save_fake"), "supported"),
     Feature("base.seed", ("base.seed",), "supported"),
+    Feature("FP8 weights and activations (quant_type: float-quant, bit: e4m3 / e5m2; RTN, AWQ, SmoothQuant)",
+            ("quant.weight.quant_type", "quant.act.quant_type"), "supported"),
     Feature("a list of eval datasets (eval.name: [wikitext2, c4], each read from path/<name>)", ("eval.name",),
             "supported"),
     Feature("model.type of a text model (architecture read from config.json)", ("model.type",), "no-op",
@@ -118,9 +117,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("KV-cache quantization (quant.kvcache)", ("quant.kvcache",)),
     Feature("mixed precision (quant.mix_bits)", ("quant.mix_bits",)),
     Feature("ignored layers (ignored_layers)", ("ignored_layers",)),
-    Feature("float quantization (quant_type: float-quant, bit e4m3/e5m2/e2m1)",
-            ("quant.weight.quant_type", "quant.act.quant_type", "quant.special.quant_type"), when=_in("float-quant")),
-    Feature("float formats as bit (e4m3, e5m2, e2m1)", ("quant.weight.bit", "quant.act.bit"), when=_is_str),
+    Feature("float quantization in quant.special (quant_type: float-quant)", ("quant.special.quant_type",),
+            when=_in("float-quant")),
+    Feature("small float formats (bit: e2m1, e3m2, ...)", ("quant.weight.bit", "quant.act.bit"),
+            when=lambda v: isinstance(v, str) and v not in ("e4m3", "e5m2")),
     Feature("W4A8 two-level weights (bit: 48, bit4/bit8, w_1/w_2)",
             ("quant.weight.bit4", "quant.weight.bit8", "quant.weight.w_1", "quant.weight.w_2")),
     Feature("W4A8 two-level weights (bit: 48)", ("quant.weight.bit",), when=_in(48)),
@@ -234,6 +234,8 @@ def llmc_problems(data: dict, built: list[str], lines: dict, source: str | None)
                         _set(data, path, [p for p in value if not str(p).endswith("_wo_kv")])
                     else:
                         _drop(data, path)
+                    if path[-1] == "bit":  # the stand-in integer bit goes without float-quant
+                        _drop(data, path[:-1] + ("quant_type",))
                 elif f.status == "no-op":
                     _drop(data, path)
                 elif key == "model.torch_dtype":

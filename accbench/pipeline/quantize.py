@@ -32,6 +32,9 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None) -> "QuantSpec":
     if q.weight.int_range is not None:
         raise AccbenchError("quant.weight.int_range is an llmc option accbench does not support yet",
                             "remove it; the integer range follows from bit and symmetric")
+    if q.method == "GPTQ" and (q.weight.quant_type == "float-quant"):
+        raise AccbenchError("llmc's float quantization (quant_type: float-quant) with GPTQ is not supported yet",
+                            "use RTN, Awq or SmoothQuant for float formats, or integer bits with GPTQ")
     try:
         w = WeightQuantSpec(q.weight.bit, q.weight.symmetric, q.weight.granularity, q.weight.group_size,
                             q.weight.calib_algo)
