@@ -114,10 +114,14 @@ def _bit_and_type(bit: "int | str", quant_type: str) -> None:
         raise ValueError(f"bit '{bit}' is a float format: set quant_type: float-quant")
     if isinstance(bit, int) and quant_type == "float-quant":
         raise ValueError("quant_type float-quant takes a float format as bit: e4m3 or e5m2")
+
+
+def _bit_value(bit: "int | str") -> "int | str":
     if isinstance(bit, int) and not 2 <= bit <= 8:
-        raise ValueError(f"bit must be 2..8, got {bit}")
+        raise ValueError(f"Input should be less than or equal to 8 and at least 2 (got {bit})")
     if isinstance(bit, str) and bit not in ("e4m3", "e5m2"):
         raise ValueError(f"float format '{bit}' is not supported; valid: e4m3, e5m2")
+    return bit
 
 
 class WeightQuantCfg(Section):
@@ -128,6 +132,11 @@ class WeightQuantCfg(Section):
     group_size: int = 128
     calib_algo: Literal["minmax", "mse"] = "minmax"
     int_range: list[int] | None = None
+
+    @field_validator("bit")
+    @classmethod
+    def _bit_range(cls, v: int | str) -> int | str:
+        return _bit_value(v)
 
     @model_validator(mode="after")
     def _group(self) -> "WeightQuantCfg":
@@ -143,6 +152,11 @@ class ActQuantCfg(Section):
     symmetric: bool = True
     granularity: Literal["per_token", "per_tensor"] = "per_token"
     static: bool = False
+
+    @field_validator("bit")
+    @classmethod
+    def _bit_range(cls, v: int | str) -> int | str:
+        return _bit_value(v)
 
     @model_validator(mode="after")
     def _bit(self) -> "ActQuantCfg":
