@@ -60,3 +60,25 @@ def test_llmc_fp8_rtn_config_runs(tmp_path, tiny_model_dir, eval_txt, capsys, on
     ppl = {p["position"]: p["ppl"] for p in res["ppl"]}
     assert ppl["fake_quant"] != ppl["pretrain"] and abs(ppl["fake_quant"] / ppl["pretrain"] - 1) < 0.05
     assert res["quant"]["weight"]["bit"] == "e4m3" and res["quant"]["act"]["quant_type"] == "float-quant"
+
+
+@pytest.mark.parametrize("quant", [
+    {"method": "Awq", "weight": {"quant_type": "float-quant", "bit": "e4m3", "symmetric": True,
+                                 "granularity": "per_channel"},
+     "special": {"trans": True, "trans_version": "v2", "weight_clip": True}},
+    {"method": "SmoothQuant", "weight": {"quant_type": "float-quant", "bit": "e4m3", "symmetric": True,
+                                         "granularity": "per_channel"},
+     "act": {"quant_type": "float-quant", "bit": "e4m3", "symmetric": True, "granularity": "per_tensor",
+             "static": True}, "special": {"alpha": 0.8}},
+])
+def test_fp8_with_calibrated_methods(tmp_path, tiny_model_dir, eval_txt, capsys, one_thread, quant):
+    cfg = {"model": {"path": str(tiny_model_dir), "torch_dtype": "float32", "device": "cpu"},
+           "calib": {"name": "custom", "path": str(eval_txt), "n_samples": 4, "seq_len": 32,
+                     "preproc": "wikitext2_gptq"},
+           "eval": {"name": "custom", "path": str(eval_txt), "seq_len": 64, "bs": 4,
+                    "eval_pos": ["pretrain", "fake_quant"]}, "quant": quant}
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 0, capsys.readouterr().err[-3000:]
+    ppl = {e["position"]: e["ppl"] for e in json.loads((tmp_path / "run" / "results.json").read_text())["ppl"]}
+    assert ppl["fake_quant"] != ppl["pretrain"] and abs(ppl["fake_quant"] / ppl["pretrain"] - 1) < 0.05
