@@ -128,8 +128,9 @@ class WeightQuantCfg(Section):
     bit: int | str = 4
     quant_type: Literal["int-quant", "float-quant"] = "int-quant"
     symmetric: bool = False
-    granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_group"
+    granularity: Literal["per_tensor", "per_channel", "per_group", "per_block"] = "per_group"
     group_size: int = 128
+    block_size: int = Field(128, ge=1)
     calib_algo: Literal["minmax", "mse"] = "minmax"
     int_range: list[int] | None = None
 

@@ -82,3 +82,33 @@ def test_fp8_with_calibrated_methods(tmp_path, tiny_model_dir, eval_txt, capsys,
     assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 0, capsys.readouterr().err[-3000:]
     ppl = {e["position"]: e["ppl"] for e in json.loads((tmp_path / "run" / "results.json").read_text())["ppl"]}
     assert ppl["fake_quant"] != ppl["pretrain"] and abs(ppl["fake_quant"] / ppl["pretrain"] - 1) < 0.05
+
+
+@pytest.mark.parametrize("bit", [8, "e4m3"])
+def test_per_block_is_absmax_per_tile(bit):
+    torch.manual_seed(2)
+    w = torch.randn(64, 96)
+    got = fake_quantize_weight(w, WeightQuantSpec(bit, True, "per_block", block_size=32))
+    for r in range(0, 64, 32):
+        for c in range(0, 96, 32):
+            tile = w[r:r + 32, c:c + 32]
+            spec = WeightQuantSpec(bit, True, "per_tensor")
+            assert torch.equal(got[r:r + 32, c:c + 32], fake_quantize_weight(tile, spec))
+    with pytest.raises(ValueError, match="does not divide"):
+        fake_quantize_weight(w, WeightQuantSpec(bit, True, "per_block", block_size=64))
+
+
+def test_per_block_rtn_runs(tmp_path, tiny_model_dir, eval_txt, capsys, one_thread):
+    cfg = {"model": {"path": str(tiny_model_dir), "torch_dtype": "float32", "device": "cpu"},
+           "eval": {"name": "custom", "path": str(eval_txt), "seq_len": 64, "bs": 4,
+                    "eval_pos": ["pretrain", "fake_quant"]},
+           "quant": {"method": "RTN", "weight": {"quant_type": "float-quant", "bit": "e4m3", "symmetric": True,
+                                                 "granularity": "per_block", "block_size": 32}}}
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 0, capsys.readouterr().err[-3000:]
+    ppl = {e["position"]: e["ppl"] for e in json.loads((tmp_path / "run" / "results.json").read_text())["ppl"]}
+    assert ppl["fake_quant"] != ppl["pretrain"] and abs(ppl["fake_quant"] / ppl["pretrain"] - 1) < 0.05
+    cfg["quant"]["weight"]["block_size"] = 48
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(p)]) == 2 and "block_size 48 does not divide" in capsys.readouterr().err

@@ -32,12 +32,15 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None) -> "QuantSpec":
     if q.weight.int_range is not None:
         raise AccbenchError("quant.weight.int_range is an llmc option accbench does not support yet",
                             "remove it; the integer range follows from bit and symmetric")
+    if q.weight.granularity == "per_block" and q.method not in ("RTN", "SmoothQuant"):
+        raise AccbenchError(f"llmc's per_block granularity with {q.method} is not supported yet",
+                            "use per_block with RTN or SmoothQuant, or per_group / per_channel")
     if q.method == "GPTQ" and (q.weight.quant_type == "float-quant"):
         raise AccbenchError("llmc's float quantization (quant_type: float-quant) with GPTQ is not supported yet",
                             "use RTN, Awq or SmoothQuant for float formats, or integer bits with GPTQ")
     try:
         w = WeightQuantSpec(q.weight.bit, q.weight.symmetric, q.weight.granularity, q.weight.group_size,
-                            q.weight.calib_algo)
+                            q.weight.calib_algo, q.weight.block_size)
         a = ActQuantSpec(q.act.bit, q.act.symmetric, q.act.granularity, q.act.static) if q.act else None
     except ValueError as exc:
         raise AccbenchError(f"quant section: {exc}", "see docs/quantization.md for the valid settings") from None

@@ -16,7 +16,8 @@ Conventions (the same formulas as llmc's `Quantizer` and AutoAWQ's `pseudo_quant
   we keep it so that numbers match theirs). Weight groups in real models straddle zero.
 
 Granularity: `per_tensor` (one scale), `per_channel` (one per output row of a weight), `per_group`
-(one per `group_size` consecutive input columns of each row), and for activations `per_token` (one per
+(one per `group_size` consecutive input columns of each row), `per_block` (symmetric, one per
+`block_size` x `block_size` tile of the weight, llmc's absmax per block), and for activations `per_token` (one per
 row of the flattened [tokens, features] input). `calib_algo: mse` searches a shrink factor p of the
 range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid).
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_block")
 FLOAT_FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 MSE_GRID, MSE_MAXSHRINK, MSE_NORM = 100, 0.8, 2.4
@@ -48,8 +49,11 @@ class WeightQuantSpec:
     granularity: str = "per_group"
     group_size: int = 128
     calib_algo: str = "minmax"
+    block_size: int = 128
 
     def __post_init__(self) -> None:
+        if self.granularity == "per_block" and (not self.symmetric or self.block_size <= 0):
+            raise ValueError("per_block weights are symmetric with a positive block_size (llmc's absmax per block)")
         if isinstance(self.bit, str):
             _check_float(self.bit, "weight")
             if self.calib_algo != "minmax":
@@ -167,9 +171,31 @@ def weight_qparams(w: torch.Tensor, spec: WeightQuantSpec,
     return qparams(lo, hi, spec.bit, spec.symmetric)
 
 
+def _blocks(w: torch.Tensor, bs: int) -> torch.Tensor:
+    """[out, in] -> one row per bs x bs tile (llmc's per_block: DeepSeek-V3's 128 x 128 weight blocks)."""
+    o, i = w.shape
+    if o % bs or i % bs:
+        raise ValueError(f"block_size {bs} does not divide the weight shape {tuple(w.shape)}")
+    return w.reshape(o // bs, bs, i // bs, bs).permute(0, 2, 1, 3).reshape(-1, bs * bs)
+
+
+def _unblocks(rows: torch.Tensor, shape: torch.Size, bs: int) -> torch.Tensor:
+    o, i = shape
+    return rows.reshape(o // bs, i // bs, bs, bs).permute(0, 2, 1, 3).reshape(o, i)
+
+
 def fake_quantize_weight(w: torch.Tensor, spec: WeightQuantSpec,
                          clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The [out, in] weight rounded to `spec` and dequantized, in the weight's dtype."""
+    if spec.granularity == "per_block":
+        rows = _blocks(w.float(), spec.block_size)
+        absmax = rows.abs().amax(dim=-1, keepdim=True)
+        if isinstance(spec.bit, str):
+            q = float_quant_dequant(rows, -absmax, absmax, spec.bit)
+        else:
+            scale, zero = qparams(-absmax, absmax, spec.bit, True)
+            q = quant_dequant(rows, scale, zero, spec.bit, True)
+        return _unblocks(q, w.shape, spec.block_size).to(w.dtype)
     rows = to_rows(w.float(), spec.granularity, spec.group_size)
     if isinstance(spec.bit, str):
         lo, hi = clip if clip is not None else row_range(rows, spec.granularity == "per_tensor")

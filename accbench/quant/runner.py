@@ -55,6 +55,12 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
             common = sorted({d for d in (16, 32, 64, 128, 256) if all(m.in_features % d == 0 for m in linears.values())})
             problems.append(f"quant.weight.group_size {gs} does not divide the input dimension {dim} of {n} "
                             f"({len(bad)} layers affected); group sizes that fit every layer: {common or 'none'}")
+    if spec.weight.granularity == "per_block":
+        bs = spec.weight.block_size
+        bad_block = [n for n, m in linears.items() if m.in_features % bs or m.out_features % bs]
+        if bad_block:
+            problems.append(f"quant.weight.block_size {bs} does not divide the shape of {bad_block[0]} "
+                            f"({len(bad_block)} layers affected)")
     if spec.act is not None and spec.act.static and not has_calib:
         problems.append("static activation quantization (quant.act.static: true) needs calibration data: add a calib section")
     if needs_calibration(spec.method, False) and not has_calib:
