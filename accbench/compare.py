@@ -219,9 +219,32 @@ def compare_pair(results: Results, base: str, cand: str, position: str, resample
         for metric, value in tb.metrics.items():
             if value is not None and tc.metrics.get(metric) is not None:
                 out.append(compare_task_metric(tb, tc, metric, base, cand, position, resamples, confidence, seed))
+        out.extend(versus_baseline(tc, base, cand, position))
     trains = {t.variant: t for t in results.train}
     if base in trains and cand in trains:
         out.append(compare_train(trains[base], trains[cand]))
+    return out
+
+
+# metrics a candidate has of itself against the baseline (MT-bench pairwise judging); gates check them with `min`
+VERSUS_BASELINE = ("win_rate_adjusted", "win_rate", "loss_rate")
+
+
+def versus_baseline(cand: TaskEntry, base_name: str, cand_name: str, position: str) -> list[Comparison]:
+    """The candidate's head-to-head metrics against the baseline, as comparisons of kind "versus"."""
+    out = []
+    pair = (cand.model_extra or {}).get("pairwise") or {}
+    if pair.get("baseline") != base_name:  # judged against another model (e.g. the other run's own baseline)
+        return []
+    for metric in VERSUS_BASELINE:
+        value = cand.metrics.get(metric)
+        if value is None:
+            continue
+        ci = pair.get("ci") if metric == "win_rate_adjusted" else None
+        out.append(Comparison("versus", base_name, cand_name, metric, "lower" if metric == "loss_rate" else "higher",
+                              None, value, ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
+                              confidence=pair.get("confidence") if ci else None, n=int(pair.get("n") or 0),
+                              task=cand.task, position=position, note="candidate judged against the baseline"))
     return out
 
 
@@ -284,6 +307,9 @@ def _selected(g: GateCfg, comparisons: Sequence[Comparison]) -> list[Comparison]
     if g.max_kld is not None:
         return [c for c in comparisons if c.kind == "fidelity" and pos_ok(c)
                 and (g.dataset is None or g.dataset == c.dataset)]
+    if g.min is not None:  # a floor on the candidate's own value: head-to-head metrics first of all
+        return [c for c in comparisons if c.kind in ("versus", "task") and pos_ok(c) and c.metric == g.metric
+                and (g.task is None or g.task == c.task)]
     metric = g.metric.lower() if g.metric else None
     if (metric in ("ppl", "perplexity") and g.task is None) or (metric is None and g.task is None and g.dataset):
         return [c for c in comparisons if c.kind == "ppl" and pos_ok(c)
@@ -307,6 +333,14 @@ def _check(i: int, g: GateCfg, c: Comparison) -> GateCheck:
         bound, limit = "train_loss_diff", g.train_loss_diff
     elif g.max_kld is not None:
         obs, bound, limit = c.candidate_value, "max_kld", g.max_kld
+    elif g.min is not None:
+        chk = GateCheck(i, rule, _target(c), "min", c.candidate_value, float(g.min), True)
+        if c.candidate_value is None:
+            chk.held, chk.reason = False, "no value to check"
+        else:
+            chk.held = c.candidate_value >= g.min
+            chk.reason = "at least the minimum" if chk.held else "below the minimum"
+        return chk
     elif g.max_relative_increase is not None:
         obs, bound, limit = c.relative_worsening, "max_relative_increase", g.max_relative_increase
     else:
@@ -347,7 +381,7 @@ def evaluate_gates(gates: Sequence[GateCfg], comparisons: Sequence[Comparison]) 
     for i, g in enumerate(gates):
         hits = _selected(g, comparisons)
         if not hits:
-            bound = next(b for b in ("max_relative_increase", "max_drop", "train_loss_diff", "max_kld")
+            bound = next(b for b in ("max_relative_increase", "max_drop", "train_loss_diff", "max_kld", "min")
                          if getattr(g, b) is not None)
             checks.append(GateCheck(i, describe_gate(g), "(nothing)", bound, None, float(getattr(g, bound)), False,
                                     reason="gate matches no comparison; check its task/metric/dataset/position "
@@ -369,6 +403,8 @@ def summarize(baseline: str, comparisons: Sequence[Comparison], checks: Sequence
 
 def run_comparison(results: Results, cfg: CompareCfg) -> dict[str, Any]:
     """Compare a run's candidates with its baseline and check the gates of a `compare` section."""
+    from accbench.train.data_check import data_mismatches
+
     baseline = cfg.baseline or default_baseline(results)
     names = model_names(results)
     if names and baseline not in names and cfg.baseline is None:
@@ -377,7 +413,13 @@ def run_comparison(results: Results, cfg: CompareCfg) -> dict[str, Any]:
                          f"add {baseline} to eval.eval_pos to compare {', '.join(names)} with it")
         return block
     comparisons = compare_results(results, baseline, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
-    return summarize(baseline, comparisons, evaluate_gates(gates_from_config(cfg), comparisons))
+    refused = [] if cfg.allow_different_train_data else data_mismatches(results.train)
+    comparisons = [c for c in comparisons if c.candidate not in {m.variant for m in refused}]
+    gates = gates_from_config(cfg)
+    checks = evaluate_gates(gates, comparisons)
+    checks += [GateCheck(len(gates), "same training data as the baseline", f"{m.variant} {m.what}", m.what,
+                         float(m.variant_value), float(m.baseline_value), False, reason=m.message()) for m in refused]
+    return summarize(baseline, comparisons, checks)
 
 
 # ----------------------------------------------------------------------------- finished runs against each other

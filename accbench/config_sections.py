@@ -254,12 +254,13 @@ class GateCfg(Section):
     significance: float | None = Field(None, gt=0, lt=1)
     train_loss_diff: float | None = None
     max_kld: float | None = None
+    min: float | None = None  # the candidate's own value must be at least this (e.g. MT-bench win_rate_adjusted)
 
     @model_validator(mode="after")
     def _one_bound(self) -> "GateCfg":
-        bounds = [self.max_relative_increase, self.max_drop, self.train_loss_diff, self.max_kld]
+        bounds = [self.max_relative_increase, self.max_drop, self.train_loss_diff, self.max_kld, self.min]
         if all(b is None for b in bounds):
-            raise ValueError("a gate needs a bound: max_relative_increase, max_drop, train_loss_diff or max_kld")
+            raise ValueError("a gate needs a bound: max_relative_increase, max_drop, train_loss_diff, max_kld or min")
         return self
 
 
@@ -268,6 +269,7 @@ class CompareCfg(Section):
     gates: list[GateCfg] = Field(default_factory=list)
     max_train_loss_diff: float | None = None  # shorthand gates, as in the training seed
     max_score_drop: float | None = None
+    allow_different_train_data: bool = False  # compare variants even when they trained on other samples/tokens
     bootstrap_resamples: int = Field(10_000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0

@@ -81,8 +81,10 @@ class JudgeCfg(Section):
     concurrency: int = Field(8, ge=1)
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
-    parse_retries: int = Field(2, ge=0)
-    max_tokens: int = Field(2048, ge=1)  # the judge's reply length
+    parse_retries: int = Field(0, ge=0)  # extra asks after a reply with no rating; FastChat asks once (0)
+    max_tokens: int = Field(2048, ge=1)  # the judge's reply length (FastChat: 2048)
+    prompts: Literal["fastchat", "accbench"] = "fastchat"  # whose judge prompts and rating rule
+    prompt_file: str | None = None  # FastChat's judge_prompts.jsonl (needed with prompts: fastchat)
 
     @model_validator(mode="after")
     def _needs(self) -> "JudgeCfg":
@@ -90,6 +92,11 @@ class JudgeCfg(Section):
             raise ValueError("an openai judge needs judge.model (e.g. gpt-4o)")
         if self.type == "hf" and not self.path:
             raise ValueError("an hf judge needs judge.path (a local judge model directory)")
+        if self.prompts == "fastchat" and not self.prompt_file:
+            raise ValueError("judge.prompts: fastchat (the default) needs judge.prompt_file, the path to FastChat's "
+                             "judge_prompts.jsonl (fastchat/llm_judge/data/judge_prompts.jsonl in "
+                             "https://github.com/lm-sys/FastChat; see docs/mtbench.md), or set judge.prompts: "
+                             "accbench for accbench's own prompts (scores then not comparable with FastChat's)")
         return self
 
 
@@ -99,14 +106,26 @@ class MTBenchTask(TaskBase):
     reference_answers: str | None = None
     judge: JudgeCfg  # required: who grades the answers
     max_new_tokens: int = Field(1024, ge=1)
-    max_judge_failures: int = Field(0, ge=0)
+    max_judge_failures: int | None = Field(None, ge=0)  # None: any number, each one listed (as FastChat)
     chat_template_override: str | None = None
+    conv_template: str | None = None  # a FastChat conversation template by name (one_shot, vicuna_v1.1, ...)
+    # sampled categories: what Hugging Face generate adds to FastChat's temperature (its defaults; set your model's
+    # generation_config.json values, e.g. top_p 0.9, to match FastChat on that model)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    pairwise: bool = False  # also judge each model against the baseline's answers (FastChat's pair-v2)
 
     @model_validator(mode="after")
     def _questions_not_path(self) -> "MTBenchTask":
         if self.path is not None:
             raise ValueError("an mtbench task reads its questions from `questions:` (FastChat's question.jsonl), "
                              "not `path:`")
+        if self.conv_template and self.chat_template_override:
+            raise ValueError("set conv_template (a FastChat template by name) or chat_template_override (Jinja), "
+                             "not both")
+        if self.pairwise and not self.judge.prompt_file:
+            raise ValueError("pairwise: true judges with FastChat's pair prompts: set judge.prompt_file to FastChat's "
+                             "judge_prompts.jsonl (see docs/mtbench.md)")
         return self
 
 

@@ -63,6 +63,8 @@ class TrainEntry(Entry):
     wall_time: float | None = None  # seconds for the whole variant: process start, load, train, save
     log: str | None = None
     kind: str = "builtin"  # builtin | command
+    train_samples: int | None = None  # training examples the run had (all_results.json's train_samples)
+    train_tokens: int | None = None  # tokens in them (built-in: samples x block_size; a command: if it says)
     loss_curve: list[dict[str, int | float]] = Field(default_factory=list)  # [{step, loss}] from trainer_state.json
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from accbench.config import MTBenchTask
 from accbench.errors import AccbenchError, DataError
-from accbench.evaluate.judge import FORMAT_REMINDER, HFJudge, JsonlCache, Reply, parse_rating
+from accbench.evaluate.judge import FORMAT_REMINDER, HFJudge, JsonlCache, Reply, parse_rating_strict
 from accbench.evaluate.requests import GenerateRequest
 from accbench.evaluate.tasks.mtbench import evaluate_mtbench, load_questions, load_references
 
@@ -173,8 +173,11 @@ class FixedJudge:
 
 
 def task(server: JudgeServer | None = None, **kw) -> MTBenchTask:
+    """accbench's own prompts: these tests look at the plumbing (retries, cache, resume, keys); FastChat's prompts
+    and rule are tested in test_mtbench_fastchat.py."""
     judge = {"type": "openai", "model": "judge-x", "base_url": server.url if server else None,
-             "api_key_env": "ACCBENCH_TEST_JUDGE_KEY", "concurrency": 4, "timeout": 5.0, "max_retries": 3}
+             "api_key_env": "ACCBENCH_TEST_JUDGE_KEY", "concurrency": 4, "timeout": 5.0, "max_retries": 3,
+             "prompts": "accbench"}
     judge.update(kw.pop("judge", {}))
     return MTBenchTask(name="mtbench", type="mtbench", judge=judge, **kw)
 
@@ -213,11 +216,13 @@ def test_scores_exact_through_openai_client(server, chat_tok, tmp_path):
         assert res.metrics[g] == pytest.approx(means[g], abs=1e-12), g
         assert res.stderr[g] == (pytest.approx(errs[g], abs=1e-12) if errs[g] is not None else None), g
     assert res.metrics["score"] == pytest.approx(66 / 12)
-    assert res.n == 12 and res.extra["judgments"]["summary"] == "judgments: 12/12 parsed"
+    assert res.n == 12 and res.extra["judgments"]["summary"] == "12 of 12 judgments rated"
+    assert res.extra["n_per_turn"] == {"turn1": 6, "turn2": 6}
+    assert res.extra["grading"] == {"prompts": "accbench", "prompt_names": ["accbench-v1"], "parser": "accbench-strict"}
     assert res.per_sample["score"] == {f"{q}/t{t}": float(r) for (q, t), r in ALL.items()}
     assert len(server.bodies) == 12 == res.extra["judge_requests_sent"]
     assert set(server.auth) == {f"Bearer {KEY}"}
-    assert all(b["temperature"] == 0 and b["model"] == "judge-x" for b in server.bodies)
+    assert all(b["temperature"] == 0 and b["model"] == "judge-x" and b["n"] == 1 for b in server.bodies)
     # reference-guided prompts for math/reasoning/coding (the sample ships references for 3, 4, 5)
     assert res.extra["reference_guided"] == 6
     prompts = {b["messages"][1]["content"] for b in server.bodies}
@@ -236,6 +241,8 @@ def test_answers_follow_mt_bench(chat_tok, tmp_path, monkeypatch):
     temps = {"writing": 0.7, "roleplay": 0.7, "math": 0.0, "reasoning": 0.0, "coding": 0.0, "stem": 0.1}
     for q, r1, r2 in zip(SAMPLE, t1, t2):
         assert r1.temperature == r2.temperature == temps[q.category]
+        # sampled turns get what Hugging Face generate adds in FastChat (top_k 50, top_p 1); greedy ones nothing
+        assert (r1.top_k, r1.top_p) == ((50, 1.0) if temps[q.category] > 0 else (0, 1.0))
         assert r1.max_new_tokens == 1024
         assert r1.context == chat_tok.apply_chat_template([{"role": "user", "content": q.turns[0]}],
                                                           tokenize=False, add_generation_prompt=True)
@@ -249,7 +256,8 @@ def test_429_and_500_are_retried(server, chat_tok, tmp_path):
     server.fail_429, server.fail_500 = 2, 1
     res = evaluate_mtbench(task(server, judge={"concurrency": 1}), FakeModel(), chat_tok, tmp_path)
     assert len(server.bodies) == 15  # 12 judgments + 3 retried failures
-    assert res.extra["judgments"]["parsed"] == 12
+    assert res.extra["judgments"]["rated"] == 12
+    assert res.extra["judge_requests_sent"] == 15  # what a paid judge bills: the client's retries included
     assert res.metrics["score"] == pytest.approx(66 / 12)
 
 
@@ -258,17 +266,17 @@ def test_timeout_is_retried(server, chat_tok, tmp_path):
     res = evaluate_mtbench(task(server, judge={"concurrency": 1, "timeout": 0.3, "max_retries": 1}),
                            FakeModel(), chat_tok, tmp_path)
     assert len(server.bodies) == 13 and server.count(1, 1) == 2
-    assert res.extra["judgments"]["parsed"] == 12
+    assert res.extra["judgments"]["rated"] == 12 and res.extra["judge_requests_sent"] == 13
 
 
 def test_failed_request_fails_task_and_resume_pays_only_for_it(server, chat_tok, tmp_path):
     server.sleep_next, server.sleep_s = 1, 1.0
     model = FakeModel()
-    cfg = task(server, judge={"concurrency": 1, "timeout": 0.3, "max_retries": 0})
+    cfg = task(server, judge={"concurrency": 1, "timeout": 0.3, "max_retries": 0}, max_judge_failures=0)
     with pytest.raises(AccbenchError) as exc:
         evaluate_mtbench(cfg, model, chat_tok, tmp_path)
     msg = str(exc.value)
-    assert "judgments: 11/12 parsed" in msg and "1/t1: request failed: APITimeoutError" in msg
+    assert "11 of 12 judgments rated" in msg and "question 1 turn 1: request failed: APITimeoutError" in msg
     assert len(server.bodies) == 12
     res = evaluate_mtbench(cfg, model, chat_tok, tmp_path)  # resume: the same cache dir
     assert len(server.bodies) == 13 and server.count(1, 1) == 2  # only the failed one is asked again
@@ -289,12 +297,12 @@ def test_resume_makes_no_second_request(server, chat_tok, tmp_path):
 
 def test_unparsable_replies_retried_counted_and_fail_the_task(server, chat_tok, tmp_path):
     server.garbage = {(1, 1): 1, (3, 2): -1}  # 1/t1 recovers on the retry; 3/t2 never parses
-    cfg = task(server, judge={"parse_retries": 2})
+    cfg = task(server, judge={"parse_retries": 2}, max_judge_failures=0)
     with pytest.raises(AccbenchError) as exc:
         evaluate_mtbench(cfg, FakeModel(), chat_tok, tmp_path)
     msg = str(exc.value)
-    assert "judgments: 11/12 parsed" in msg and "3/t2: unparsable reply: no [[N]] rating" in msg
-    assert "1/t1" not in msg
+    assert "11 of 12 judgments rated" in msg and "question 3 turn 2: unparsable reply: no [[N]] rating" in msg
+    assert "question 1 turn 1" not in msg
     assert server.count(1, 1) == 2 and server.count(3, 2) == 3 and len(server.bodies) == 15
     retry = [b for b in server.bodies if b["messages"][-1]["content"] == FORMAT_REMINDER]
     assert len(retry) == 3 and retry[0]["messages"][-2]["role"] == "assistant"
@@ -312,8 +320,10 @@ def test_unparsable_replies_retried_counted_and_fail_the_task(server, chat_tok, 
     q = np.array([k[0] for k in parsed])
     sums = np.array([(x[q == c] - x.mean()).sum() for c in np.unique(q)])
     assert res.stderr["score"] == pytest.approx(np.sqrt(6 / 5 * (sums ** 2).sum()) / 11)
-    assert res.extra["judgments"]["summary"] == "judgments: 11/12 parsed"
-    assert list(res.extra["judgments"]["failed"]) == ["3/t2"] and "3/t2" not in res.per_sample["score"]
+    assert res.extra["judgments"]["summary"] == "11 of 12 judgments rated"
+    assert res.extra["judgments"]["failed"] == [{"question_id": "3", "turn": 2,
+                                                 "why": "unparsable reply: no [[N]] rating in the reply"}]
+    assert "3/t2" not in res.per_sample["score"] and res.extra["n_per_turn"] == {"turn1": 6, "turn2": 5}
 
     # one more parse retry on a rerun pays for exactly one more request
     res = evaluate_mtbench(task(server, judge={"parse_retries": 3}, max_judge_failures=1), FakeModel(), chat_tok,
@@ -373,11 +383,11 @@ def test_chat_template_required_or_overridden(tiny_tokenizer, tmp_path):
     assert model.calls[0][0].context.startswith("<|user|>\n") and model.calls[0][0].context.endswith("<|assistant|>\n")
 
 
-def test_parse_rating_is_strict():
-    assert parse_rating("good. Rating: [[7]]") == (7, "")
-    assert parse_rating("[[ 10 ]]")[0] == 10 and parse_rating("[[8]] so: [[8]]")[0] == 8
+def test_accbench_parser_is_strict():
+    assert parse_rating_strict("good. Rating: [[7]]") == (7, "")
+    assert parse_rating_strict("[[ 10 ]]")[0] == 10 and parse_rating_strict("[[8]] so: [[8]]")[0] == 8
     for bad in ["Rating: 7", "[[0]]", "[[11]]", "[[7.5]]", "[[3]] then [[8]]", "", None, "[[-2]]", "[7]"]:
-        assert parse_rating(bad)[0] is None, bad
+        assert parse_rating_strict(bad)[0] is None, bad
 
 
 def test_question_files(tmp_path, caplog):
@@ -428,15 +438,16 @@ def test_hf_judge_with_tiny_model(tiny_model_dir, chat_tok, tmp_path):
     answer_calls, judge_calls = [], []
     answer = greedy_generate(model, chat_tok, answer_calls)
     judge = HFJudge(greedy_generate(model, chat_tok, judge_calls), chat_tok, str(tiny_model_dir), max_tokens=4)
-    cfg = task(judge={"type": "hf", "path": str(tiny_model_dir), "parse_retries": 1}, max_new_tokens=4, limit=2)
-    with pytest.raises(AccbenchError, match=r"judgments: 0/4 parsed") as exc:
+    cfg = task(judge={"type": "hf", "path": str(tiny_model_dir), "parse_retries": 1}, max_new_tokens=4, limit=2,
+               max_judge_failures=0)
+    with pytest.raises(AccbenchError, match=r"0 of 4 judgments rated") as exc:
         evaluate_mtbench(cfg, answer, chat_tok, tmp_path, judge=judge)
-    assert all(f"{q}/t{t}: unparsable reply" in str(exc.value) for q in (1, 2) for t in (1, 2))
+    assert all(f"question {q} turn {t}: unparsable reply" in str(exc.value) for q in (1, 2) for t in (1, 2))
     assert answer_calls == [2, 2] and judge_calls == [4, 4]  # one batch per turn; one per parse attempt
 
     res = evaluate_mtbench(cfg.model_copy(update={"max_judge_failures": 4}), answer, chat_tok, tmp_path, judge=judge)
     assert judge_calls == [4, 4] and answer_calls == [2, 2]  # all from the cache
-    assert res.n == 0 and res.metrics["score"] is None and res.extra["judgments"]["parsed"] == 0
+    assert res.n == 0 and res.metrics["score"] is None and res.extra["judgments"]["rated"] == 0
     assert len(res.extra["judgments"]["failed"]) == 4 and res.extra["judge"]["type"] == "hf"
     samples = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert all(len(s["judge_replies"]) == 2 for s in samples)
@@ -501,14 +512,22 @@ def test_config_errors_are_reported_together(tmp_path):
                  "  - {name: a, type: mtbench, judge: {type: openai}}\n"
                  "  - {name: b, type: mtbench, judge: {type: hf}}\n"
                  "  - {name: c, type: mtbench}\n"
-                 "  - {name: d, type: mtbench, path: q.jsonl, judge: {model: gpt-4o}}\n"
-                 "  - {name: e, type: mtbench, judge: {model: gpt-4o}}\n")
+                 "  - {name: d, type: mtbench, path: q.jsonl, judge: {model: gpt-4o, prompts: accbench}}\n"
+                 "  - {name: e, type: mtbench, judge: {model: gpt-4o}}\n"
+                 "  - {name: f, type: mtbench, pairwise: true, judge: {model: gpt-4o, prompts: accbench}}\n"
+                 "  - {name: g, type: mtbench, conv_template: one_shot, chat_template_override: x.jinja,\n"
+                 "     judge: {model: gpt-4o, prompts: accbench}}\n")
     with pytest.raises(ConfigError) as exc:
         load_config(f)
     msg = str(exc.value)
-    assert "4 problems" in msg and "tasks.0.judge: an openai judge needs judge.model" in msg
+    assert "7 problems" in msg and "tasks.0.judge: an openai judge needs judge.model" in msg
     assert "tasks.1.judge: an hf judge needs judge.path" in msg and "tasks.2.judge: required key is missing" in msg
     assert "tasks.3: an mtbench task reads its questions from `questions:`" in msg
-    f.write_text("model: {path: /m}\ntasks:\n  - {name: e, type: mtbench, judge: {model: gpt-4o}}\n")
+    assert "tasks.4.judge: judge.prompts: fastchat (the default) needs judge.prompt_file" in msg
+    assert "tasks.5: pairwise: true judges with FastChat's pair prompts" in msg
+    assert "tasks.6: set conv_template (a FastChat template by name) or chat_template_override" in msg
+    f.write_text("model: {path: /m}\ntasks:\n  - {name: e, type: mtbench, judge: {model: gpt-4o, "
+                 "prompt_file: judge_prompts.jsonl}}\n")
     t = load_config(f).tasks[0]
-    assert t.questions == "builtin:sample" and t.max_new_tokens == 1024 and t.max_judge_failures == 0
+    assert t.questions == "builtin:sample" and t.max_new_tokens == 1024 and t.max_judge_failures is None
+    assert (t.judge.prompts, t.judge.parse_retries, t.judge.max_tokens, t.pairwise) == ("fastchat", 0, 2048, False)

@@ -76,7 +76,7 @@ def test_all_task_kinds_in_one_run(tmp_path, chat_model_dir, eval_txt, judge):
              "allow_code_execution": True, "timeout": 5},
             {"name": "mtbench", "type": "mtbench", "limit": 2, "max_new_tokens": 8,
              "judge": {"type": "openai", "model": "judge", "base_url": judge.url,
-                       "api_key_env": "ACCBENCH_PIPE_JUDGE_KEY"}},
+                       "api_key_env": "ACCBENCH_PIPE_JUDGE_KEY", "prompts": "accbench"}},
         ],
     }
     path = tmp_path / "cfg.yaml"

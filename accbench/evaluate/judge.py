@@ -1,17 +1,20 @@
-"""Judge models that grade answers with a 1-10 rating written as ``[[N]]``, and the cache of their replies.
+"""Judge models that grade answers, and the cache of their replies.
 
 Two clients answer the same call, ``complete(conversations) -> replies``:
 
 - ``OpenAIJudge``: any OpenAI-compatible chat endpoint (OpenAI, vLLM, SGLang, a local server) through the
-  ``openai`` package. Its own retry machinery handles 429/5xx/timeouts with exponential backoff (honouring
-  ``Retry-After``); a thread pool bounds how many requests are in flight. The API key is read from the
-  environment variable the config names and is never logged, cached or put in an error message.
+  ``openai`` package, at temperature 0 with ``n=1``, as FastChat's judge calls are sent. Its own retry machinery
+  handles 429/5xx/timeouts with exponential backoff (honouring ``Retry-After``); every HTTP request, retries
+  included, is counted (``Reply.attempts``: what a paid judge bills). A thread pool bounds how many requests are
+  in flight. The API key is read from the environment variable the config names and is never logged, cached or
+  put in an error message.
 - ``HFJudge``: a local judge model, through the engine's ``GenerateFn`` and the judge tokenizer's chat template.
 
-``judge_ratings`` asks for every rating, parses ``[[N]]`` strictly (an integer 1..10; several different
-ratings in one reply are ambiguous and do not parse), asks again (``parse_retries`` times, continuing the
-conversation with a short reminder of the format) when a reply does not parse, and returns one
-``Judgment`` per prompt: either a rating or the reason there is none. Nothing is silently dropped.
+``judge_ratings`` asks for every judgment and reads each reply with the parser it is given (FastChat's rule by
+default, see fastchat_judge.py; ``parse_rating_strict`` is accbench's own). A reply with no value is a failed
+judgment; it is asked again only when ``parse_retries`` > 0 (FastChat never asks again), by continuing the
+conversation with a short reminder of the format. One ``Judgment`` per prompt: a value, or the reason there is
+none. Nothing is silently dropped.
 
 Every reply is stored in a ``ReplyCache`` (``get(key)`` / ``put(key, value)``) keyed by a hash of the judge's
 identity and the exact request, so a rerun pays for nothing twice. ``JsonlCache`` is the default backing:
@@ -43,7 +46,7 @@ Messages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "conte
 RATING_MIN, RATING_MAX = 1, 10
 _RATING = re.compile(r"\[\[\s*([+-]?\d+(?:\.\d*)?)\s*\]\]")
 
-# Sent after a reply that has no usable rating; written for accbench.
+# Sent after a reply that has no usable rating (only when parse_retries > 0); written for accbench.
 FORMAT_REMINDER = ("I could not find your rating. Please reply with the rating alone, as a whole number from "
                    f"{RATING_MIN} to {RATING_MAX} inside double square brackets, for example: [[7]]")
 
@@ -107,8 +110,8 @@ def request_key(kind: str, identity: dict[str, Any], request: Any) -> str:
 # ----------------------------------------------------------------------------- parsing
 
 
-def parse_rating(text: str | None) -> tuple[int | None, str]:
-    """The rating in ``[[N]]`` form, or None and the reason it could not be read."""
+def parse_rating_strict(text: str | None) -> tuple[int | None, str]:
+    """accbench's own rule: one whole number 1..10 in ``[[N]]`` form, or None and the reason it could not be read."""
     if not text:
         return None, "empty reply"
     found = _RATING.findall(text)
@@ -140,6 +143,7 @@ class Reply:
 
     text: str | None
     error: str | None = None
+    attempts: int = 1  # HTTP requests this reply cost, the client's own retries included
 
 
 OnReply = Callable[[int, Reply], None]
@@ -171,7 +175,14 @@ class OpenAIJudge:
                                 "for a local server without auth any non-empty value works)")
         self._secret = key
         self._openai = openai
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        self._sent = threading.local()  # requests of the current thread's call, retries included
+
+        def count(_request: Any) -> None:
+            self._sent.n = getattr(self._sent, "n", 0) + 1
+
+        http = openai.DefaultHttpxClient(event_hooks={"request": [count]})
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                                     http_client=http)
         self.model, self.max_tokens, self.concurrency = model, max_tokens, concurrency
         self.identity = {"type": "openai", "model": model, "base_url": base_url or "", "max_tokens": max_tokens,
                          "temperature": 0.0}
@@ -194,21 +205,22 @@ class OpenAIJudge:
 
         def ask(messages: Messages) -> Reply:
             if stop.is_set():
-                return Reply(None, "not sent: an earlier request failed fatally")
+                return Reply(None, "not sent: an earlier request failed fatally", attempts=0)
+            self._sent.n = 0
             try:
-                resp = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0.0,
-                                                            max_tokens=self.max_tokens)
+                resp = self._client.chat.completions.create(model=self.model, messages=messages, n=1,
+                                                            temperature=0, max_tokens=self.max_tokens)
             except (self._openai.AuthenticationError, self._openai.PermissionDeniedError,
                     self._openai.NotFoundError) as exc:
                 stop.set()
                 fatal.append(exc)
-                return Reply(None, "not sent: fatal error")
+                return Reply(None, "not sent: fatal error", attempts=self._sent.n)
             except self._openai.OpenAIError as exc:  # timeouts, connection, 429/5xx after retries, 400
-                return Reply(None, self._redact(f"{type(exc).__name__}: {exc}"))
+                return Reply(None, self._redact(f"{type(exc).__name__}: {exc}"), attempts=self._sent.n)
             choices = getattr(resp, "choices", None) or []
             if not choices:
-                return Reply(None, "the endpoint returned no choices")
-            return Reply(choices[0].message.content or "")
+                return Reply(None, "the endpoint returned no choices", attempts=self._sent.n)
+            return Reply(choices[0].message.content or "", attempts=self._sent.n)
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
             replies = list(pool.map(one, range(len(conversations))))
@@ -251,19 +263,26 @@ class HFJudge:
 # ----------------------------------------------------------------------------- rating loop
 
 
+Parser = Callable[[str | None], tuple[Any, str]]  # reply -> (value or None, why there is none)
+
+
 @dataclass
 class Judgment:
-    """The outcome of grading one prompt: a rating, or why there is none. `replies` holds every reply seen."""
+    """The outcome of one judgment: a value (a rating, or a pairwise verdict), or why there is none.
+    `replies` holds every reply seen; `sent` counts the HTTP requests paid for in this run, retries included."""
 
-    rating: int | None
+    rating: Any
     error: str | None
     replies: list[str]
-    sent: int = 0  # requests paid for in this run (cache misses)
+    sent: int = 0
 
 
-def judge_ratings(prompts: list[Messages], client: JudgeClient, cache: ReplyCache,
-                  parse_retries: int = 2) -> list[Judgment]:
-    """Rate every prompt; unparsable replies are asked again up to `parse_retries` times, then kept as failures."""
+def judge_ratings(prompts: list[Messages], client: JudgeClient, cache: ReplyCache, parse_retries: int = 0,
+                  parse: Parser | None = None) -> list[Judgment]:
+    """Judge every prompt, reading replies with `parse` (FastChat's rating rule by default). A reply `parse`
+    cannot read is asked again only `parse_retries` times (0: never, as FastChat), then kept as a failure."""
+    if parse is None:
+        from accbench.evaluate.fastchat_judge import parse_rating as parse
     convs = [list(p) for p in prompts]
     out = [Judgment(None, "not judged", []) for _ in prompts]
     pending = list(range(len(prompts)))
@@ -279,7 +298,7 @@ def judge_ratings(prompts: list[Messages], client: JudgeClient, cache: ReplyCach
 
             def store(k: int, reply: Reply) -> None:  # called as each reply arrives
                 i = misses[k]
-                out[i].sent += 1
+                out[i].sent += reply.attempts
                 if reply.error is None:
                     hits[i] = {"messages": convs[i], "reply": reply.text}
                     cache.put(keys[i], hits[i])
@@ -294,9 +313,9 @@ def judge_ratings(prompts: list[Messages], client: JudgeClient, cache: ReplyCach
                 continue
             text = hits[i]["reply"]
             out[i].replies.append(text)
-            rating, why = parse_rating(text)
-            out[i].rating, out[i].error = rating, (None if rating is not None else f"unparsable reply: {why}")
-            if rating is None:
+            value, why = parse(text)
+            out[i].rating, out[i].error = value, (None if value is not None else f"unparsable reply: {why}")
+            if value is None:
                 convs[i] = convs[i] + [{"role": "assistant", "content": text},
                                        {"role": "user", "content": FORMAT_REMINDER}]
                 retry.append(i)

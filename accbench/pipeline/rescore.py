@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 def rescore_run(run_dir: Path, console: "Console") -> Results:
     """Recompute every task's metrics from the responses in the run's per-sample store, without a model."""
     from accbench.evaluate.tasks import TaskContext, run_task
+    from accbench.pipeline.spine import pairwise_baseline
     from accbench.store import STORE_FILE, SampleStore, StoredAnswerer
 
     run_dir = Path(run_dir)
@@ -31,7 +32,8 @@ def rescore_run(run_dir: Path, console: "Console") -> Results:
         task = next((t for t in cfg.tasks if t.name == entry.task), None)
         if task is None or entry.model not in models:
             continue
-        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model)
+        task_ctx = TaskContext(_rescore_tokenizer(results, task), run_dir, entry.model,
+                               baseline=pairwise_baseline(cfg, entry.model))
         res = run_task(task, StoredAnswerer(store, models[entry.model], task.name, None), task_ctx)
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}

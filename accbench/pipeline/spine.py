@@ -139,8 +139,17 @@ def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> 
 
         ctx.store = SampleStore(ctx.run_dir)
     transform = cfg.quant.model_dump(mode="json") if cfg.quant is not None and position != "pretrain" else None
-    tasks.run_tasks(todo, [t.name for t in cfg.tasks], position, loaded, cfg.model, cfg.runner, ctx.store, transform, ctx.run_dir,
-                    ctx.record, ctx.console)
+    tasks.run_tasks(todo, [t.name for t in cfg.tasks], position, pairwise_baseline(cfg, position), loaded, cfg.model,
+                    cfg.runner, ctx.store, transform, ctx.run_dir, ctx.record, ctx.console)
+
+
+def pairwise_baseline(cfg: RunConfig, position: str) -> str:
+    """The model a candidate is judged against head to head (MT-bench pairwise); "" for a model that is not
+    compared with the baseline (the baseline itself; the original model in a training run)."""
+    base = baseline_position(cfg)
+    if position == base or (cfg.train is not None and position not in cfg.train.variants):
+        return ""
+    return base
 
 
 def _load(cfg: RunConfig) -> "LoadedModel":

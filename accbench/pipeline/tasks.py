@@ -70,18 +70,19 @@ class _Backends:
             self.workers.release()
 
 
-def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, loaded: "LoadedModel", model: ModelCfg,
-              runner: RunnerCfg, store: "SampleStore", transform: dict[str, Any] | None, run_dir: Path,
-              record: Record, console: "Console") -> None:
+def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairwise_baseline: str,
+              loaded: "LoadedModel", model: ModelCfg, runner: RunnerCfg, store: "SampleStore",
+              transform: dict[str, Any] | None, run_dir: Path, record: Record, console: "Console") -> None:
     """Evaluate `todo` at `position`; `transform` (the quant settings, or None) is part of the model's identity
-    in the per-sample store."""
+    in the per-sample store; `pairwise_baseline` is the position MT-bench judges this one against ("": none)."""
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import TaskContext
     from accbench.store import model_fingerprint
 
     fp = model_fingerprint(loaded.path, position, model.torch_dtype, transform)
     store.set_model(position, fp)
-    task_ctx = TaskContext(loaded.tokenizer, run_dir, position, lambda j: _load_hf_judge(j, loaded.device))
+    task_ctx = TaskContext(loaded.tokenizer, run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
+                           baseline=pairwise_baseline)
     backends = _Backends(loaded, _start_workers(runner, model, position, loaded, run_dir))
     pool = RequestPool(backends)
     runs = {t.name: _TaskRun(t, store, fp, task_ctx) for t in todo}

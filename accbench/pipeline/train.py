@@ -119,6 +119,7 @@ def _train_variant(t: TrainCfg, m: ModelCfg, model_path: str, name: str, trainer
                    record: Record, console: "Console") -> TrainEntry:
     """Train one variant in its own process and return its TrainEntry (speedup against `base`)."""
     from accbench.train.clm import TrainSpec
+    from accbench.train.data_check import data_counts
     from accbench.train.launch import child_env, run_logged, worker_command
     from accbench.train.variants import fill_placeholders, read_trainer_results
 
@@ -145,13 +146,15 @@ def _train_variant(t: TrainCfg, m: ModelCfg, model_path: str, name: str, trainer
     sps = res.train_steps_per_second
     speedup = 1.0 if is_baseline else (
         sps / base.train_steps_per_second if base and sps and base.train_steps_per_second else None)
+    samples, tokens = data_counts(res.metrics, None if v.command is not None else t.block_size)
     log.info("trained %s: loss %.6f, %s steps/s, %.1f s", name, res.train_loss, sps, wall)
     console.print(f"[bold]{name}[/]: train loss = {res.train_loss:.6f}, steps/s = {sps}, "
                   f"runtime = {res.train_runtime} s")
     return TrainEntry(variant=name, train_loss=res.train_loss, train_runtime=res.train_runtime,
                       train_steps_per_second=sps, checkpoint=str(out), baseline=is_baseline, speedup=speedup,
                       global_step=res.global_step, wall_time=round(wall, 3), log=str(log_path),
-                      kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve)
+                      kind="command" if v.command is not None else "builtin", loss_curve=res.loss_curve,
+                      train_samples=samples, train_tokens=tokens)
 
 
 def _load_checkpoint(m: ModelCfg, num_gpus: int, ckpt: str, original: str, variant: str) -> "LoadedModel":

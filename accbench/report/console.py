@@ -17,8 +17,10 @@ def rich_table(t: Table) -> Any:
     for i, col in enumerate(t.header):
         numeric = any(r[i][:1] in "+-–0123456789[" for r in t.rows if r[i]) and col not in ("gate", "why")
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-    for row, mark in zip(t.rows, t.marks):
-        table.add_row(*row, style=_STYLE[mark] or None)
+    from rich.markup import escape
+
+    for row, mark in zip(t.rows, t.marks):  # cells are text, never markup: "[[rating]]" must print as written
+        table.add_row(*(escape(c) for c in row), style=_STYLE[mark] or None)
     return table
 
 

@@ -186,7 +186,9 @@ def all_tables(results: Results) -> list[Table]:
               train_table(results) if results.train else None,
               opencompass_table(results) if results.opencompass else None,
               gates_table(results) if results.compare.get("gates") else None]
-    return [t for t in tables if t is not None]
+    from accbench.report.accounting import accounting_tables  # MT-bench judgments, training data
+
+    return [t for t in tables if t is not None] + accounting_tables(results)
 
 
 def verdict(results: Results) -> str:

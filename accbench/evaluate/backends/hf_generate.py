@@ -4,7 +4,8 @@ Prompts are tokenized as lm-eval does (left-truncated to max_length - max_new_to
 and decoded in batches. Each row's position ids count only its real tokens, so a prompt's tokens see
 the same positions whatever it is batched with; finished rows leave the batch (and the KV cache).
 Sampling draws from a per-request generator seeded with the request's seed, so a sample does not
-depend on the batch it ran in; temperature 0 is greedy.
+depend on the batch it ran in; temperature 0 is greedy; top_k then top_p narrow the distribution as Hugging
+Face generate's warpers do.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def _next_token(logits: Any, req: GenerateRequest, gen: Any) -> int:
     if req.temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.double().cpu() / req.temperature, dim=-1)
+    if 0 < req.top_k < probs.numel():  # Hugging Face's order: temperature, top_k, then top_p; ties at the k-th kept
+        probs = torch.where(probs >= probs.topk(req.top_k).values[-1], probs, torch.zeros_like(probs))
+        probs = probs / probs.sum()
     if req.top_p < 1.0:
         p, idx = probs.sort(descending=True)
         drop = p.cumsum(-1) - p > req.top_p  # keep the smallest prefix whose mass reaches top_p

@@ -40,6 +40,10 @@ def check_tasks(cfgs: list[Any]) -> None:
     for cfg in cfgs:
         if cfg.type in mods:
             mods[cfg.type].check(cfg)
+        elif cfg.type == "mtbench":
+            from accbench.evaluate.tasks.mtbench import check
+
+            check(cfg)
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TaskContext:
     work_dir: Path | None = None
     position: str = ""
     load_judge: Callable[[Any], Any] | None = None  # JudgeCfg -> JudgeClient, for `hf` judges
+    baseline: str = ""  # the baseline model's position (MT-bench pairwise judging reads its answers)
 
 
 def _run_humaneval(cfg: "HumanEvalTask", answerer: Answerer, ctx: TaskContext) -> TaskResult:
@@ -65,8 +70,10 @@ def _run_mtbench(cfg: "MTBenchTask", answerer: Answerer, ctx: TaskContext) -> Ta
     if ctx.work_dir is None:
         raise AccbenchError(f"task '{cfg.name}': MT-bench needs a run directory for its judge cache")
     judge = ctx.load_judge(cfg.judge) if cfg.judge.type == "hf" and ctx.load_judge else None
-    return evaluate_mtbench(cfg, answerer.generate, ctx.tokenizer, ctx.work_dir / "mtbench" / cfg.name / ctx.position,
-                            judge=judge, model_id=ctx.position)
+    root = ctx.work_dir / "mtbench" / cfg.name
+    return evaluate_mtbench(cfg, answerer.generate, ctx.tokenizer, root / ctx.position, judge=judge,
+                            model_id=ctx.position, baseline_dir=root / ctx.baseline if ctx.baseline else None,
+                            baseline_name=ctx.baseline)
 
 
 # tasks that need more than an answerer (tokenizer for chat templates, the sandbox, a judge)

@@ -1,25 +1,35 @@
-"""MT-bench: two-turn chat answers from the model under test, each turn rated 1-10 by a judge model.
+"""MT-bench: two-turn chat answers from the model under test, each turn graded by a judge model.
 
 Questions are in FastChat's format, one JSON object a line: ``{question_id, category, turns: [t1, t2],
 reference?: [r1, r2]}`` (``builtin:sample`` is our own 6-question file). Reference answers (FastChat's
-``reference_answer/<judge>.jsonl``, or ``{question_id, turns}`` lines, or a question's own ``reference``)
+``reference_answer/gpt-4.jsonl``, or ``{question_id, turns}`` lines, or a question's own ``reference``)
 are used for math, reasoning and coding, as MT-bench does.
 
-Answers: the tokenizer's chat template (or ``chat_template_override``), turn 2 conditioned on the model's own
-turn-1 answer, MT-bench's temperature per category, seeded per question and turn. Judging: single-answer
-grading with our own prompts (same rubric: a 1-10 rating written ``[[N]]``), reference-guided for
-math/reasoning/coding when a reference exists, judge temperature 0. A judgment that never parses is a
-failure: counted and shown (``judgments: 159/160 parsed``); the score is over parsed judgments only when
-failures <= ``max_judge_failures``, else the task fails naming the failed question/turns. Metrics: ``score``,
-``turn1``, ``turn2``, ``category/<name>``, each with a standard error clustered by question.
+Answers: mtbench_answers.py (as FastChat's gen_model_answer). Grading (``judge.prompts``):
+
+- ``fastchat`` (default): FastChat's own judge prompts from the user's ``judge_prompts.jsonl``, chosen and
+  filled as FastChat's gen_judgment does (fastchat_judge.py), read by FastChat's rating rule; a reply with no
+  rating is a failed judgment, not asked again unless ``judge.parse_retries`` says so.
+- ``accbench``: accbench's own prompts and strict parser (accbench_judge.py).
+
+Scores as FastChat's show_result.py: ``turn1`` / ``turn2`` the mean rating of each turn and ``score`` the
+mean over all rated judgments of both turns; standard errors clustered by question and per-category means
+beside them. Every judgment is accounted for: ``extra["judgments"]`` says "N of M judgments rated" and lists
+each failed one (question, turn, why); ``n`` is the number of rated judgments, ``extra["n_per_turn"]`` per
+turn; ``judge_requests_sent`` counts every HTTP request, the client's retries included. More than
+``max_judge_failures`` failures (when set) fail the task. With ``pairwise: true`` and a baseline's answers at
+hand, the model is also judged against the baseline (mtbench_pairwise.py): win/tie/loss and win rates.
 
 Entry point: ``evaluate_mtbench(cfg, generate, tokenizer, cache_dir)``. ``cache_dir`` belongs to one model
 under test (one position); pass the same directory again to resume without paying twice. It holds
-``cache.jsonl`` (every answer and every judge request/reply) and ``samples.jsonl`` (readable records).
+``cache.jsonl`` (every answer and every judge request/reply), ``samples.jsonl`` (readable records) and
+``model_answer.jsonl`` (the answers in FastChat's format).
 """
+
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,17 +41,15 @@ from typing import Any
 from accbench.config import JudgeCfg, MTBenchTask
 from accbench.data.jsonl import iter_jsonl
 from accbench.errors import AccbenchError, DataError
-from accbench.evaluate.judge import (JsonlCache, JudgeClient, Judgment, Messages, OpenAIJudge,
-                                     ReplyCache, judge_ratings, request_key)
-from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
+from accbench.evaluate import accbench_judge, fastchat_judge
+from accbench.evaluate.judge import (JsonlCache, JudgeClient, Judgment, Messages, OpenAIJudge, ReplyCache,
+                                     judge_ratings, parse_rating_strict)
+from accbench.evaluate.mtbench_answers import ANSWER_FILE, chat_template, generate_answers, read_answers, write_answers
+from accbench.evaluate.requests import GenerateFn, TaskResult
 
 log = logging.getLogger("accbench.mtbench")
 
-# MT-bench's sampling temperature per category (FastChat's gen_model_answer); other categories get 0.7 as there.
-TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1,
-               "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0}
-DEFAULT_TEMPERATURE = 0.7
-NEED_REFERENCE = ("math", "reasoning", "coding")
+NEED_REFERENCE = fastchat_judge.NEED_REFERENCE
 MT_BENCH_SIZE, MT_BENCH_TURNS = 80, 2
 BUILTIN = {"sample": ("mt_bench/sample_questions.jsonl", "mt_bench/sample_reference_answers.jsonl")}
 FASTCHAT_HINT = ("get MT-bench's question.jsonl and reference_answer/gpt-4.jsonl from FastChat's repository, "
@@ -120,107 +128,6 @@ def load_references(spec: str) -> dict[str, tuple[str, ...]]:
     return refs
 
 
-# ----------------------------------------------------------------------------- answers
-
-
-def _chat_template(tokenizer: Any, override: str | None) -> str | None:
-    """The template to use: the override (a Jinja string or a file holding one), else the tokenizer's own."""
-    if override:
-        if "{" in override:  # Jinja always has {{ or {%; anything else must name a file
-            return override
-        p = Path(override).expanduser()
-        if not p.is_file():
-            raise AccbenchError(f"chat_template_override: {override!r} is neither a Jinja template nor a file",
-                                "give the template text, or the path of a file that holds it")
-        return p.read_text()
-    if not getattr(tokenizer, "chat_template", None):
-        raise AccbenchError(
-            "mtbench: the model's tokenizer has no chat template, and MT-bench answers are chat turns",
-            "set chat_template_override in the mtbench task (a Jinja chat template, or a file holding one), "
-            "or evaluate an instruction-tuned model")
-    return None
-
-
-def render_chat(tokenizer: Any, messages: Messages, template: str | None) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=True)
-    except Exception as exc:  # jinja errors come in many types; the user's template is the likely cause
-        raise AccbenchError(f"mtbench: the chat template failed to render: {type(exc).__name__}: {exc}",
-                            "check chat_template_override (or the tokenizer's chat_template)") from None
-
-
-def generate_answers(questions: list[Question], generate: GenerateFn, tokenizer: Any, template: str | None,
-                     max_new_tokens: int, seed: int, cache: ReplyCache, model_id: str = "") -> dict[str, list[str]]:
-    """Answer turn k of every question in one batch, each conditioned on the model's own earlier answers."""
-    answers: dict[str, list[str]] = {q.question_id: [] for q in questions}
-    for turn in range(max(len(q.turns) for q in questions)):
-        batch = []
-        for idx, q in enumerate(questions):
-            if turn >= len(q.turns):
-                continue
-            msgs: Messages = []
-            for t in range(turn + 1):
-                msgs.append({"role": "user", "content": q.turns[t]})
-                if t < turn:
-                    msgs.append({"role": "assistant", "content": answers[q.question_id][t]})
-            req = GenerateRequest(context=render_chat(tokenizer, msgs, template), max_new_tokens=max_new_tokens,
-                                  temperature=TEMPERATURE.get(q.category, DEFAULT_TEMPERATURE),
-                                  seed=seed + 16 * idx + turn)
-            key = request_key("answer", {"model": model_id}, asdict(req))
-            hit = cache.get(key)
-            batch.append((q, req, key, hit["answer"] if hit else None))
-        todo = [i for i, b in enumerate(batch) if b[3] is None]
-        if todo:
-            log.info("mtbench: generating %d turn-%d answers (%d from cache)", len(todo), turn + 1,
-                     len(batch) - len(todo))
-            texts = generate([batch[i][1] for i in todo])
-            if len(texts) != len(todo):
-                raise AccbenchError(f"mtbench: generate returned {len(texts)} texts for {len(todo)} requests",
-                                    "this is a bug in the engine; please report it")
-            for i, text in zip(todo, texts):
-                q, req, key, _ = batch[i]
-                cache.put(key, {"context": req.context, "answer": text})
-                batch[i] = (q, req, key, text)
-        for q, _, _, text in batch:
-            answers[q.question_id].append(text.strip())
-    return answers
-
-
-# ----------------------------------------------------------------------------- judge prompts (ours)
-
-JUDGE_SYSTEM = "You are a fair and exacting reviewer of answers written by AI assistants."
-
-_RUBRIC = ("Judge how well the assistant's answer serves the user: is it helpful, on topic, correct, deep enough, "
-           "detailed where detail helps and creative where creativity fits? ")
-_RUBRIC_REF = ("Judge above all whether the assistant's answer is correct, and then whether it is helpful. "
-               "A reference answer is given: compare the assistant's answer with it and name any mistakes. ")
-_VERDICT = ("Write a short, objective explanation first. Then give your rating of the answer on a scale from "
-            "1 (useless) to 10 (excellent), as a whole number inside double square brackets, for example "
-            "\"Rating: [[4]]\".")
-
-
-def judge_prompt(q: Question, answers: list[str], turn: int, reference: tuple[str, ...] | None) -> Messages:
-    """The judge conversation for turn `turn` (0-based): the dialogue so far, references, and the rubric."""
-    ref = reference if reference and turn < len(reference) else None
-    parts = [(_RUBRIC_REF if ref else _RUBRIC)]
-    if turn == 0:
-        parts.append(_VERDICT + "\n")
-        parts.append(f"<<< USER QUESTION >>>\n{q.turns[0]}\n")
-        if ref:
-            parts.append(f"<<< REFERENCE ANSWER >>>\n{ref[0]}\n")
-        parts.append(f"<<< ASSISTANT ANSWER >>>\n{answers[0]}\n<<< END >>>")
-    else:
-        parts.append(f"Below is a conversation of {turn + 1} turns. Rate ONLY the assistant's answer in the last "
-                     f"turn (turn {turn + 1}); the earlier turns are context. " + _VERDICT + "\n")
-        for t in range(turn + 1):
-            parts.append(f"<<< USER, TURN {t + 1} >>>\n{q.turns[t]}\n")
-            if ref:
-                parts.append(f"<<< REFERENCE ANSWER, TURN {t + 1} >>>\n{ref[t]}\n")
-            parts.append(f"<<< ASSISTANT, TURN {t + 1} >>>\n{answers[t]}\n")
-        parts.append("<<< END >>>")
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n".join(parts)}]
-
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -244,40 +151,97 @@ def mean_stderr(items: list[tuple[str, float]]) -> tuple[float | None, float | N
     return mean, math.sqrt(g / (g - 1) * sum(d * d for d in dev.values())) / len(items)
 
 
-def score_judgments(task: str, rows: list[tuple[Question, int, Judgment]], max_failures: int,
+def score_judgments(task: str, rows: list[tuple["Slot", Judgment]], max_failures: int | None,
                     where: str) -> TaskResult:
-    """Means (overall, per turn, per category) over parsed judgments; fail loudly past `max_failures`."""
-    failed = {f"{q.question_id}/t{t + 1}": j.error or "no rating" for q, t, j in rows if j.rating is None}
-    total, parsed = len(rows), len(rows) - len(failed)
-    summary = f"judgments: {parsed}/{total} parsed"
+    """FastChat's show_result means (per turn; overall over all rated judgments) with clustered stderrs and
+    per-category means; every failed judgment listed; fail loudly past `max_failures` when it is set."""
+    failed = [{"question_id": s.question.question_id, "turn": s.turn, "why": j.error or "no rating"}
+              for s, j in rows if j.rating is None]
+    total, rated = len(rows), len(rows) - len(failed)
+    summary = f"{rated} of {total} judgments rated"
     log.info("mtbench %s: %s", task, summary)
-    if len(failed) > max_failures:
-        listed = "\n".join(f"    {k}: {v}" for k, v in list(failed.items())[:20])
-        more = f"\n    ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+    listed = "\n".join(f"    question {f['question_id']} turn {f['turn']}: {f['why']}" for f in failed[:20])
+    more = f"\n    ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+    if max_failures is not None and len(failed) > max_failures:
         raise AccbenchError(
             f"mtbench task {task}: {summary}; {len(failed)} failed judgments exceed max_judge_failures="
-            f"{max_failures}, so no score is reported. Failed (question/turn):\n{listed}{more}",
-            f"read the judge replies in {where}; fix the judge (endpoint, model) or raise judge.parse_retries "
-            "and rerun with --resume (only the missing judgments are paid for), or accept N failures with "
-            "max_judge_failures: N (the score is then the mean over parsed judgments only)")
+            f"{max_failures}, so no score is reported. Failed:\n{listed}{more}",
+            f"read the judge replies in {where}; fix the judge (endpoint, model) and rerun with --resume (only "
+            "the missing judgments are paid for), or remove max_judge_failures to score over rated judgments "
+            "(each failure is listed in the report)")
     if failed:
-        log.warning("mtbench %s: %d judgments failed and are excluded from the score: %s", task, len(failed),
-                    ", ".join(failed))
+        log.warning("mtbench %s: %s; failed (left out of the score, as FastChat does):\n%s%s", task, summary,
+                    listed, more)
     groups: dict[str, list[tuple[str, float]]] = {"score": []}
     per_sample = {}
-    for q, t, j in rows:
+    for s, j in rows:
         if j.rating is None:
             continue
-        per_sample[f"{q.question_id}/t{t + 1}"] = float(j.rating)
-        for g in ("score", f"turn{t + 1}", f"category/{q.category}"):
-            groups.setdefault(g, []).append((q.question_id, float(j.rating)))
+        qid = s.question.question_id
+        per_sample[f"{qid}/t{s.turn}"] = float(j.rating)
+        for g in ("score", f"turn{s.turn}", f"category/{s.question.category}"):
+            groups.setdefault(g, []).append((qid, float(j.rating)))
     metrics, stderr = {}, {}
     for g in sorted(groups, key=lambda g: (g.startswith("category/"), g)):
         metrics[g], stderr[g] = mean_stderr(groups[g])
-    extra = {"judgments": {"total": total, "parsed": parsed, "failed": failed, "summary": summary},
-             "questions": len({q.question_id for q, _, _ in rows})}
-    return TaskResult(task=task, type="mtbench", metrics=metrics, stderr=stderr, n=parsed,
+    extra = {"judgments": {"total": total, "rated": rated, "failed": failed, "summary": summary},
+             "n_per_turn": {g: len(v) for g, v in groups.items() if g.startswith("turn")},
+             "questions": len({s.question.question_id for s, _ in rows})}
+    return TaskResult(task=task, type="mtbench", metrics=metrics, stderr=stderr, n=rated,
                       per_sample={"score": per_sample}, extra=extra)
+
+
+# ----------------------------------------------------------------------------- grading plan
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One judgment to make: a question's turn (1-based), its reference answer, and the judge prompt's name."""
+
+    question: Question
+    turn: int
+    reference: tuple[str, ...] | None
+    prompt: str
+
+
+def grading_plan(questions: list[Question], refs: dict[str, tuple[str, ...]], prompts: str) -> list[Slot]:
+    """Which judgments to make. FastChat's plan: turn 1 of every question, turn 2 of the two-turn ones, math/
+    reasoning/coding against their answer in the reference file (which must exist; a question's own `reference`
+    field is not what FastChat grades with). accbench's: every turn, a reference when there is one."""
+    slots = []
+    for q in questions:
+        needs = q.category in NEED_REFERENCE
+        ref = refs.get(q.question_id, q.reference) if needs else None
+        if prompts != "accbench" and needs:  # FastChat reads references only from the reference-answer file
+            ref = refs.get(q.question_id)
+        if prompts == "accbench":
+            if needs and not ref:
+                log.info("mtbench: question %s (%s) has no reference answer; judged without one", q.question_id,
+                         q.category)
+            slots += [Slot(q, t + 1, ref, accbench_judge.PROMPT_NAME) for t in range(len(q.turns))]
+            continue
+        turns = [1, 2] if len(q.turns) == 2 else [1]
+        if needs and (ref is None or len(ref) < turns[-1]):
+            raise DataError(f"mtbench: question {q.question_id} ({q.category}) has no reference answer"
+                            + (" for turn 2" if ref else "") + "; FastChat grades math, reasoning and coding "
+                            "questions against one",
+                            "set reference_answers: to FastChat's data/mt_bench/reference_answer/gpt-4.jsonl "
+                            "(see docs/mtbench.md)")
+        slots += [Slot(q, t, ref, fastchat_judge.prompt_name(q.category, t)) for t in turns]
+    return slots
+
+
+def judge_requests(slots: list[Slot], answers: dict[str, list[str]],
+                   prompts: dict[str, fastchat_judge.JudgePrompt] | None) -> list[Messages]:
+    """The judge conversation of every slot: FastChat's prompt filled as FastChat fills it, or accbench's."""
+    out = []
+    for s in slots:
+        ans = answers[s.question.question_id]
+        if prompts is None:
+            out.append(accbench_judge.judge_prompt(s.question.turns, ans, s.turn - 1, s.reference))
+        else:
+            out.append(fastchat_judge.fill_single(prompts[s.prompt], s.question.turns, ans, s.turn, s.reference))
+    return out
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -289,20 +253,71 @@ def make_openai_judge(j: JudgeCfg) -> OpenAIJudge:
     return OpenAIJudge(j.model, j.api_key_env, j.base_url, j.timeout, j.max_retries, j.concurrency, j.max_tokens)
 
 
+def grading_record(j: JudgeCfg) -> dict[str, Any]:
+    """Which prompt set and which rating rule graded the answers (kept with the scores)."""
+    if j.prompts == "accbench":
+        return {"prompts": "accbench", "prompt_names": [accbench_judge.PROMPT_NAME], "parser": "accbench-strict"}
+    data = Path(j.prompt_file).expanduser().read_bytes()
+    return {"prompts": "fastchat", "prompt_file": str(j.prompt_file),
+            "prompt_file_sha256": hashlib.sha256(data).hexdigest(), "parser": "fastchat"}
+
+
+@dataclass
+class Plan:
+    """What one MT-bench task reads before answering: questions, the judgments to make, FastChat's prompts."""
+
+    questions: list[Question]
+    slots: list[Slot]  # single grading
+    pair_slots: list[Slot]  # pairwise judging (FastChat's plan), empty without `pairwise`
+    prompts: dict[str, fastchat_judge.JudgePrompt] | None  # FastChat's judge prompts, when used
+
+
+def plan(cfg: MTBenchTask) -> Plan:
+    """Read and check every file the task needs: questions, references, judge prompts."""
+    questions = load_questions(cfg.questions, cfg.limit)
+    ref_spec = cfg.reference_answers or ("builtin:sample" if cfg.questions == "builtin:sample" else None)
+    refs = load_references(ref_spec) if ref_spec else {}
+    prompts = (fastchat_judge.load_judge_prompts(cfg.judge.prompt_file, cfg.pairwise)
+               if cfg.judge.prompt_file and (cfg.judge.prompts == "fastchat" or cfg.pairwise) else None)
+    return Plan(questions, grading_plan(questions, refs, cfg.judge.prompts),
+                grading_plan(questions, refs, "fastchat") if cfg.pairwise else [], prompts)
+
+
+def check(cfg: MTBenchTask) -> None:
+    """Everything the task reads, read before any model loads, so a wrong path fails in seconds, not after
+    training (the conversation template too)."""
+    plan(cfg)
+    if cfg.conv_template:
+        chat_template(None, None, cfg.conv_template)
+
+
+def write_samples(path: Path, slots: list[Slot], judgments: list[Judgment], answers: dict[str, list[str]]) -> None:
+    """One readable record per judgment: question, answer, judge prompt, replies, rating or why none."""
+    with path.open("w", encoding="utf-8") as f:
+        for s, j in zip(slots, judgments):
+            q = s.question
+            f.write(json.dumps({"id": f"{q.question_id}/t{s.turn}", "category": q.category, "turn": s.turn,
+                                "judge_prompt": s.prompt, "question": q.turns[s.turn - 1],
+                                "answer": answers[q.question_id][s.turn - 1],
+                                "reference_used": bool(s.reference and s.turn <= len(s.reference)),
+                                "rating": j.rating, "error": j.error, "judge_replies": j.replies},
+                               ensure_ascii=False) + "\n")
+
+
 def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cache_dir: Path, *,
-                     judge: JudgeClient | None = None, cache: ReplyCache | None = None,
-                     model_id: str = "") -> TaskResult:
+                     judge: JudgeClient | None = None, cache: ReplyCache | None = None, model_id: str = "",
+                     baseline_dir: Path | None = None, baseline_name: str = "") -> TaskResult:
     """Answer, judge and score MT-bench for one model.
 
     `judge`: a ready client; by default one is built from `cfg.judge` (type openai). An `hf` judge needs the
     engine: build ``HFJudge(judge_generate, judge_tokenizer, cfg.judge.path, cfg.judge.max_tokens)`` and pass it.
     `cache`: where answers and judge replies are kept (default: ``cache_dir/cache.jsonl``).
     `model_id`: names the model under test inside answer cache keys (useful when a cache is shared).
+    `baseline_dir`: the baseline model's cache_dir; with ``cfg.pairwise`` its answers are judged against ours.
     """
-    questions = load_questions(cfg.questions, cfg.limit)
-    ref_spec = cfg.reference_answers or ("builtin:sample" if cfg.questions == "builtin:sample" else None)
-    refs = load_references(ref_spec) if ref_spec else {}
-    template = _chat_template(tokenizer, cfg.chat_template_override)
+    p = plan(cfg)
+    slots = p.slots
+    template = chat_template(tokenizer, cfg.chat_template_override, cfg.conv_template)
     if judge is None:  # built before generating, so a missing key fails in seconds, not after an hour
         if cfg.judge.type == "hf":
             raise AccbenchError("mtbench: an hf judge must be built by the pipeline (it loads judge.path)",
@@ -312,29 +327,57 @@ def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cac
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else JsonlCache(cache_dir / "cache.jsonl")
 
-    answers = generate_answers(questions, generate, tokenizer, template, cfg.max_new_tokens, cfg.seed, cache,
-                               model_id)
-    slots, prompts = [], []
-    for q in questions:
-        ref = refs.get(q.question_id, q.reference) if q.category in NEED_REFERENCE else None
-        if q.category in NEED_REFERENCE and not ref:
-            log.info("mtbench: question %s (%s) has no reference answer; judged without one", q.question_id,
-                     q.category)
-        for t in range(len(q.turns)):
-            slots.append((q, t, ref))
-            prompts.append(judge_prompt(q, answers[q.question_id], t, ref))
-    judgments = judge_ratings(prompts, judge, cache, cfg.judge.parse_retries)
+    answers = generate_answers(p.questions, generate, tokenizer, template, cfg.max_new_tokens, cfg.seed, cache,
+                               model_id, cfg.conv_template, cfg.top_k, cfg.top_p)
+    write_answers(cache_dir / ANSWER_FILE, answers, model_id or cfg.name)
+    single = p.prompts if cfg.judge.prompts == "fastchat" else None
+    parse = fastchat_judge.parse_rating if cfg.judge.prompts == "fastchat" else parse_rating_strict
+    judgments = judge_ratings(judge_requests(slots, answers, single), judge, cache, cfg.judge.parse_retries, parse)
 
     samples = cache_dir / "samples.jsonl"
-    with samples.open("w", encoding="utf-8") as f:
-        for (q, t, ref), j in zip(slots, judgments):
-            f.write(json.dumps({"id": f"{q.question_id}/t{t + 1}", "category": q.category, "turn": t + 1,
-                                "question": q.turns[t], "answer": answers[q.question_id][t],
-                                "reference_used": bool(ref and t < len(ref)), "rating": j.rating, "error": j.error,
-                                "judge_replies": j.replies}, ensure_ascii=False) + "\n")
-    result = score_judgments(cfg.name, [(q, t, j) for (q, t, _), j in zip(slots, judgments)],
-                             cfg.max_judge_failures, str(samples))
-    result.extra.update({"judge": {k: v for k, v in judge.identity.items()}, "samples_file": str(samples),
+    write_samples(samples, slots, judgments, answers)
+    result = score_judgments(cfg.name, list(zip(slots, judgments)), cfg.max_judge_failures, str(samples))
+    result.extra.update({"judge": dict(judge.identity), "grading": grading_record(cfg.judge),
+                         "samples_file": str(samples), "answers_file": str(cache_dir / ANSWER_FILE),
                          "judge_requests_sent": sum(j.sent for j in judgments),
-                         "reference_guided": sum(1 for _, t, r in slots if r and t < len(r))})
+                         "reference_guided": sum(1 for s in slots if s.reference and s.turn <= len(s.reference))})
+    if cfg.pairwise and baseline_dir is not None and Path(baseline_dir).resolve() != cache_dir.resolve():
+        add_pairwise(result, p.pair_slots, answers, Path(baseline_dir), baseline_name, p.prompts, judge, cache,
+                     cache_dir)
     return result
+
+
+def add_pairwise(result: TaskResult, slots: list[Slot], answers: dict[str, list[str]], baseline_dir: Path,
+                 baseline_name: str, prompts: dict[str, fastchat_judge.JudgePrompt], judge: JudgeClient,
+                 cache: ReplyCache, cache_dir: Path) -> None:
+    """Judge these answers against the baseline's (FastChat's pair prompts, both orders) into `result`."""
+    from accbench.evaluate.mtbench_pairwise import OUTCOME_VALUE, judge_pairs, win_rates
+
+    src = baseline_dir / ANSWER_FILE
+    base = read_answers(src) if src.is_file() else {}
+    lacking = [s.question.question_id for s in slots if len(base.get(s.question.question_id, [])) < s.turn]
+    if lacking:
+        why = (f"the baseline {baseline_name}'s answers ({src}) lack questions {', '.join(sorted(set(lacking)))}"
+               if base else f"the baseline {baseline_name} has no answers yet ({src}): it is evaluated after this model")
+        log.warning("mtbench %s: no pairwise judging: %s", result.task, why)
+        result.extra["pairwise"] = {"baseline": baseline_name, "skipped": why}
+        return
+    games, sent = judge_pairs([(s.question, s.turn, s.reference) for s in slots], answers, base, prompts, judge,
+                              cache)
+    stats = win_rates(games)
+    with (cache_dir / "pairwise.jsonl").open("w", encoding="utf-8") as f:
+        for g in games:
+            f.write(json.dumps(asdict(g), ensure_ascii=False) + "\n")
+    rated = [(g.question_id, OUTCOME_VALUE[g.outcome]) for g in games if g.outcome is not None]
+    for k in ("win_rate_adjusted", "win_rate", "loss_rate"):
+        result.metrics[k] = stats[k]
+    result.stderr["win_rate_adjusted"] = mean_stderr(rated)[1]
+    result.per_sample["win_rate_adjusted"] = {f"{g.question_id}/t{g.turn}": OUTCOME_VALUE[g.outcome]
+                                              for g in games if g.outcome is not None}
+    stats.update(baseline=baseline_name, file=str(cache_dir / "pairwise.jsonl"),
+                 failed=[{"question_id": g.question_id, "turn": g.turn, "why": g.why} for g in games
+                         if g.outcome is None])
+    result.extra["pairwise"] = stats
+    result.extra["judge_requests_sent"] += sent
+    log.info("mtbench %s vs %s: win %d, tie %d, loss %d, win_rate_adjusted %s", result.task, baseline_name,
+             stats["win"], stats["tie"], stats["loss"], stats["win_rate_adjusted"])
