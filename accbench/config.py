@@ -26,6 +26,7 @@ from accbench.config_sections import (
     EvalCfg,
     FidelityCfg,
     GateCfg,
+    IgnoredLayersCfg,
     ModelCfg,
     OpenCompassCfg,
     QuantCfg,
@@ -52,7 +53,7 @@ from accbench.config_train import LauncherCfg, TrainCfg, VariantCfg
 from accbench.errors import ConfigError, ConfigProblem
 
 __all__ = ["EVAL_POSITIONS", "UNSUPPORTED_EVAL_POS", "ActQuantCfg", "BaseCfg", "CalibCfg", "CompareCfg", "EvalCfg",
-           "FidelityCfg", "GateCfg", "GenerateTask", "HumanEvalTask", "JudgeCfg", "LauncherCfg", "LmEvalTask",
+           "FidelityCfg", "GateCfg", "IgnoredLayersCfg", "GenerateTask", "HumanEvalTask", "JudgeCfg", "LauncherCfg", "LmEvalTask",
            "MTBenchTask", "ModelCfg", "MultipleChoiceTask", "OpenCompassCfg", "PerplexityTask", "QuantCfg",
            "RunConfig", "RunnerCfg", "SaveCfg", "Section", "TaskBase", "TaskCfg", "TextDataCfg", "TrainCfg",
            "VariantCfg", "WeightQuantCfg", "apply_overrides", "dump_config", "eval_config", "load_config",
@@ -65,6 +66,7 @@ class RunConfig(Section):
     calib: CalibCfg | None = None
     eval: list[EvalCfg] = Field(default_factory=list)
     quant: QuantCfg | None = None
+    ignored_layers: IgnoredLayersCfg | None = None
     save: SaveCfg = Field(default_factory=SaveCfg)
     opencompass: OpenCompassCfg | None = None
     train: TrainCfg | None = None

@@ -6,6 +6,7 @@ Training sections are in config_train.py, task sections in config_tasks.py.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -217,6 +218,34 @@ class QuantCfg(Section):
     def special_with_defaults(self) -> dict[str, Any]:
         """The method's options with its defaults filled in (as a plain mapping, for QuantSpec)."""
         return {**_quant_methods()[self.method].options.defaults(), **self.special}
+
+
+class IgnoredLayersCfg(Section):
+    """llmc's top-level `ignored_layers`: linears kept in high precision. A linear is ignored when its block
+    index is in `block_ids` (ints or 'a-b' ranges, inclusive) and its name in the block is in `layer_names`,
+    or when its full module name is in `speical_names` (llmc's spelling)."""
+
+    block_ids: list[int | str] = Field(default_factory=list)
+    layer_names: list[str] = Field(default_factory=list)
+    speical_names: list[str] = Field(default_factory=list)
+
+    @field_validator("block_ids")
+    @classmethod
+    def _ranges(cls, v: list[int | str]) -> list[int | str]:
+        for item in v:
+            if isinstance(item, str) and not re.fullmatch(r"\d+-\d+", item.strip()):
+                raise ValueError(f"block id '{item}' is neither a block index nor a range like '15-23'")
+        return v
+
+    def blocks(self) -> set[int]:
+        out: set[int] = set()
+        for item in self.block_ids:
+            if isinstance(item, int):
+                out.add(item)
+            else:
+                a, b = (int(x) for x in item.strip().split("-"))
+                out.update(range(a, b + 1))
+        return out
 
 
 class SaveCfg(Section):

@@ -112,3 +112,38 @@ def test_eval_name_list_evaluates_each_dataset(tmp_path, tiny_model_dir, eval_tx
     assert got == {(pos, d) for pos in ("pretrain", "fake_quant") for d in ("wikitext2", "c4")}
     wiki = {p["position"]: p["ppl"] for p in res["ppl"] if p["dataset"] == "wikitext2"}
     assert wiki["fake_quant"] != wiki["pretrain"]
+
+
+def test_ignored_layers_ranges_and_names():
+    from accbench.config_sections import IgnoredLayersCfg
+    from accbench.pipeline.quantize import quant_spec
+    from accbench.config_sections import QuantCfg
+
+    ig = IgnoredLayersCfg(block_ids=[4, "15-17"], layer_names=["self_attn.q_proj"],
+                          speical_names=["model.layers.0.mlp.down_proj"])
+    spec = quant_spec(QuantCfg(method="RTN"), None, ig)
+    assert [i for i in range(20) if spec.is_ignored("model.layers", i, "self_attn.q_proj")] == [4, 15, 16, 17]
+    assert not spec.is_ignored("model.layers", 4, "self_attn.k_proj")
+    assert spec.is_ignored("model.layers", 0, "mlp.down_proj") and not spec.is_ignored("model.layers", 1, "mlp.down_proj")
+
+
+@needs_llmc
+def test_mix_precision_config_keeps_ignored_layers_float(tmp_path, tiny_model_dir, eval_txt, capsys):
+    """llmc's MixPrecision RTN W8A8 config: model.layers.0.mlp.down_proj (speical_names) and the attention
+    projections of the listed blocks stay as they were; every other linear is quantized."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = _llmc_config(tmp_path, "quantization/methods/MixPrecision/rtn_w_a.yml", tiny_model_dir, eval_txt)
+    code, err, res = _run(cfg, tmp_path / "run", capsys, "eval.seq_len=64", "eval.bs=4", "save.save_fake=true",
+                          "ignored_layers.block_ids=[1-2]")
+    assert code == 0, err[-3000:]
+    orig = load_file(str(tiny_model_dir / "model.safetensors"))
+    fake = load_file(str(tmp_path / "save" / "fake_quant_model" / "model.safetensors"))
+    same = sorted(k for k in orig if k.endswith("proj.weight") and torch.equal(orig[k], fake[k]))
+    n_layers = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    want = ["model.layers.0.mlp.down_proj.weight"] + [f"model.layers.{i}.self_attn.{p}_proj.weight"
+                                                      for i in (1, 2) if i < n_layers for p in ("o", "q")]
+    assert n_layers >= 2 and same == want
+    ppl = {p["position"]: p["ppl"] for p in res["ppl"]}
+    assert ppl["fake_quant"] != ppl["pretrain"]

@@ -100,7 +100,7 @@ def _check_quant(cfg: RunConfig, model_config: Any) -> None:
     from accbench.quant.runner import check_quant
 
     assert cfg.quant is not None
-    spec = quant_spec(cfg.quant, cfg.calib)
+    spec = quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers)
     if model_config is None:
         return
     import torch

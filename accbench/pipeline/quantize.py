@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accbench.config import CalibCfg, QuantCfg, SaveCfg
+from accbench.config import CalibCfg, IgnoredLayersCfg, QuantCfg, SaveCfg
 from accbench.errors import AccbenchError
 from accbench.pipeline.records import Evaluate, ModelPath, Record, timed
 from accbench.results import QuantInfo
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("accbench")
 
 
-def quant_spec(q: QuantCfg, calib: CalibCfg | None) -> "QuantSpec":
+def quant_spec(q: QuantCfg, calib: CalibCfg | None, ignored: IgnoredLayersCfg | None = None) -> "QuantSpec":
     """The quant section as the plain spec the quantizer takes (method options with their defaults)."""
     from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
     from accbench.quant.spec import QuantSpec
@@ -45,7 +45,10 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None) -> "QuantSpec":
     except ValueError as exc:
         raise AccbenchError(f"quant section: {exc}", "see docs/quantization.md for the valid settings") from None
     clip_tokens = calib.seq_len if calib is not None else 512
-    return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens)
+    if ignored is None:
+        return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens)
+    return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens, frozenset(ignored.blocks()),
+                     frozenset(ignored.layer_names), frozenset(ignored.speical_names))
 
 
 def build_calib_batches(c: CalibCfg, tok: Any) -> list:

@@ -55,7 +55,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: "Console", resume: bool
         if cfg.quant is not None:
             wanted = cfg.positions()
             quantize.run_quantization(
-                quantize.quant_spec(cfg.quant, cfg.calib), cfg.quant, cfg.calib, cfg.save, loaded, run_dir, ctx.record,
+                quantize.quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save, loaded, run_dir, ctx.record,
                 lambda pos, model: evaluate_position(ctx, pos, model) if pos in wanted else None, console)
     if cfg.opencompass is not None:
         opencompass.run_opencompass(cfg.opencompass, checked.opencompass, dict(results.models), cfg.positions(),

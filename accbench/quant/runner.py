@@ -61,6 +61,11 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
         if bad_block:
             problems.append(f"quant.weight.block_size {bs} does not divide the shape of {bad_block[0]} "
                             f"({len(bad_block)} layers affected)")
+    if (spec.ignored_names or spec.ignored_full) and not any(
+            spec.is_ignored(prefix, i, n) for i, b in enumerate(blocks) for n, m in b.named_modules()
+            if isinstance(m, nn.Linear)):
+        problems.append("ignored_layers matches no linear layer of the model: check block_ids, layer_names (names "
+                        f"inside a block, e.g. self_attn.q_proj) and speical_names (full names, e.g. {prefix}.0.mlp.down_proj)")
     if spec.act is not None and spec.act.static and not has_calib:
         problems.append("static activation quantization (quant.act.static: true) needs calibration data: add a calib section")
     if needs_calibration(spec.method, False) and not has_calib:
@@ -93,7 +98,8 @@ def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too
 
     @contextlib.contextmanager
     def ctx(i: int, block: nn.Module) -> Iterator[None]:
-        lins = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        lins = {n: m for n, m in block.named_modules()
+                if isinstance(m, nn.Linear) and not spec.is_ignored(prefix, i, n)}
         saved = {n: m.weight.data for n, m in lins.items()}
         handles = []
         try:
@@ -113,6 +119,17 @@ def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too
                 m.weight.data = saved[n]
 
     return ctx
+
+
+@contextlib.contextmanager
+def _keep_ignored(spec: QuantSpec, prefix: str, i: int, block: nn.Module) -> Iterator[None]:
+    """llmc's ignored_layers: the block's ignored linears leave the quantize step with the weights they had."""
+    kept = {n: m.weight.data.clone() for n, m in block.named_modules()
+            if isinstance(m, nn.Linear) and spec.is_ignored(prefix, i, n)}
+    yield
+    mods = dict(block.named_modules())
+    for n, w in kept.items():
+        mods[n].weight.data.copy_(w)
 
 
 def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | None, device: str) -> QuantState:
@@ -148,7 +165,8 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
             act_static = spec.act is not None and spec.act.static
 
             def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
-                method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
+                with _keep_ignored(spec, prefix, i, block):
+                    method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
                 if act_static:
                     collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges)
 
@@ -157,11 +175,12 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
                           desc=f"{spec.method} quantize")
         else:
             for i, block in enumerate(blocks):
-                method.quantize(f"{prefix}.{i}.", block, spec, state)
+                with _keep_ignored(spec, prefix, i, block):
+                    method.quantize(f"{prefix}.{i}.", block, spec, state)
     handles: list = []
     if spec.act is not None:
         lins = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
-                if isinstance(m, nn.Linear)}
+                if isinstance(m, nn.Linear) and not spec.is_ignored(prefix, i, n)}
         handles = install_act_quant(lins, spec.act, state.act_ranges if spec.act.static else None)
         model._accbench_act_quant_handles = handles
     return handles
