@@ -1,4 +1,4 @@
-"""`python -m accbench ...`: the same command as the `accbench` script."""
+"""`python -m accbench`: the same as the `accbench` command."""
 
 import sys
 

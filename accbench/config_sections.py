@@ -35,6 +35,9 @@ class BaseCfg(Section):
 
 class ModelCfg(Section):
     path: str
+    revision: str | None = None  # a branch, tag or commit of a hub model
+    peft: str | None = None  # a PEFT adapter (path or hub id) applied on top of the model
+    from_pretrained: dict[str, Any] = Field(default_factory=dict)  # anything else from_pretrained takes
     type: str | None = None  # llmc names the architecture; we discover it from config.json
     tokenizer_path: str | None = None
     tokenizer_mode: Literal["fast", "slow"] = "fast"

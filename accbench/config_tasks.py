@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from accbench.config_sections import Section
 
@@ -12,11 +12,21 @@ from accbench.config_sections import Section
 class TaskBase(Section):
     name: str
     path: str | None = None
-    limit: int | None = Field(None, ge=1)
+    # a count, or as on lm-eval's --limit a fraction (0 < limit < 1) of the documents
+    limit: int | float | None = Field(None, gt=0)
     num_fewshot: int = Field(0, ge=0)
     seed: int = 1234
     batch_size: int | Literal["auto"] = "auto"
     chat_template: bool = False
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | float | None) -> int | float | None:
+        if isinstance(v, float) and v >= 1:
+            if not v.is_integer():
+                raise ValueError(f"limit {v}: a count must be a whole number; a fraction must be below 1")
+            return int(v)
+        return v
 
 
 class MultipleChoiceTask(TaskBase):

@@ -94,8 +94,13 @@ def load_model(
     num_gpus: int = 1,
     attn_implementation: str | None = None,
     use_fast_tokenizer: bool = True,
+    revision: str | None = None,
+    peft: str | None = None,
+    from_pretrained: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer and place it: 'single', 'device_map' or 'offload'."""
+    """Load a causal LM and its tokenizer and place it: 'single', 'device_map' or 'offload'. `revision`,
+    `from_pretrained` (extra keyword arguments, as lm-eval's --model_args) go to from_pretrained; `peft` is an
+    adapter loaded on top (the `peft` package)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -104,6 +109,9 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(torch_dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if revision:
+        kwargs["revision"] = revision
+    kwargs.update(from_pretrained or {})
     if placement == "device_map":
         if device.startswith("cuda"):
             n = min(num_gpus, torch.cuda.device_count())
@@ -121,10 +129,24 @@ def load_model(
         raise ModelLoadError(f"model {local} does not fit in memory",
                              "use model.placement: offload (blocks moved to the GPU one at a time), "
                              "device_map with runner.num_gpus > 1, or a smaller torch_dtype") from None
+    if peft:
+        model = _with_adapter(model, peft)
     model.eval()
     tokenizer = load_tokenizer(tokenizer_path or local, trust_remote_code, use_fast_tokenizer)
     input_device = place_model(model, device, placement)
     return LoadedModel(model, tokenizer, local, input_device, placement)
+
+
+def _with_adapter(model: Any, adapter: str) -> Any:
+    """A PEFT adapter merged into the model, so every backend and transform sees plain weights."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"model.peft {adapter!r} needs the peft package", "pip install peft") from None
+    try:
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the PEFT adapter {adapter}: {exc}", "check model.peft") from None
 
 
 def place_model(model: Any, device: str, placement: str) -> str:

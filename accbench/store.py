@@ -1,6 +1,7 @@
 """The per-sample store: every request and its response, in SQLite in the run directory (samples.sqlite).
 
-A response is keyed by a hash of (model fingerprint, task name, request kind, request), so a resumed
+A response is keyed by a hash of (model fingerprint, task name, request kind, request), and stored with the
+sample id of the document that asked it (the task's doc id, `<lm-eval task>/<doc_id>` for lm-eval), so a resumed
 run answers finished requests from disk and recomputes only the rest, and `accbench rescore` can
 recompute every metric from the stored responses without loading a model. Anything that changes a
 request (data, prompt, few-shot, sampling seed) changes its key; a metric change does not.
@@ -15,12 +16,12 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest
+from accbench.evaluate.requests import (GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest,
+                                        request_fields)
 
 if TYPE_CHECKING:
     from accbench.evaluate.pool import PooledAnswerer
@@ -56,6 +57,9 @@ class SampleStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, model TEXT, task TEXT, "
                         "kind TEXT, request TEXT, response TEXT, created REAL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS models (position TEXT PRIMARY KEY, fingerprint TEXT)")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(samples)")}
+        if "sample_id" not in columns:  # stores written before sample ids were recorded
+            self.db.execute("ALTER TABLE samples ADD COLUMN sample_id TEXT")
         self.db.commit()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
@@ -67,14 +71,22 @@ class SampleStore:
                 out.update((k, json.loads(v)) for k, v in self.db.execute(q, part))
         return out
 
-    def put_many(self, rows: Sequence[tuple[str, str, str, str, Any, Any]]) -> None:
-        """rows of (key, model fingerprint, task, kind, request, response), committed together."""
+    def put_many(self, rows: Sequence[tuple[str, str, str, str, Any, Any, str]]) -> None:
+        """rows of (key, model fingerprint, task, kind, request, response, sample id), committed together."""
         now = time.time()
         with self._lock:
-            self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                [(k, m, t, kind, json.dumps(req), json.dumps(resp), now)
-                                 for k, m, t, kind, req, resp in rows])
+            self.db.executemany("INSERT OR REPLACE INTO samples (key, model, task, kind, request, response, created, "
+                                "sample_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(k, m, t, kind, json.dumps(req), json.dumps(resp), now, sid or None)
+                                 for k, m, t, kind, req, resp, sid in rows])
             self.db.commit()
+
+    def sample_rows(self, model: str, task: str) -> list[tuple[str | None, str, Any, Any]]:
+        """(sample id, kind, request, response) of one model's task, in the order they were stored."""
+        q = "SELECT sample_id, kind, request, response FROM samples WHERE model = ? AND task = ? ORDER BY rowid"
+        with self._lock:
+            return [(sid, kind, json.loads(req), json.loads(resp))
+                    for sid, kind, req, resp in self.db.execute(q, (model, task))]
 
     def set_model(self, position: str, fingerprint: str) -> None:
         with self._lock:
@@ -140,7 +152,8 @@ class StoredAnswerer:
                             None if inner is None else lambda: inner.window_losses(request))[0]
 
     def _answer(self, kind: str, requests: Sequence[Any], compute: Callable[[], Any] | None = None) -> list:
-        reqs = [r if isinstance(r, dict) else asdict(r) for r in requests]
+        reqs = [r if isinstance(r, dict) else request_fields(r) for r in requests]
+        ids = [r.get("sample_id", "") if isinstance(r, dict) else r.sample_id for r in requests]
         keys = [_hash(self.model, self.task, kind, r) for r in reqs]
         found = self.store.get_many(keys)
         out: list[Any] = [_from_response(kind, found[k]) if k in found else None for k in keys]
@@ -155,7 +168,7 @@ class StoredAnswerer:
 
         def save(idx: list[int], answers: list, n_truncated: int = 0) -> None:  # idx: positions in todo
             rows = [todo[j] for j in idx]
-            self.store.put_many([(keys[i], self.model, self.task, kind, reqs[i], _as_response(kind, a))
+            self.store.put_many([(keys[i], self.model, self.task, kind, reqs[i], _as_response(kind, a), ids[i])
                                  for i, a in zip(rows, answers)])
             for i, a in zip(rows, answers):
                 out[i] = _from_response(kind, _as_response(kind, a))

@@ -133,12 +133,12 @@ def test_run_comparisons_cover_every_kind(tmp_path: Path):
 def test_training_run_baseline_is_first_variant_and_original_is_not_a_candidate(tmp_path: Path):
     res = training_results(tmp_path, loss_gap=0.003)
     out = run_comparison(res, CompareCfg(max_train_loss_diff=0.01))
-    assert out["baseline"] == "native"
-    assert {c["candidate"] for c in out["comparisons"]} == {"compiled"}
-    train = next(c for c in out["comparisons"] if c["kind"] == "train")
-    assert train["delta"] == pytest.approx(0.003)
-    assert train["extra"]["speedup"] == pytest.approx(6.5 / 5.785)
-    assert out["all_held"] and out["exit_code"] == 0
+    assert out.baseline == "native"
+    assert {c.candidate for c in out.comparisons} == {"compiled"}
+    train = next(c for c in out.comparisons if c.kind == "train")
+    assert train.delta == pytest.approx(0.003)
+    assert train.extra["speedup"] == pytest.approx(6.5 / 5.785)
+    assert out.all_held and out.exit_code == 0
 
 
 def test_unknown_baseline_is_a_clear_error(tmp_path: Path):
@@ -161,44 +161,44 @@ def test_gates_that_hold_and_that_fail_all_reported(tmp_path: Path):
                  GateCfg(task="mc", metric="acc", max_drop=0.02),  # fails
                  GateCfg(max_kld=0.1),  # holds
                  GateCfg(max_kld=0.01, position="fake_quant"))  # fails
-    verdicts = [(g["gate"], g["held"]) for g in out["gates"]]
+    verdicts = [(g.gate, g.held) for g in out.gates]
     assert verdicts == [(0, True), (1, False), (2, False), (3, True), (4, False)]
-    ppl_gate = out["gates"][0]
-    assert ppl_gate["observed"] == pytest.approx(res.ppl[1].ppl / res.ppl[0].ppl - 1)
-    assert ppl_gate["limit"] == 0.05
-    assert out["gates"][2]["observed"] == pytest.approx(0.05)
-    assert not out["all_held"] and out["exit_code"] == 3
+    ppl_gate = out.gates[0]
+    assert ppl_gate.observed == pytest.approx(res.ppl[1].ppl / res.ppl[0].ppl - 1)
+    assert ppl_gate.limit == 0.05
+    assert out.gates[2].observed == pytest.approx(0.05)
+    assert not out.all_held and out.exit_code == 3
 
 
 def test_significance_gate_fails_only_when_drop_is_significant(tmp_path: Path):
     gate = GateCfg(task="mc", metric="acc", max_drop=0.01, significance=0.05)
     # -0.05 with 12 vs 2 flips: p = 0.013 -> significant -> fails
     out = _gates(compression_results(tmp_path), gate)
-    assert not out["gates"][0]["held"] and "significant" in out["gates"][0]["reason"]
+    assert not out.gates[0].held and "significant" in out.gates[0].reason
     # -0.02 with 6 vs 2 flips: p = 0.29 -> over the limit but not significant -> holds
     out = _gates(compression_results(tmp_path, c2w=6, w2c=2), gate)
-    assert out["gates"][0]["held"] and "not significant" in out["gates"][0]["reason"]
-    assert out["gates"][0]["p_value"] == pytest.approx(mcnemar_exact(6, 2))
-    assert out["exit_code"] == 0
+    assert out.gates[0].held and "not significant" in out.gates[0].reason
+    assert out.gates[0].p_value == pytest.approx(mcnemar_exact(6, 2))
+    assert out.exit_code == 0
 
 
 def test_gate_matching_nothing_fails_and_says_so(tmp_path: Path):
     out = _gates(compression_results(tmp_path), GateCfg(task="humaneval", metric="pass@1", max_drop=0.02))
-    g = out["gates"][0]
-    assert not g["held"] and g["target"] == "(nothing)"
-    assert "matches no comparison" in g["reason"] and "mc:acc" in g["reason"]
-    assert out["exit_code"] == 3
+    g = out.gates[0]
+    assert not g.held and g.target == "(nothing)"
+    assert "matches no comparison" in g.reason and "mc:acc" in g.reason
+    assert out.exit_code == 3
 
 
 def test_shorthands_train_loss_and_score_drop(tmp_path: Path):
     cfg = CompareCfg(max_train_loss_diff=0.01, max_score_drop=0.02)
     assert [g.train_loss_diff for g in gates_from_config(cfg)] == [0.01, None]
     ok = run_comparison(training_results(tmp_path, loss_gap=0.004), cfg)
-    assert ok["all_held"], ok["gates"]
+    assert ok.all_held, ok.gates
     bad = run_comparison(training_results(tmp_path, loss_gap=0.02), cfg)
-    failed = [g for g in bad["gates"] if not g["held"]]
-    assert [g["bound"] for g in failed] == ["train_loss_diff"]
-    assert failed[0]["observed"] == pytest.approx(0.02)
+    failed = [g for g in bad.gates if not g.held]
+    assert [g.bound for g in failed] == ["train_loss_diff"]
+    assert failed[0].observed == pytest.approx(0.02)
 
 
 def test_evaluate_gates_with_no_comparisons_fails_every_gate():
@@ -214,7 +214,7 @@ def test_flipped_helper_is_what_the_tests_assume():
 def test_training_baseline_flag_wins_over_order(tmp_path: Path):
     res = training_results(tmp_path)
     res.train[0].baseline, res.train[1].baseline = False, True  # the train stage marks its baseline variant
-    assert run_comparison(res, CompareCfg())["baseline"] == "compiled"
+    assert run_comparison(res, CompareCfg()).baseline == "compiled"
 
 
 def test_compare_runs_compares_kld_between_runs(tmp_path: Path):
@@ -224,12 +224,12 @@ def test_compare_runs_compares_kld_between_runs(tmp_path: Path):
     b.fidelity[0].kld_mean, b.fidelity[0].kld_stderr = 0.08, 0.0015
     merged, out = compare_runs([("a", a), ("b", b)], CompareCfg(gates=[GateCfg(max_kld=0.06)],
                                                                  bootstrap_resamples=500))
-    kl = next(c for c in out["comparisons"] if c["kind"] == "fidelity")
-    assert (kl["baseline"], kl["candidate"], kl["position"]) == ("a/fake_quant", "b/fake_quant", "fake_quant")
-    assert kl["delta"] == pytest.approx(0.03)
-    assert (kl["ci_low"], kl["ci_high"]) == pytest.approx((0.03 - 1.959964 * 0.0025, 0.03 + 1.959964 * 0.0025),
+    kl = next(c for c in out.comparisons if c.kind == "fidelity")
+    assert (kl.baseline, kl.candidate, kl.position) == ("a/fake_quant", "b/fake_quant", "fake_quant")
+    assert kl.delta == pytest.approx(0.03)
+    assert (kl.ci_low, kl.ci_high) == pytest.approx((0.03 - 1.959964 * 0.0025, 0.03 + 1.959964 * 0.0025),
                                                           abs=1e-6)  # hypot(0.002, 0.0015) = 0.0025
-    assert [g["observed"] for g in out["gates"]] == [0.08] and out["exit_code"] == 3
+    assert [g.observed for g in out.gates] == [0.08] and out.exit_code == 3
     assert [f.position for f in merged.fidelity] == ["a/fake_quant", "b/fake_quant"]
     b.fidelity[0].tokens = 100
     with pytest.raises(AccbenchError, match="fake_quant fidelity wikitext2: 3072 tokens in a, 100 in b"):
@@ -239,12 +239,12 @@ def test_compare_runs_compares_kld_between_runs(tmp_path: Path):
 def test_significance_on_perplexity_and_without_per_sample_data(tmp_path: Path):
     res = compression_results(tmp_path)  # +3.06% on every window: significant
     out = _gates(res, GateCfg(metric="ppl", max_relative_increase=0.01, significance=0.05))
-    assert not out["gates"][0]["held"] and out["gates"][0]["p_value"] < 0.01
+    assert not out.gates[0].held and out.gates[0].p_value < 0.01
     for e in res.tasks:  # aggregates only: no test possible, an over-limit drop counts as significant
         e.per_sample = {}
         e.stderr = {}
     out = _gates(res, GateCfg(task="mc", metric="acc", max_drop=0.01, significance=0.05))
-    assert not out["gates"][0]["held"] and "counted as significant" in out["gates"][0]["reason"]
+    assert not out.gates[0].held and "counted as significant" in out.gates[0].reason
 
 
 def test_opencompass_scores_appear_in_the_report_tables_and_missing_stays_missing(tmp_path: Path):

@@ -91,7 +91,7 @@ def test_report_rebuilds_everything_from_results_json(runs):
     assert "What flipped" in html and "&lt;wrong&gt; &amp; more" in html  # escaped model output
     assert "correct → wrong: 3" in html and "wrong → correct: 1" in html  # gen: 3 lost, 1 gained
     assert "largest drops: 12" in html and "largest gains: 0" in html  # mtbench: every 3rd score lowered by 1 unless already 1
-    assert "mtbench-0  (1 → 1)" not in html and "mtbench-3  (2 → 1)" in html
+    assert "mtbench-0 (1 → 1)" not in html and "mtbench-3 (2 → 1)" in html
     md = (b / "report.md").read_text()
     assert "| fake_quant | mc | acc | 0.7500 | 0.7000 | -0.0500 |" in md.replace("**", "")
     assert sorted(p.name for p in (b / "plots").iterdir()) == ["categories.png", "flips.png", "kld_hist.png",
@@ -127,14 +127,13 @@ def test_run_ends_with_compare_stage_and_gate_exit_code(tiny_model_dir, eval_txt
 
 
 def test_samples_in_humaneval_record_form_are_read():
-    from accbench.report.html import samples_by_id
-    from accbench.results import TaskEntry
+    from accbench.report.flips import samples_by_id
+    from accbench.results import SampleText, TaskEntry
 
     recs = [{"task_id": "HumanEval/0", "sample": 0, "completion": "return 1", "status": "passed"},
             {"task_id": "HumanEval/0", "sample": 1, "completion": "return 2", "status": "failed"},
             {"task_id": "HumanEval/1", "sample": 0, "completion": "pass", "status": "failed"}]
     got = samples_by_id(TaskEntry(model="m", task="he", samples=recs))
-    assert got == {"HumanEval/0": {"prompt": None, "response": "return 1", "reference": None},
-                   "HumanEval/1": {"prompt": None, "response": "pass", "reference": None}}
+    assert got == {"HumanEval/0": SampleText(response="return 1"), "HumanEval/1": SampleText(response="pass")}
     assert samples_by_id(TaskEntry(model="m", task="he", extra={"samples": recs})) == got
-    assert samples_by_id(TaskEntry(model="m", task="he", samples={"a": "text"})) == {"a": {"response": "text"}}
+    assert samples_by_id(TaskEntry(model="m", task="he", samples={"a": "text"})) == {"a": SampleText(response="text")}

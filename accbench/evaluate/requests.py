@@ -7,7 +7,7 @@ requests from many tasks at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Union
 
 
@@ -17,6 +17,7 @@ class ScoreRequest:
 
     context: str
     continuation: str
+    sample_id: str = field(default="", compare=False)  # the document it belongs to; not part of its identity
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class RollingRequest:
     """Log-likelihood of a whole text, in max-length windows (lm-eval's loglikelihood_rolling)."""
 
     text: str
+    sample_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,15 @@ class GenerateRequest:
     top_p: float = 1.0
     seed: int = 0
     top_k: int = 0  # sample among the k most likely tokens (before top_p), as Hugging Face generate; 0: all
+    sample_id: str = field(default="", compare=False)
+
+
+def request_fields(request: Any) -> dict[str, Any]:
+    """What identifies a request (its store key, a judge-cache key): every field but the sample id, which only
+    says which document asked it (identical requests of two documents share one answer)."""
+    d = asdict(request)
+    d.pop("sample_id", None)
+    return d
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
@@ -61,6 +72,10 @@ class TaskResult:
     stderr: dict[str, float | None]
     n: int
     per_sample: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {sample_id: value}
+    # sample_id -> {prompt, reference, response, answers} (results.SampleText's fields), for reading flips
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # files other tools read, written beside results.json (e.g. lm-eval's own logged samples); not in results.json
+    exports: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

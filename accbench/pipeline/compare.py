@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from accbench.config import CompareCfg
 from accbench.pipeline.records import Record, timed
 from accbench.results import Results
 
+if TYPE_CHECKING:
+    from accbench.results import CompareBlock
+
 log = logging.getLogger("accbench")
 
 
-def compare_positions(results: Results, cfg: CompareCfg, record: Record) -> dict[str, Any]:
+def compare_positions(results: Results, cfg: CompareCfg, record: Record) -> "CompareBlock":
     """The compare block of results.json: comparisons with the baseline, gates, the exit code."""
     from accbench.compare import run_comparison
 
     with timed(record, "compare"):
         block = run_comparison(results, cfg)
-    log.info("compare: baseline %s, %d comparisons, gates %s", block["baseline"], len(block["comparisons"]),
-             "held" if block["all_held"] else "FAILED")
+    log.info("compare: baseline %s, %d comparisons, gates %s", block.baseline, len(block.comparisons),
+             "held" if block.all_held else "FAILED")
     return block
 
 

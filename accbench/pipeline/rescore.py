@@ -38,6 +38,7 @@ def rescore_run(run_dir: Path, console: "Console") -> Results:
         keep = {k: v for k, v in entry.model_dump().items()
                 if k not in ("metrics", "stderr", "n", "per_sample", "type", "model", "task")}
         keep.update({k: v for k, v in res.extra.items()})
+        keep["samples"] = res.extra.get("samples", res.samples)
         results.tasks[i] = TaskEntry(model=entry.model, task=entry.task, type=res.type, metrics=res.metrics,
                                      n=res.n, stderr=res.stderr, per_sample=res.per_sample, **keep)
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))

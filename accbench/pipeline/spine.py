@@ -18,6 +18,7 @@ from accbench.config import RunConfig, dump_config
 from accbench.pipeline import compare, opencompass, positions, preflight, quantize, tasks, train
 from accbench.pipeline.positions import EvalData, prepare_eval_data
 from accbench.pipeline.records import Fact, ModelPath, OpenCompassResult, TaskOrder, Timing, timed
+from accbench.provenance import collect_provenance
 from accbench.results import FidelityEntry, PplEntry, QuantInfo, Results, TaskEntry, TrainEntry, collect_versions
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: "Console", resume: bool
     results.run_dir, results.status, results.error = str(run_dir), "running", None
     results.versions = collect_versions()
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    results.provenance = collect_provenance(cfg, dump_config(cfg))
     ctx = RunContext(cfg, run_dir, results, console, resume, baseline=baseline_position(cfg))
     ctx.save()
     checked = preflight.check_run(cfg, run_dir)  # every weight-free check, before the model loads
@@ -161,7 +163,8 @@ def _load(cfg: RunConfig) -> "LoadedModel":
         placement = "device_map"
     log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
     return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
-                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast")
+                      cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast", m.revision, m.peft,
+                      m.from_pretrained)
 
 
 def seed_everything(seed: int) -> None:

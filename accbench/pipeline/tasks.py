@@ -77,6 +77,7 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
     in the per-sample store; `pairwise_baseline` is the position MT-bench judges this one against ("": none)."""
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import TaskContext
+    from accbench.report.exports import write_task_exports
     from accbench.store import model_fingerprint
 
     fp = model_fingerprint(loaded.path, position, model.torch_dtype, transform)
@@ -98,6 +99,7 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
             errors.append(error)
             return
         assert res is not None
+        write_task_exports(run_dir, position, run.cfg, res)
         record(run.entry(position, res, backends(run.cfg.batch_size).stats.batch_sizes))
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
         console.print(f"[bold]{position}[/] {name}: {shown}  (n={res.n})")
@@ -137,7 +139,7 @@ class _TaskRun:
     def entry(self, position: str, res: "TaskResult", batch_sizes: dict[str, int]) -> TaskEntry:
         a = self.answerer
         assert a is not None
-        extra = {**res.extra, "batch_sizes": dict(batch_sizes), "truncated": a.truncated,
+        extra = {"samples": res.samples, **res.extra, "batch_sizes": dict(batch_sizes), "truncated": a.truncated,
                  "requests": dict(a.computed), "reused_from_store": a.reused}
         return TaskEntry(model=position, task=self.cfg.name, type=res.type, metrics=res.metrics, n=res.n,
                          stderr=res.stderr, per_sample=res.per_sample, **extra)

@@ -31,10 +31,11 @@ def print_summary(results: Results, console: Any) -> None:
     if results.train:
         console.print(training_block(results), markup=False, highlight=False)
     for t in all_tables(results):
-        console.print(rich_table(t))
-    if results.compare.get("gates"):
-        ok = results.compare.get("all_held", True)
+        if not t.text:  # provenance: in report.md / report.html, not at the end of every run
+            console.print(rich_table(t))
+    if results.compare.gates:
+        ok = results.compare.all_held
         console.print(f"[bold {'green' if ok else 'red'}]{verdict(results)}[/] "
-                      f"(exit code {results.compare.get('exit_code', 0)})")
+                      f"(exit code {results.compare.exit_code})")
     if results.run_dir:
         console.print(f"results: {results.run_dir}/results.json", markup=False)

@@ -1,7 +1,11 @@
-"""report.md: the console's tables in Markdown, with the plots linked from plots/."""
+"""report.md: the console's tables in Markdown, the plots linked from plots/ (and why one is left out), and
+what flipped (the first samples per direction; all of them in flips/*.jsonl)."""
 
 from __future__ import annotations
 
+import importlib.util
+
+from accbench.report.flips import flip_groups, flips_markdown
 from accbench.report.tables import Table, all_tables, training_block, verdict
 from accbench.results import Results
 
@@ -25,8 +29,8 @@ def markdown_table(t: Table) -> str:
 def render_markdown(results: Results, plots: list[str]) -> str:
     parts = [f"# accbench report: {results.run_dir or 'comparison'}", ""]
     if results.compare:
-        parts.append(f"Baseline: **{results.compare.get('baseline')}** · {verdict(results)} · "
-                     f"exit code {results.compare.get('exit_code', 0)}")
+        parts.append(f"Baseline: **{results.compare.baseline}** · {verdict(results)} · "
+                     f"exit code {results.compare.exit_code}")
         parts.append("")
     if results.train:
         parts += ["```", training_block(results), "```", ""]
@@ -34,4 +38,9 @@ def render_markdown(results: Results, plots: list[str]) -> str:
         parts += [markdown_table(t), ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
+    if plots or importlib.util.find_spec("matplotlib") is not None:
+        from accbench.report.plots import skipped_charts
+
+        parts += [f"Chart {name} left out: {why}." for name, why in skipped_charts(results, plots).items()] + [""]
+    parts.append(flips_markdown(flip_groups(results)))
     return "\n".join(parts)

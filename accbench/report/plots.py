@@ -7,7 +7,7 @@ nothing to draw for it. `make_plots` returns every chart that has content, by fi
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Collection
 
 from accbench.errors import AccbenchError
 from accbench.report.tables import comparisons
@@ -40,7 +40,7 @@ def ppl_chart(results: Results) -> bytes | None:
     if not results.ppl:
         return None
     plt = _plt()
-    rel = {(c["candidate"], c["dataset"], c["extra"].get("seq_len")): c for c in comparisons(results, "ppl")}
+    rel = {(c.candidate, c.dataset, c.extra.get("seq_len")): c for c in comparisons(results, "ppl")}
     models = list(dict.fromkeys(p.position for p in results.ppl))
     datasets = list(dict.fromkeys((p.dataset, p.seq_len) for p in results.ppl))
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.5, 1.3 * len(models)) * len(datasets), 3.4),
@@ -50,13 +50,13 @@ def ppl_chart(results: Results) -> bytes | None:
         ax.plot([x for x, _ in pts], [p.ppl for _, p in pts], "-", color="#bbb", zorder=1)
         for x, p in pts:
             c = rel.get((p.position, ds, sl))
-            color = "C0" if c is None else (_BAD if c["relative_delta"] > 0 else _GOOD)
-            if c is not None and c.get("ci_low") is not None:
-                base = p.ppl / (1 + c["relative_delta"])
-                lo, hi = base * (1 + c["ci_low"]), base * (1 + c["ci_high"])
+            color = "C0" if c is None else (_BAD if c.relative_delta > 0 else _GOOD)
+            if c is not None and c.ci_low is not None:
+                base = p.ppl / (1 + c.relative_delta)
+                lo, hi = base * (1 + c.ci_low), base * (1 + c.ci_high)
                 ax.errorbar(x, p.ppl, yerr=[[p.ppl - lo], [hi - p.ppl]], fmt="none", ecolor=color, capsize=4)
             ax.scatter([x], [p.ppl], color=color, zorder=2)
-            label = f"{p.ppl:.3f}" + (f"\n{c['relative_delta'] * 100:+.2f}%" if c else "")
+            label = f"{p.ppl:.3f}" + (f"\n{c.relative_delta * 100:+.2f}%" if c else "")
             ax.annotate(label, (x, p.ppl), textcoords="offset points", xytext=(8, 0), va="center", fontsize=8)
         ax.set_xticks(range(len(models)), models, fontsize=8)
         ax.set_xlim(-0.5, len(models) - 0.2)
@@ -70,24 +70,24 @@ def ppl_chart(results: Results) -> bytes | None:
 
 def task_delta_chart(results: Results) -> bytes | None:
     """Each candidate's task-metric change with its CI, signed so that right is better."""
-    comps = [c for c in comparisons(results, "task") if "/" not in c["metric"] and c["worsening"] is not None]
-    if not comps:
+    comps = [c for c in comparisons(results, "task") if "/" not in c.metric and c.worsening is not None]
+    if not comps or all(c.delta == 0 and not c.ci_low and not c.ci_high for c in comps):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(comps) + 1.4))
     for y, c in enumerate(comps):
-        sign = -1.0 if c["direction"] == "lower" else 1.0  # plot improvement to the right
-        x = sign * c["delta"]
+        sign = -1.0 if c.direction == "lower" else 1.0  # plot improvement to the right
+        x = sign * c.delta
         color = _NEUTRAL
-        if c.get("p_value") is not None and c["p_value"] < 0.05:
+        if c.p_value is not None and c.p_value < 0.05:
             color = _BAD if x < 0 else _GOOD
-        if c.get("ci_low") is not None:
-            lo, hi = sorted((sign * c["ci_low"], sign * c["ci_high"]))
+        if c.ci_low is not None:
+            lo, hi = sorted((sign * c.ci_low, sign * c.ci_high))
             ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", color=color, capsize=4)
         else:
             ax.plot(x, y, "o", color=color)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(comps)), [f"{c['candidate']} · {c['task']} · {c['metric']}" for c in comps], fontsize=8)
+    ax.set_yticks(range(len(comps)), [f"{c.candidate} · {c.task} · {c.metric}" for c in comps], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("change vs baseline (right = better), 95% CI")
     ax.set_title("Task deltas")
@@ -95,24 +95,32 @@ def task_delta_chart(results: Results) -> bytes | None:
 
 
 def flips_chart(results: Results) -> bytes | None:
-    comps = [c for c in comparisons(results, "task") if c.get("correct_to_wrong") is not None]
-    if not comps:
+    """Correct → wrong (left) and wrong → correct (right) per candidate, task and 0/1 metric; counts on an
+    integer axis, each bar labelled with its count (zeros are left unlabelled)."""
+    comps = [c for c in comparisons(results, "task") if c.correct_to_wrong is not None]
+    if not any(c.correct_to_wrong or c.wrong_to_correct for c in comps):
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(comps) + 1.4))
-    ys = range(len(comps))
-    ax.barh(ys, [-c["correct_to_wrong"] for c in comps], color=_BAD, label="correct → wrong")
-    ax.barh(ys, [c["wrong_to_correct"] for c in comps], color=_GOOD, label="wrong → correct")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(comps) + 1.6))
+    ys = list(range(len(comps)))
+    ax.barh(ys, [-c.correct_to_wrong for c in comps], color=_BAD, label="correct → wrong")
+    ax.barh(ys, [c.wrong_to_correct for c in comps], color=_GOOD, label="wrong → correct")
     for y, c in zip(ys, comps):
-        ax.annotate(str(c["correct_to_wrong"]), (-c["correct_to_wrong"], y), ha="right", va="center", fontsize=8)
-        ax.annotate(str(c["wrong_to_correct"]), (c["wrong_to_correct"], y), ha="left", va="center", fontsize=8)
+        if c.correct_to_wrong:
+            ax.annotate(f" {c.correct_to_wrong} ", (-c.correct_to_wrong, y), ha="right", va="center", fontsize=8)
+        if c.wrong_to_correct:
+            ax.annotate(f" {c.wrong_to_correct} ", (c.wrong_to_correct, y), ha="left", va="center", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(list(ys), [f"{c['candidate']} · {c['task']} · {c['metric']}" for c in comps], fontsize=8)
-    ax.invert_yaxis()
-    ax.margins(x=0.15)
-    ax.set_xlabel("samples that flipped against the baseline")
+    ax.set_yticks(ys, [f"{c.candidate} · {c.task} · {c.metric}" for c in comps], fontsize=8)
+    ax.set_ylim(len(comps) - 0.5, -0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{abs(int(v))}"))  # counts both ways
+    ax.margins(x=0.2)
+    ax.set_xlabel("samples that flipped against the baseline (left: lost, right: gained)")
     ax.set_title("Flips")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     return _png(fig)
 
 
@@ -150,22 +158,33 @@ def category_chart(results: Results) -> bytes | None:
                    label=e.model, color=f"C{j}")
         ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{task}: score per category")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
 
+def kld_gate(results: Results) -> float | None:
+    """The tightest max_kld gate checked in this run, drawn on the histogram."""
+    limits = [g.limit for g in results.compare.gates if g.bound == "max_kld"]
+    return min(limits) if limits else None
+
+
 def kld_hist_chart(results: Results) -> bytes | None:
-    """Per-token KL divergence histograms, from fidelity entries that carry `kld_hist: {edges, counts}`."""
+    """Per-token KL divergence histograms, from fidelity entries that carry `kld_hist: {edges, counts}`, with the
+    max_kld gate drawn (a gate bounds the mean, shown as a marker per histogram). Legend outside the plot."""
     hists = [(f, getattr(f, "kld_hist", None)) for f in results.fidelity]
     hists = [(f, h) for f, h in hists if isinstance(h, dict) and h.get("counts")]
     if not hists:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for f, h in hists:
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
+    for i, (f, h) in enumerate(hists):
         edges, counts = h["edges"], h["counts"]
-        ax.stairs(counts, edges, label=f"{f.position} · {f.dataset} (mean {f.kld_mean:.4f})")
+        ax.stairs(counts, edges, color=f"C{i}", label=f"{f.position} · {f.dataset}")
+        ax.axvline(f.kld_mean, color=f"C{i}", lw=1, ls=":", label=f"mean {f.kld_mean:.4f}")
+    gate = kld_gate(results)
+    if gate is not None:
+        ax.axvline(gate, color=_BAD, lw=1.5, ls="--", label=f"gate max_kld = {gate:g} (on the mean)")
     ax.set_yscale("log")
     positive = [e for _, h in hists for e in h["edges"] if e > 0]
     if positive and max(positive) / min(positive) > 100:  # log-spaced bins (fidelity's default): log x axis
@@ -174,7 +193,7 @@ def kld_hist_chart(results: Results) -> bytes | None:
     ax.set_xlabel("per-token KL divergence (nats)")
     ax.set_ylabel("tokens")
     ax.set_title("KL divergence to the original model")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -186,6 +205,17 @@ CHARTS = {
     "categories.png": category_chart,
     "kld_hist.png": kld_hist_chart,
 }
+
+
+def skipped_charts(results: Results, made: Collection[str]) -> dict[str, str]:
+    """Charts whose data exists but show nothing, by file name, with the reason (said in the report)."""
+    out = {}
+    tasks = [c for c in comparisons(results, "task") if "/" not in c.metric and c.worsening is not None]
+    if tasks and "task_deltas.png" not in made:
+        out["task_deltas.png"] = "every task delta is 0 (the candidates answered exactly as the baseline)"
+    if any(c.correct_to_wrong is not None for c in tasks) and "flips.png" not in made:
+        out["flips.png"] = "no sample flipped in any 0/1 metric"
+    return out
 
 
 def make_plots(results: Results) -> dict[str, bytes]:

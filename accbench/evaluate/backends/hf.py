@@ -273,12 +273,13 @@ class HFBackend(ModelBackend):
 
         if cache is None:
             cache = DynamicCache(config=self.model.config)
-        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        kw[cache_kwarg(self.model)] = cache
         if self.split_head:
             out = self.model.base_model(**kw)
-            return out.last_hidden_state, out.past_key_values
+            return out.last_hidden_state, cache
         out = self.model(**kw)
-        return out.logits, out.past_key_values
+        return out.logits, cache  # the cache object is updated in place
 
     def _log_softmax(self, states: Any) -> Any:
         import torch.nn.functional as F
@@ -330,3 +331,11 @@ def _select_cache_rows(cache: Any, rows: Any) -> Any:
     new.layers = [copy.copy(layer) for layer in cache.layers]
     new.batch_select_indices(rows)  # indexing makes new tensors on the copied layers
     return new
+
+
+def cache_kwarg(model: Any) -> str:
+    """The forward keyword of the KV cache: `cache` since transformers 5.x deprecated `past_key_values`
+    (removed in 5.40); `past_key_values` on the versions before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -38,12 +38,21 @@ def check_tasks(cfgs: list[Any]) -> None:
     module does not own are left to their own stage."""
     mods = _modules()
     for cfg in cfgs:
+        if cfg.chat_template and cfg.type in NO_CHAT_TEMPLATE:
+            raise AccbenchError(f"task '{cfg.name}': chat_template cannot apply to a {cfg.type} task "
+                                f"({NO_CHAT_TEMPLATE[cfg.type]})", "drop --apply_chat_template / chat_template: "
+                                "true for it, or run it as an lm-eval task, where lm-eval templates the prompts")
         if cfg.type in mods:
             mods[cfg.type].check(cfg)
         elif cfg.type == "mtbench":
             from accbench.evaluate.tasks.mtbench import check
 
             check(cfg)
+
+
+# task types where a chat template has no defined meaning: refused rather than silently ignored
+NO_CHAT_TEMPLATE = {"multiple_choice": "its choices are scored as raw continuations of the context",
+                    "perplexity": "it scores raw text"}
 
 
 @dataclass
@@ -76,10 +85,17 @@ def _run_mtbench(cfg: "MTBenchTask", answerer: Answerer, ctx: TaskContext) -> Ta
                             baseline_name=ctx.baseline)
 
 
+def _run_lm_eval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+    from accbench.evaluate.tasks.lmeval import run
+
+    return run(cfg, answerer, ctx.tokenizer)
+
+
 # tasks that need more than an answerer (tokenizer for chat templates, the sandbox, a judge)
 CONTEXT_TASKS: dict[str, Callable[[Any, Answerer, TaskContext], TaskResult]] = {
     "humaneval": _run_humaneval,
     "mtbench": _run_mtbench,
+    "lm_eval": _run_lm_eval,  # the tokenizer, for chat_template
 }
 
 

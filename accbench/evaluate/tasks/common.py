@@ -38,6 +38,14 @@ def sample_id(doc: dict, line: int) -> str:
     return str(doc["id"]) if "id" in doc else f"line{line}"
 
 
+def apply_limit(items: list[Any], limit: int | float | None) -> list[Any]:
+    """The first `limit` items; a fraction below 1 keeps ceil(len * limit), as lm-eval's --limit."""
+    if not limit:
+        return items
+    n = math.ceil(len(items) * limit) if isinstance(limit, float) and limit < 1 else int(limit)
+    return items[:n]
+
+
 def fewshot_prefix(shots: list[str], k: int, skip: int, seed: int, delimiter: str = "\n\n") -> str:
     """k solved examples (never the document itself), drawn with a per-document seeded generator."""
     if k == 0:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.requests import Answerer, GenerateRequest, TaskResult, cut_at_stop
-from accbench.evaluate.tasks.common import fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
 
 if TYPE_CHECKING:
     from accbench.config import GenerateTask
@@ -41,7 +41,7 @@ def load_items(cfg: "GenerateTask") -> list[Item]:
         if not targets or not isinstance(prompt, str):
             raise DataError(f"task '{cfg.name}': {where}: needs a string prompt and at least one target")
         out.append(Item(sample_id(doc, line), prompt, targets))
-    return out[: cfg.limit] if cfg.limit else out
+    return apply_limit(out, cfg.limit)
 
 
 def normalize(text: str, cfg: "GenerateTask") -> str:
@@ -85,15 +85,21 @@ def build_requests(cfg: "GenerateTask", items: list[Item]) -> list[GenerateReque
             raise AccbenchError(f"task '{cfg.name}': regex {cfg.regex!r} is not a valid regular expression: {exc}") from None
     shots = [it.prompt + it.targets[0] for it in items]
     return [GenerateRequest(fewshot_prefix(shots, cfg.num_fewshot, i, cfg.seed) + it.prompt, cfg.max_new_tokens,
-                            tuple(cfg.stop), cfg.temperature, 1.0, cfg.seed) for i, it in enumerate(items)]
+                            tuple(cfg.stop), cfg.temperature, 1.0, cfg.seed, sample_id=it.id)
+            for i, it in enumerate(items)]
 
 
 def compute_metrics(cfg: "GenerateTask", items: list[Item], outputs: list[str]) -> TaskResult:
     outputs = [cut_at_stop(o, cfg.stop)[0] for o in outputs]  # answerers other than the engine may not cut
     per = {it.id: score_output(out, it.targets, cfg) for it, out in zip(items, outputs)}
+    texts = {}
+    for it, out in zip(items, outputs):
+        texts[it.id] = {"prompt": it.prompt, "reference": " | ".join(it.targets), "response": out}
+        if cfg.regex and cfg.metric != "regex":  # what exact_match/contains compared
+            texts[it.id]["answers"] = {cfg.metric: extract(out, cfg.regex) or ""}
     return TaskResult(task=cfg.name, type="generate", metrics={cfg.metric: sum(per.values()) / len(per)},
                       stderr={cfg.metric: mean_stderr(list(per.values()))}, n=len(per),
-                      per_sample={cfg.metric: per},
+                      per_sample={cfg.metric: per}, samples=texts,
                       extra={"examples": [{"id": it.id, "output": o} for it, o in list(zip(items, outputs))[:3]]})
 
 

@@ -23,6 +23,7 @@ from accbench.data.jsonl import iter_jsonl
 from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.passk import PassAtK, pass_at_k
 from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
+from accbench.evaluate.tasks.common import apply_limit
 from accbench.evaluate.sandbox import ExecutionResult, Isolation, SandboxLimits, run_programs
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def default_problem_file() -> Path:
     return path
 
 
-def load_problems(path: str | Path | None = None, limit: int | None = None) -> dict[str, dict]:
+def load_problems(path: str | Path | None = None, limit: int | float | None = None) -> dict[str, dict]:
     """Problems in file order: {task_id: {task_id, prompt, test, entry_point, ...}}; .jsonl or .jsonl.gz."""
     path = Path(path) if path else default_problem_file()
     if not path.is_file():
@@ -63,11 +64,12 @@ def load_problems(path: str | Path | None = None, limit: int | None = None) -> d
             raise DataError(f"{path}:{lineno}: problem lacks {missing} (a HumanEval problem has "
                             f"{', '.join(_REQUIRED)})", "use a file in HumanEval's format, e.g. HumanEval+")
         problems[row["task_id"]] = row
-        if limit and len(problems) >= limit:
+        if limit and limit >= 1 and len(problems) >= limit:
             break
     if not problems:
         raise DataError(f"{path} holds no problems", "check the file")
-    return problems
+    keep = apply_limit(list(problems), limit)  # a fraction: of the whole file
+    return {t: problems[t] for t in keep}
 
 
 def truncate_completion(text: str, stops: Iterable[str] = BASE_STOPS) -> str:
@@ -151,7 +153,7 @@ def evaluate_humaneval(cfg: HumanEvalTask, generate: GenerateFn, tokenizer: Any)
     stops = () if chat else BASE_STOPS
     n_gen = 1 if cfg.temperature == 0 else cfg.n_samples  # greedy: every sample would be the same text
     requests = [GenerateRequest(context=contexts[t], max_new_tokens=cfg.max_new_tokens, stop=stops,
-                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + j)
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + j, sample_id=t)
                 for t in problems for j in range(n_gen)]
     replies = generate(requests)
     if len(replies) != len(requests):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from accbench.errors import DataError
 from accbench.evaluate.requests import Answerer, ScoreRequest, TaskResult
-from accbench.evaluate.tasks.common import fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
 
 if TYPE_CHECKING:
     from accbench.config import MultipleChoiceTask
@@ -54,7 +54,7 @@ def load_questions(cfg: "MultipleChoiceTask") -> list[Question]:
             raise DataError(f"task '{cfg.name}': {where}: id {qid!r} appears twice", "give every document a unique id")
         seen.add(qid)
         out.append(Question(qid, context, tuple(choices), label))
-    return out[: cfg.limit] if cfg.limit else out
+    return apply_limit(out, cfg.limit)
 
 
 def build_requests(cfg: "MultipleChoiceTask", questions: list[Question]) -> list[ScoreRequest]:
@@ -62,7 +62,7 @@ def build_requests(cfg: "MultipleChoiceTask", questions: list[Question]) -> list
     reqs = []
     for i, q in enumerate(questions):
         ctx = fewshot_prefix(shots, cfg.num_fewshot, i, cfg.seed) + q.context
-        reqs.extend(ScoreRequest(ctx, cfg.target_delimiter + c) for c in q.choices)
+        reqs.extend(ScoreRequest(ctx, cfg.target_delimiter + c, sample_id=q.id) for c in q.choices)
     return reqs
 
 
@@ -71,18 +71,21 @@ def _argmax(values: list[float]) -> int:
 
 
 def compute_metrics(cfg: "MultipleChoiceTask", questions: list[Question], answers: list[tuple[float, bool]]) -> TaskResult:
-    acc, acc_norm, k = {}, {}, 0
+    acc, acc_norm, texts, k = {}, {}, {}, 0
     for q in questions:
         lls = [a[0] for a in answers[k : k + len(q.choices)]]
         k += len(q.choices)
-        acc[q.id] = float(_argmax(lls) == q.label)
-        acc_norm[q.id] = float(_argmax([ll / max(len(c), 1) for ll, c in zip(lls, q.choices)]) == q.label)
+        pick, pick_norm = _argmax(lls), _argmax([ll / max(len(c), 1) for ll, c in zip(lls, q.choices)])
+        acc[q.id] = float(pick == q.label)
+        acc_norm[q.id] = float(pick_norm == q.label)
+        texts[q.id] = {"prompt": q.context, "reference": q.choices[q.label], "response": q.choices[pick],
+                       "answers": {"acc_norm": q.choices[pick_norm]}}
     assert k == len(answers)
     n = len(questions)
     return TaskResult(task=cfg.name, type="multiple_choice",
                       metrics={"acc": sum(acc.values()) / n, "acc_norm": sum(acc_norm.values()) / n},
                       stderr={"acc": mean_stderr(list(acc.values())), "acc_norm": mean_stderr(list(acc_norm.values()))},
-                      n=n, per_sample={"acc": acc, "acc_norm": acc_norm})
+                      n=n, per_sample={"acc": acc, "acc_norm": acc_norm}, samples=texts)
 
 
 def check(cfg: "MultipleChoiceTask") -> None:
