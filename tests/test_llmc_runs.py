@@ -147,3 +147,33 @@ def test_mix_precision_config_keeps_ignored_layers_float(tmp_path, tiny_model_di
     assert n_layers >= 2 and same == want
     ppl = {p["position"]: p["ppl"] for p in res["ppl"]}
     assert ppl["fake_quant"] != ppl["pretrain"]
+
+
+@needs_llmc
+def test_two_step_combination_runs_in_sequence(tmp_path, tiny_model_dir, eval_txt, capsys):
+    """llmc's combination configs run as two `accbench run`s: step 1 saves the transformed model under
+    save_path/transformed_model, step 2's model.path points there. Step 1 is llmc's AWQ step (its save_trans is
+    switched on: llmc ships it off); llmc's own step 2s (OmniQuant; GPTQ with QuaRot's online rotation) are
+    refused by name, so step 2 here is llmc's GPTQ config."""
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    step1 = _llmc_config(tmp_path / "s1", "quantization/combination/awq_comb_omni/w4a16g128/step_1_awq.yml",
+                         tiny_model_dir, eval_txt)
+    code, err, res1 = _run(step1, tmp_path / "run1", capsys, *SMALL, "save.save_trans=true",
+                           "quant.weight.group_size=32")
+    assert code == 0, err[-3000:]
+    trans = tmp_path / "s1" / "save" / "transformed_model"
+    assert res1["models"]["transformed"] == str(trans) and (trans / "config.json").is_file()
+
+    llmc_step2 = _llmc_config(tmp_path / "s2", "quantization/combination/awq_comb_omni/w4a16g128/step_2_omniq.yml",
+                              trans, eval_txt)
+    assert main(["validate", str(llmc_step2)]) == 2
+    assert "llmc's OmniQuant method is not supported yet" in capsys.readouterr().err
+    step2 = _llmc_config(tmp_path / "s2", "quantization/methods/GPTQ/gptq_w_only.yml", trans, eval_txt)
+    code, err, res2 = _run(step2, tmp_path / "run2", capsys, *SMALL, "quant.weight.group_size=32",
+                           "eval.eval_pos=[pretrain,fake_quant]")
+    assert code == 0, err[-3000:]
+    assert res2["models"]["pretrain"] == str(trans)
+    ppl1 = {p["position"]: p["ppl"] for p in res1["ppl"]}
+    ppl2 = {p["position"]: p["ppl"] for p in res2["ppl"]}
+    assert "fake_quant" in ppl1 and ppl2["fake_quant"] != ppl2["pretrain"]
