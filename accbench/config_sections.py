@@ -128,9 +128,25 @@ def _bit_value(bit: "int | str") -> "int | str":
     return bit
 
 
-class WeightQuantCfg(Section):
-    bit: int | str = 4
+class _QuantBits(Section):
+    """`bit` and `quant_type`, as llmc's weight and act sections share them."""
+
+    bit: int | str
     quant_type: Literal["int-quant", "float-quant"] = "int-quant"
+
+    @field_validator("bit")
+    @classmethod
+    def _bit_range(cls, v: int | str) -> int | str:
+        return _bit_value(v)
+
+    @model_validator(mode="after")
+    def _bit_type(self) -> "_QuantBits":
+        _bit_and_type(self.bit, self.quant_type)
+        return self
+
+
+class WeightQuantCfg(_QuantBits):
+    bit: int | str = 4
     symmetric: bool = False
     granularity: Literal["per_tensor", "per_channel", "per_group", "per_block"] = "per_group"
     group_size: int = 128
@@ -138,35 +154,18 @@ class WeightQuantCfg(Section):
     calib_algo: Literal["minmax", "mse"] = "minmax"
     int_range: list[int] | None = None
 
-    @field_validator("bit")
-    @classmethod
-    def _bit_range(cls, v: int | str) -> int | str:
-        return _bit_value(v)
-
     @model_validator(mode="after")
     def _group(self) -> "WeightQuantCfg":
         if self.granularity == "per_group" and self.group_size <= 0:
             raise ValueError("granularity per_group needs a positive group_size")
-        _bit_and_type(self.bit, self.quant_type)
         return self
 
 
-class ActQuantCfg(Section):
+class ActQuantCfg(_QuantBits):
     bit: int | str = 8
-    quant_type: Literal["int-quant", "float-quant"] = "int-quant"
     symmetric: bool = True
     granularity: Literal["per_token", "per_tensor"] = "per_token"
     static: bool = False
-
-    @field_validator("bit")
-    @classmethod
-    def _bit_range(cls, v: int | str) -> int | str:
-        return _bit_value(v)
-
-    @model_validator(mode="after")
-    def _bit(self) -> "ActQuantCfg":
-        _bit_and_type(self.bit, self.quant_type)
-        return self
 
 
 # llmc methods accbench does not implement yet: a clear "not supported yet" instead of "unknown method"
