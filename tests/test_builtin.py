@@ -173,3 +173,27 @@ def test_real_model_builds(cache: Path) -> None:
                 q = torch.clamp(torch.round(w / scale) + zero, 0, 7)
                 mod.weight.copy_(((q - zero) * scale).view_as(mod.weight))
     assert ppl() > 1.005 * base
+
+
+def test_outlier_channels_preserve_the_function() -> None:
+    """v4's outlier channels change the weights a quantizer sees, not what the model computes."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=4)).eval()
+    changed = copy.deepcopy(model)
+    builtin._add_outlier_channels(changed, 4, 8, 16.0, seed=0)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, changed(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    for a, b in zip(model.model.layers, changed.model.layers):
+        ratio = b.input_layernorm.weight / a.input_layernorm.weight
+        assert sorted(ratio.tolist()).count(16.0) == 4 and (ratio == 1).sum() == 28
+        assert (b.mlp.up_proj.weight.abs().amax(1) / a.mlp.up_proj.weight.abs().amax(1)).round().eq(16).sum() == 8
+        w_ratio = b.self_attn.q_proj.weight / a.self_attn.q_proj.weight
+        assert torch.allclose(w_ratio, (1 / ratio).expand_as(w_ratio))

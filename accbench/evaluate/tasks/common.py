@@ -11,11 +11,15 @@ from typing import Any
 from accbench.data.jsonl import iter_jsonl
 from accbench.errors import DataError
 
+BUILTIN_PREFIX = "builtin:"  # path: builtin:NAME reads accbench.builtin_tasks instead of a file
+
 
 def read_jsonl(path: str | None, task: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, document) for every non-blank line; any bad line stops with its number."""
     if not path:
         raise DataError(f"task '{task}' needs a path to its data", f"set path: for task '{task}'")
+    if path.startswith(BUILTIN_PREFIX):
+        return _builtin_rows(path[len(BUILTIN_PREFIX):], task)
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"task '{task}': data file not found: {p}", "check the task's path (relative to where you run)")
@@ -23,6 +27,15 @@ def read_jsonl(path: str | None, task: str) -> list[tuple[int, dict[str, Any]]]:
     if not docs:
         raise DataError(f"task '{task}': {p} holds no documents", "add one JSON object per line")
     return docs
+
+
+def _builtin_rows(name: str, task: str) -> list[tuple[int, dict[str, Any]]]:
+    from accbench.builtin_tasks import BUILTIN_TASK_DATA, builtin_task_rows
+
+    if name not in BUILTIN_TASK_DATA:
+        valid = ", ".join(f"builtin:{k}" for k in BUILTIN_TASK_DATA)
+        raise DataError(f"task '{task}': unknown built-in task data builtin:{name}", f"use one of: {valid}")
+    return list(enumerate(builtin_task_rows(name), 1))
 
 
 def field(doc: dict, name: str, where: str, task: str) -> Any:
