@@ -1,7 +1,7 @@
 """The `accbench` command: parses arguments, forwards to the pipeline or a tool, sets the exit code.
 
 Exit codes: 0 all good; 1 crash (a bug: traceback in the run's log); 2 bad input (config, paths, data);
-3 a comparison gate failed; 130 interrupted.
+3 a comparison gate failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accbench.errors import EXIT_CRASH, EXIT_OK, AccbenchError
+from accbench.cli_exits import mark_failed, run_command
+from accbench.errors import EXIT_OK, AccbenchError
 
 if TYPE_CHECKING:
     from accbench.config import CompareCfg, RunConfig
@@ -50,19 +50,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_config(cfg: "RunConfig", args: argparse.Namespace, verb: str) -> int:
     """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
+    from accbench.iofaults import as_disk_error
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
+    from accbench.rundir import release_run_dir
 
     run_dir = resolve_run_dir(cfg.base, args.output)
-    prepare_run_dir(run_dir, args.resume, args.overwrite)
-    setup_logging(run_dir)
-    console = _console()
-    console.print(f"accbench {verb} → {run_dir}")
+    prepare_run_dir(run_dir, args.resume, args.overwrite)  # from here on this process holds the run's lock
     try:
-        results = run_pipeline(cfg, run_dir, console, resume=args.resume)
+        setup_logging(run_dir)
+        console = _console()
+        console.print(f"accbench {verb} → {run_dir}")
+        results = run_pipeline(cfg, run_dir, console, resume=args.resume, strict=args.resume_strict)
     except BaseException as exc:
-        _mark_failed(run_dir, exc)
+        disk = as_disk_error(exc, run_dir) if isinstance(exc, Exception) else None
+        mark_failed(run_dir, disk or exc)
+        if disk is not None:
+            raise disk from exc
         raise
+    finally:
+        release_run_dir(run_dir)
     print_summary(results, console)
     return int(results.compare.exit_code) if results.compare else EXIT_OK
 
@@ -221,22 +228,6 @@ def cmd_setup_opencompass(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _mark_failed(run_dir: Path, exc: BaseException) -> None:
-    from accbench.results import Results
-
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return
-    try:
-        res = Results.load(run_dir)
-    except Exception:  # a results file we cannot read must not hide the original error
-        return
-    res.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    res.error = str(exc) or type(exc).__name__
-    res.save(run_dir)
-    log.error("run %s: %s", res.status, "".join(traceback.format_exception(exc)))
-
-
 def cmd_score_code(args: argparse.Namespace) -> int:
     from accbench.evaluate.tasks.humaneval import OPT_IN_HINT, score_samples_file
 
@@ -264,7 +255,10 @@ def _run_dir_options(p: argparse.ArgumentParser, default: str, what: str) -> Non
     """-o/--output and the --resume | --overwrite choice, shared by the commands that write a run directory."""
     p.add_argument("-o", "--output", help=f"run directory (default: {default})")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help=f"continue an interrupted {what} in the same directory")
+    g.add_argument("--resume", action="store_true",
+                   help=f"continue an interrupted {what} in the same directory: stored results are reused only "
+                   "where their fingerprint matches the config; --resume=strict refuses a changed config")
+    p.add_argument("--resume-strict", action="store_true", help=argparse.SUPPRESS)
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
 
 
@@ -371,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet.install()
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for x in argv for a in (["--resume", "--resume-strict"] if x == "--resume=strict" else [x])]
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after options (`run cfg.yaml -o dir eval.bs=4`)
     if extra:
@@ -378,22 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return args.func(args)
-    except AccbenchError as exc:
-        print(f"accbench: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("accbench: interrupted; everything computed so far is in the run directory (--resume continues it)",
-              file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug: keep the traceback in the log, show a short message
-        log.error("crash: %s", traceback.format_exc())
-        print(f"accbench: internal error: {type(exc).__name__}: {exc}\n"
-              "  the traceback is in the run's logs/run.log; please report it", file=sys.stderr)
-        if "--debug" in sys.argv or __import__("os").environ.get("ACCBENCH_DEBUG"):
-            traceback.print_exc()
-        return EXIT_CRASH
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from accbench.config_sections import (EVAL_POSITIONS, UNSUPPORTED_EVAL_POS, ActQ
                                       SaveCfg, Section, TextDataCfg, WeightQuantCfg, suggest)
 from accbench.config_tasks import (TASK_MODELS, GenerateTask, HumanEvalTask, JudgeCfg, LmEvalTask, MTBenchTask,
                                    MultipleChoiceTask, PerplexityTask, TaskBase, TaskCfg)
+from accbench.config_gates import compare_problems
 from accbench.config_train import LauncherCfg, TrainCfg, VariantCfg
+from accbench.config_load import UniqueKeyLoader, apply_overrides, parse_override, read_utf8_config
 from accbench.errors import ConfigError, ConfigProblem
 
 __all__ = ["EVAL_POSITIONS", "UNSUPPORTED_EVAL_POS", "ActQuantCfg", "BaseCfg", "CalibCfg", "CompareCfg", "EvalCfg",
@@ -83,9 +85,18 @@ class RunConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             problems.append(f"task names must be unique; repeated: {dup}")
+        problems += compare_problems(self.compare, self.tasks, self.eval,
+                                     ["pretrain", *self.train.variants] if self.train is not None else self.positions())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def window_lengths(self) -> list[tuple[str, int, bool]]:
+        """(key, seq_len, allowed beyond the model's positions) of every perplexity window this run uses."""
+        out = [(f"eval.{i}.seq_len", e.seq_len, e.allow_beyond_max_positions) for i, e in enumerate(self.eval)]
+        out += [(f"tasks.{i}.seq_len", t.seq_len, t.allow_beyond_max_positions)
+                for i, t in enumerate(self.tasks) if isinstance(t, PerplexityTask)]
+        return out
 
     def positions(self) -> list[str]:
         """Model positions evaluated in this run, in pipeline order."""
@@ -119,38 +130,6 @@ def _line_map(text: str) -> dict[tuple, int]:
     if root is not None:
         walk(root, ())
     return lines
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (['a','b','c'], typed value); the value is parsed as YAML (1 -> int, true -> bool)."""
-    if "=" not in item:
-        raise ConfigError([ConfigProblem("", f"override '{item}' is not of the form key.path=value")])
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        keys, value = parse_override(item)
-        node: Any = data
-        for i, k in enumerate(keys[:-1]):
-            nxt = keys[i + 1]
-            if isinstance(node, list):
-                node = node[int(k)]
-                continue
-            if k not in node or node[k] is None:
-                node[k] = [] if nxt.isdigit() else {}
-            node = node[k]
-        last = keys[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return data
 
 
 def validate_config(data: Any, source: str | None = None, text: str | None = None) -> RunConfig:
@@ -234,9 +213,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     p = Path(path)
     if not p.is_file():
         raise ConfigError([ConfigProblem("", f"config file not found: {p}")])
-    text = p.read_text()
+    text = read_utf8_config(p)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
@@ -264,7 +243,7 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
         if not p.is_file():
             raise ConfigError([ConfigProblem("", f"config file not found: {p}")])
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(read_utf8_config(p), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([ConfigProblem("", f"not valid YAML: {exc}", None, str(p))]) from None
         if not isinstance(data, dict):

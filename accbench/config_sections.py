@@ -90,6 +90,7 @@ class EvalCfg(TextDataCfg):
     fidelity: bool | FidelityCfg = False
     eval_token_consist: bool = False  # llmc's token-consistency check; served by `fidelity` (top-1 agreement)
     num_samples: int | None = Field(None, ge=1)  # cap on windows, for quick looks
+    allow_beyond_max_positions: bool = False  # seq_len longer than the model's positions is an error unless set
 
     @field_validator("eval_pos", mode="before")
     @classmethod

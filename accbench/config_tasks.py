@@ -55,6 +55,7 @@ class PerplexityTask(TaskBase):
     type: Literal["perplexity"]
     seq_len: int = Field(2048, ge=8)
     bs: int = Field(1, ge=1)
+    allow_beyond_max_positions: bool = False
 
 
 class LmEvalTask(TaskBase):

@@ -24,6 +24,10 @@ class AccbenchError(Exception):
         return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run is marked interrupted and everything computed stays on disk."""
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One problem in a config file, located by its dotted key path and YAML line."""

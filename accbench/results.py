@@ -8,7 +8,6 @@ It is rewritten atomically after every stage, so a crash keeps everything comput
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ class PplEntry(Entry):
     tokens: int
     recipe: str = ""
     window_losses: list[float] = Field(default_factory=list)
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class SampleText(Entry):
@@ -66,6 +66,7 @@ class TaskEntry(Entry):
     truncated: int = 0
     requests: dict[str, int] = Field(default_factory=dict)
     reused_from_store: int = 0
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class TrainEntry(Entry):
@@ -83,6 +84,7 @@ class TrainEntry(Entry):
     train_samples: int | None = None  # training examples the run had (all_results.json's train_samples)
     train_tokens: int | None = None  # tokens in them (built-in: samples x block_size; a command: if it says)
     loss_curve: list[dict[str, int | float]] = Field(default_factory=list)  # [{step, loss}] from trainer_state.json
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class FidelityEntry(Entry):
@@ -104,6 +106,7 @@ class FidelityEntry(Entry):
     kld_max: float | None = None
     tail_mass_mean: float | None = None
     kld_hist: dict[str, Any] | None = None
+    fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
 class QuantInfo(Entry):
@@ -223,12 +226,12 @@ class Results(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
     timings: dict[str, float] = Field(default_factory=dict)
+    resume: dict[str, list[str]] = Field(default_factory=dict)  # last resume: what was reused, what recomputed and why
 
     def save(self, run_dir: Path) -> None:
-        path = Path(run_dir) / "results.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        os.replace(tmp, path)
+        from accbench.iofaults import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / "results.json", json.dumps(self.model_dump(mode="json"), indent=2))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Results":

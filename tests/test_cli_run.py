@@ -34,9 +34,9 @@ def test_run_writes_output_contract(tmp_path, tiny_model_dir, eval_txt, capsys):
     # a second run into the same directory is refused; --resume reuses the computed number
     assert main(["run", _config(tmp_path, tiny_model_dir, eval_txt), "-o", str(run)]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["run", _config(tmp_path, tiny_model_dir, eval_txt), "-o", str(run), "--resume"]) == 0
+    assert main(["run", _config(tmp_path, tiny_model_dir, eval_txt), "-o", str(run), "--resume", "eval.bs=4"]) == 0
     again = json.loads((run / "results.json").read_text())
-    assert again["ppl"] == res["ppl"]
+    assert again["ppl"] == res["ppl"] and again["resume"]["reused"] == ["ppl pretrain/custom"]
     assert main(["run", _config(tmp_path, tiny_model_dir, eval_txt), "-o", str(run), "--overwrite"]) == 0
 
 

@@ -49,6 +49,8 @@ class JudgeServer:
         self.reject_key = False
         self.reject_after: int | None = None  # start rejecting the key after this many requests
         self.inflight = self.max_inflight = 0
+        self.echo_key = False  # replies quote the key (an echoing proxy, a prompt injection)
+        self.not_json = False  # HTTP 200 with an HTML body (a proxy's error page)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,6 +92,13 @@ class JudgeServer:
                         return self._send(int(mode), {"error": {"message": "busy", "type": "x"}},
                                           [("retry-after-ms", "5")])
                     time.sleep(server.sleep_s if mode == "sleep" else server.delay)
+                    if server.not_json:
+                        page = b"<html>502 gateway says hi</html>"
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(page)))
+                        self.end_headers()
+                        return self.wfile.write(page)
                     self._send(200, server.reply(body))
                 finally:
                     with server.lock:
@@ -110,6 +119,8 @@ class JudgeServer:
             if left:
                 self.garbage[(qid, turn)] = left - 1 if left > 0 else -1
         content = "I like it a lot. Rating: 7/10" if left else f"Sound and clear. Rating: [[{rule(qid, turn)}]]"
+        if self.echo_key:
+            content = f"Your key {KEY} is showing. " + content
         return self._completion(body, content)
 
     @staticmethod
@@ -360,6 +371,24 @@ def test_api_key_is_never_written(server, chat_tok, tmp_path):
     assert len(files) >= 5 and (run_dir / "logs" / "run.log").stat().st_size > 0
     for p in files:
         assert KEY.encode() not in p.read_bytes(), p
+
+
+def test_api_key_in_a_reply_is_redacted(server, chat_tok, tmp_path):
+    server.echo_key = True
+    res = evaluate_mtbench(task(server), FakeModel(), chat_tok, tmp_path / "mt")
+    assert res.metrics["score"] == pytest.approx(66 / 12)  # still graded: the rating is read after redaction
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 2 and any("Your key *** is showing" in p.read_text() for p in files)
+    for p in files:
+        assert KEY.encode() not in p.read_bytes(), p
+
+
+def test_http_200_with_a_body_that_is_not_json(server, chat_tok, tmp_path):
+    server.not_json = True
+    with pytest.raises(AccbenchError) as exc:
+        evaluate_mtbench(task(server, judge={"max_retries": 0}, max_judge_failures=0), FakeModel(), chat_tok,
+                         tmp_path / "mt")
+    assert "not JSON" in str(exc.value) and "judge.base_url" in str(exc.value) and KEY not in str(exc.value)
 
 
 def test_missing_key_fails_before_answering(chat_tok, tmp_path, monkeypatch):

@@ -217,7 +217,7 @@ def test_secret_in_evaluator_environment_never_reaches_programs(tmp_path, proble
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     row = json.loads((tmp_path / "samples.jsonl_results.jsonl").read_text())
-    assert row["status"] == "failed" and row["result"].startswith("failed: RuntimeError: ")
+    assert row["status"] == "failed" and row["result"].startswith("failed: CandidateError: the function raised RuntimeError: ")
     assert "PATH" not in row["result"] or SECRET not in row["result"]
     assert SECRET not in row["result"] and SECRET not in out.stdout + out.stderr
 

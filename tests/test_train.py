@@ -284,6 +284,12 @@ def test_command_variants_are_read_from_their_files(tmp_path, tiny_model_dir, ev
     assert main(["run", str(cfg), "-o", str(run), "--resume"]) == 0
     assert len((run / "calls.txt").read_text().splitlines()) == 2
     assert Results.load(run).train == res.train
+    # a changed training setting is not "already trained": both variants train again, and say why
+    capsys.readouterr()
+    assert main(["run", str(cfg), "-o", str(run), "--resume", "train.learning_rate=0.001"]) == 0
+    assert len((run / "calls.txt").read_text().splitlines()) == 4
+    assert "recomputing training of variant acc" in capsys.readouterr().out
+    assert {e.fingerprint for e in Results.load(run).train}.isdisjoint({e.fingerprint for e in res.train})
 
 
 @pytest.mark.parametrize("mode, message", [

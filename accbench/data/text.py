@@ -46,7 +46,7 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
     if p.is_dir():
         texts = _from_disk(p, column, split or DEFAULT_SPLIT.get(name))
     elif p.suffix == ".txt":
-        texts = [p.read_text(encoding="utf-8")]
+        texts = [read_utf8(p)]
     elif p.suffix == ".jsonl":
         texts = _from_jsonl(p, column)
     elif p.suffix == ".parquet":
@@ -57,6 +57,24 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
     if not texts or not any(t.strip() for t in texts):
         raise DataError(f"dataset {p} is empty", "point path at a file with text in it")
     return texts
+
+
+class NotUTF8(DataError):
+    """A file that is not UTF-8 text; `line` is where the first bad byte is."""
+
+    def __init__(self, path: Path, line: int, byte: int):
+        super().__init__(f"{path} is not UTF-8 text (byte 0x{byte:02x} at line {line}): a binary file, or text in "
+                         "another encoding", "save it as UTF-8 (iconv -f latin1 -t utf-8 FILE > FIXED)")
+        self.line = line
+
+
+def read_utf8(p: Path) -> str:
+    """The file's text; NotUTF8 (a DataError) naming the line of the first byte that is not UTF-8."""
+    raw = Path(p).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotUTF8(Path(p), raw[: exc.start].count(b"\n") + 1, raw[exc.start]) from None
 
 
 def _from_hub(name: str, column: str) -> list[str]:
@@ -126,11 +144,15 @@ def join_texts(name: str, texts: list[str]) -> str:
     return "\n\n".join(texts)
 
 
-def ppl_token_stream(name: str, texts: list[str], tokenizer: Any, seq_len: int) -> Any:
+def ppl_token_stream(name: str, texts: list[str], tokenizer: Any, seq_len: int, where: str | None = None) -> Any:
     """Tokenize the joined text once (with the tokenizer's special tokens, as llmc); c4 is cut to 256 windows."""
     ids = tokenizer(join_texts(name, texts), return_tensors="pt").input_ids[0]
     if name == "c4":
         ids = ids[: 256 * seq_len]
+    if ids.numel() < seq_len:
+        raise DataError(f"dataset {where or repr(name)} has {ids.numel()} tokens, fewer than one window of "
+                        f"seq_len={seq_len}",
+                        "use more text, or a smaller seq_len in that eval block")
     return ids
 
 

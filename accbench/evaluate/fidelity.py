@@ -41,6 +41,14 @@ def recording_complete(path: str | Path) -> bool:
     return (Path(path) / "meta.json").is_file()
 
 
+def recording_fingerprint(path: str | Path) -> str | None:
+    """The provenance fingerprint a finished recording was made with (None: none recorded)."""
+    try:
+        return json.loads((Path(path) / "meta.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
 def read_recording(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The metadata and the (memory-mapped) arrays of a finished recording."""
     p = Path(path)
@@ -155,13 +163,18 @@ def score_logprobs(logq: Any, labels: Any, p_top: Any, p_idx: Any, p_tail: Any) 
 
 
 class DistributionRecorder:
-    """`on_logits` hook for the baseline's pass: writes its compact distributions to `path` (.npy files)."""
+    """`on_logits` hook for the baseline's pass: writes its compact distributions to `path` (.npy files).
+
+    Written with ordinary buffered file writes in token order (never memory-mapped: a full disk is then an
+    OSError naming the file, not a SIGBUS), into `path`.tmp, renamed into place once complete; a failed
+    write removes the partial recording."""
 
     def __init__(self, path: str | Path, n_tokens: int, top_k: int, meta: dict[str, Any]):
         self.path, self.n_tokens, self.top_k, self.written = Path(path), n_tokens, top_k, 0
         self.meta = {"format": FORMAT, **meta, "tokens": n_tokens}
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, Any] = {}  # name -> open file
+        self.dtypes: dict[str, Any] = {}
 
     def _allocate(self, vocab_size: int) -> None:
         self.meta.update(top_k=min(self.top_k, vocab_size), vocab_size=vocab_size)
@@ -171,32 +184,61 @@ class DistributionRecorder:
         idx_dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
         shapes = {"top_logp": ((n, k), np.float16), "top_idx": ((n, k), idx_dtype), "tail_logp": ((n,), np.float32),
                   "target_logp": ((n,), np.float32), "argmax": ((n,), np.int32), "labels": ((n,), np.int32)}
-        self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", "w+", dtype, shape)
-                       for name, (shape, dtype) in shapes.items()}
+        for name, (shape, dtype) in shapes.items():
+            f = open(self.tmp / f"{name}.npy", "wb")
+            self.arrays[name] = f
+            self.dtypes[name] = np.dtype(dtype)
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                     "fortran_order": False, "shape": shape})
+
+    def abort(self) -> None:
+        """Drop a partial recording (its files and the space they hold)."""
+        for f in self.arrays.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.arrays = {}
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __call__(self, first: int, logp: Any, labels: Any) -> None:
+        try:
+            self._write(first, logp, labels)
+        except OSError:
+            self.abort()
+            raise
+
+    def _write(self, first: int, logp: Any, labels: Any) -> None:
         if not self.arrays:
             self._allocate(logp.shape[1])
         end = first + logp.shape[0]
-        if logp.shape[1] != self.meta["vocab_size"] or end > self.n_tokens:
+        if logp.shape[1] != self.meta["vocab_size"] or end > self.n_tokens or first != self.written:
             raise AccbenchError(f"fidelity recorder: tokens {first}..{end} of {logp.shape[1]} log-probs do not fit "
                                 f"{self.n_tokens} tokens of {self.meta['vocab_size']}",
                                 "this is a bug in how the recorder was set up; please report it")
         s = summarize_logprobs(logp, labels, self.meta["top_k"])
         s["labels"] = labels
         for name, t in s.items():
-            self.arrays[name][first:end] = t.cpu().numpy()
+            try:
+                self.arrays[name].write(np.ascontiguousarray(t.cpu().numpy(), dtype=self.dtypes[name]).tobytes())
+            except OSError as exc:  # name the file: a buffered write's error does not
+                raise OSError(exc.errno, exc.strerror, self.arrays[name].name) from exc
         self.written += logp.shape[0]
 
     def finish(self) -> Path:
         """Flush and publish the recording (meta.json written last marks it complete)."""
         if self.written != self.n_tokens:
+            self.abort()
             raise AccbenchError(f"fidelity recording got {self.written} tokens, expected {self.n_tokens}",
                                 "this is a bug in how the recorder was set up; please report it")
-        for a in self.arrays.values():
-            a.flush()
-        self.arrays = {}
-        (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
+        try:
+            for f in self.arrays.values():
+                f.close()
+            self.arrays = {}
+            (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
+        except OSError as exc:
+            self.abort()
+            raise OSError(exc.errno, exc.strerror, exc.filename or str(self.tmp)) from exc
         shutil.rmtree(self.path, ignore_errors=True)
         self.tmp.rename(self.path)
         return self.path

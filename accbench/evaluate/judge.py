@@ -217,10 +217,16 @@ class OpenAIJudge:
                 return Reply(None, "not sent: fatal error", attempts=self._sent.n)
             except self._openai.OpenAIError as exc:  # timeouts, connection, 429/5xx after retries, 400
                 return Reply(None, self._redact(f"{type(exc).__name__}: {exc}"), attempts=self._sent.n)
-            choices = getattr(resp, "choices", None) or []
+            except ValueError as exc:  # HTTP 200 whose body is not JSON (a proxy's error page, a wrong base_url)
+                return Reply(None, self._redact(f"the endpoint answered with a body that is not JSON ({exc}); "
+                                                "check judge.base_url points to an OpenAI-compatible /v1"),
+                             attempts=self._sent.n)
+            choices = getattr(resp, "choices", None) or [] if not isinstance(resp, str) else []
             if not choices:
-                return Reply(None, "the endpoint returned no choices", attempts=self._sent.n)
-            return Reply(choices[0].message.content or "", attempts=self._sent.n)
+                return Reply(None, "the endpoint returned no choices (not a chat completion: check judge.base_url)",
+                             attempts=self._sent.n)
+            # a reply may quote the key (an echoing proxy, a prompt injection): it is never written as it came
+            return Reply(self._redact(choices[0].message.content or ""), attempts=self._sent.n)
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
             replies = list(pool.map(one, range(len(conversations))))

@@ -47,6 +47,17 @@ class SandboxLimits:
 
 
 @dataclass(frozen=True)
+class CheckedProgram:
+    """A completion and its tests, run apart (sandbox_checked.py): `source` (prompt + completion) in the program's
+    process, `checker` (the prompt's helpers + the test defining `check(candidate)`) in a process the program
+    cannot reach, `candidate` calls crossing as plain data. Passed means `check` returned."""
+
+    source: str
+    checker: str
+    entry_point: str
+
+
+@dataclass(frozen=True)
 class ExecutionResult:
     status: str  # one of STATUSES
     error: str  # last line of the error ("" when passed)
@@ -107,6 +118,9 @@ class _Server:
             if self.hello["user"] != "current user":
                 notes.append(f"programs run as {self.hello['user']}: standard-library modules the sandbox server "
                              "did not preload import only if other users can read the interpreter's files")
+        if self.hello.get("seccomp_error"):
+            notes.append(f"host Unix-domain sockets reachable: the socket filter could not be installed "
+                         f"({self.hello['seccomp_error']})")
         return Isolation(network=ns, processes=ns, read_only_filesystem=ns, user=self.hello["user"], notes=notes)
 
     def stderr_tail(self) -> str:
@@ -149,10 +163,18 @@ def _feed(proc: subprocess.Popen, jobs: list[dict]) -> None:
         pass
 
 
-def run_programs(sources: list[str], limits: SandboxLimits | None = None, workers: int | None = None,
+def _job(i: int, program: str | CheckedProgram, timeout: float) -> dict:
+    if isinstance(program, CheckedProgram):
+        return {"id": i, "source": program.source, "checker": program.checker, "entry_point": program.entry_point,
+                "timeout": timeout}
+    return {"id": i, "source": program, "timeout": timeout}
+
+
+def run_programs(sources: list[str | CheckedProgram], limits: SandboxLimits | None = None, workers: int | None = None,
                  namespaces: bool = True, progress: Callable[[int], None] | None = None
                  ) -> tuple[list[ExecutionResult], Isolation]:
     """Run each source as `python program.py` would, in its own sandboxed process; results in input order.
+    A CheckedProgram is scored by its tests, run apart from it (see CheckedProgram).
 
     `namespaces=False` skips the namespace sandbox even where it works (tests of the fallback use it).
     """
@@ -163,7 +185,7 @@ def run_programs(sources: list[str], limits: SandboxLimits | None = None, worker
     results: dict[int, ExecutionResult] = {}
     isolation = None
     for attempt in range(3):  # a server killed from outside is restarted for what it had not finished
-        pending = [{"id": i, "source": s, "timeout": limits.timeout} for i, s in enumerate(sources) if i not in results]
+        pending = [_job(i, s, limits.timeout) for i, s in enumerate(sources) if i not in results]
         if not pending:
             break
         server = _Server(limits, workers, namespaces)

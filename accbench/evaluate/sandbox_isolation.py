@@ -6,6 +6,8 @@ directory above the interpreter covered by an empty tmpfs (the interpreter's own
 interface up. Per program, in its child: a pid namespace of its own (it is pid 1: other programs and the server
 are invisible and unkillable, and everything it starts dies with it), a mount namespace with a size-capped tmpfs
 as working directory and a /proc of its own; then uid nobody (when the evaluator is root) and no capabilities.
+With or without namespaces, a seccomp filter (`deny_unix_sockets`) refuses to create Unix-domain sockets, so a
+program cannot connect to the host's filesystem sockets (a read-only mount does not stop `connect`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from typing import Callable
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -20,7 +23,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 0x1000, 0x2000, 0x4000, 0x40000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, AT_RECURSIVE, AT_FDCWD = 1, 2, 0x8000, -100
 SYS_MOUNT_SETATTR = 442  # same number on x86_64 and the generic table (arm64)
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
 NOBODY = 65534
 SETUP_FAILED = 113  # exit code of a child whose sandbox could not be set up (the program never ran)
 
@@ -72,6 +75,47 @@ def _drop_capabilities() -> None:
     data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} sets, all zero
     check(libc.capset(ctypes.byref(Header(0x20080522, 0)), data), "capset(none)")
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+# audit arch -> (socket, io_uring_setup) syscall numbers
+_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}
+AF_UNIX, EACCES = 1, 13
+
+
+def deny_unix_sockets() -> None:
+    """Install a seccomp filter: socket(AF_UNIX, ...) and io_uring_setup fail with EACCES, and any syscall of
+    another ABI (32-bit compat, x32: a way around the filter) fails too. Needs no_new_privs (set here)."""
+    if os.uname().machine not in _SECCOMP_ARCHES:
+        raise OSError(f"no syscall table for {os.uname().machine}")
+    arch, nr_socket, nr_uring = _SECCOMP_ARCHES[os.uname().machine]
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | EACCES
+    prog = [
+        (ld, 0, 0, 4),                 # 0: arch
+        (jeq, 1, 0, arch),             # 1: our ABI -> 3
+        (ret, 0, 0, deny),             # 2: another ABI: refuse everything
+        (ld, 0, 0, 0),                 # 3: syscall number
+        (jge, 6, 0, 0x40000000),       # 4: x32 numbering -> 11
+        (jeq, 5, 0, nr_uring),         # 5: io_uring_setup -> 11
+        (jeq, 1, 0, nr_socket),        # 6: socket -> 8
+        (ret, 0, 0, allow),            # 7
+        (ld, 0, 0, 16),                # 8: args[0] (domain), low 32 bits
+        (jeq, 1, 0, AF_UNIX),          # 9: AF_UNIX -> 11
+        (ret, 0, 0, allow),            # 10
+        (ret, 0, 0, deny),             # 11
+    ]
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*f) for f in prog])
+    fprog = _SockFprog(len(prog), filters)
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "prctl(SECCOMP_MODE_FILTER)")
 
 
 def enter_shared_namespaces(cfg: dict, base: str, err_w: int) -> int:
@@ -142,13 +186,25 @@ def _probe_program_setup(cfg: dict, base: str) -> None:
     check(libc.setns(own, CLONE_NEWPID), "setns(own pid namespace)")
     check(libc.unshare(CLONE_NEWPID), "unshare(pid)")
     os.close(own)
+
+    def setup() -> None:
+        enter_program_namespaces(cfg, workdir)
+        with open(os.path.join(workdir, "probe"), "w") as f:
+            f.write("ok")
+
+    problem = probe_in_child(setup)
+    os.rmdir(workdir)
+    if problem:
+        raise OSError(problem)
+
+
+def probe_in_child(step: Callable[[], None]) -> str | None:
+    """Run `step` in a throwaway child: None when it worked, else what went wrong (its exception or status)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            enter_program_namespaces(cfg, workdir)
-            with open(os.path.join(workdir, "probe"), "w") as f:
-                f.write("ok")
+            step()
             os._exit(0)
         except BaseException as exc:
             os.write(w, f"{type(exc).__name__}: {exc}".encode()[:2000])
@@ -159,9 +215,7 @@ def _probe_program_setup(cfg: dict, base: str) -> None:
         msg += chunk
     os.close(r)
     _, status = os.waitpid(pid, 0)
-    os.rmdir(workdir)
-    if status != 0:
-        raise OSError(msg.decode("utf-8", "replace") or f"program setup ended with status {status}")
+    return None if status == 0 else (msg.decode("utf-8", "replace") or f"the child ended with status {status}")
 
 
 def enter_program_namespaces(cfg: dict, workdir: str) -> None:

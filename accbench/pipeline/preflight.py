@@ -3,7 +3,8 @@
 The config has been parsed and validated (config.py) when this runs. Here: the quant settings against the
 method's options and the model's shapes (from config.json, on the meta device), the calibration
 preprocessing name, the Trainer arguments and optimizer of every training variant, the training block size
-against the model's window, every task's data and lm-eval task name, the OpenCompass config file, save flags
+against the model's window, the device, the model folder and every perplexity window against its positions,
+local eval/calib files readable, every task's data and lm-eval task name, the OpenCompass config file, save flags
 and install. All problems are collected and reported together; `run` then also has OpenCompass read the
 user's config (slow: OpenCompass's own interpreter), still before the model loads.
 """
@@ -42,7 +43,8 @@ def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchE
     """Every problem of `cfg` that shows without weights. A built-in model that is not built yet is only
     built (to read its shapes) when `build_builtin`; `validate` never builds it."""
     model_config = _model_config(cfg.model, build_builtin) if (cfg.quant or cfg.train) else None
-    checks: list[Callable[[], None]] = []
+    checks: list[Callable[[], None]] = [lambda: _check_inputs(cfg, build_builtin)]
+    checks += [lambda d=d: _check_text_file(d) for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]]
     if cfg.quant is not None:
         checks += [lambda: _check_quant(cfg, model_config), lambda: _check_calib(cfg)]
     if cfg.train is not None:
@@ -92,6 +94,33 @@ def _model_config(m: ModelCfg, build_builtin: bool) -> Any:
         return AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _check_inputs(cfg: RunConfig, build_builtin: bool) -> None:
+    """The device, the model folder (a tokenizer, complete safetensors files) and every perplexity window
+    against the model's positions (checks.py)."""
+    from accbench.checks import check_device, check_model_dir, check_window_lengths
+    from accbench.models import BUILTIN_PREFIX, resolve_model_path
+
+    m = cfg.model
+    check_device(m.device)
+    check_model_dir(m.path, m.tokenizer_path)
+    if m.path.startswith(BUILTIN_PREFIX) and not build_builtin:
+        return
+    try:
+        path = resolve_model_path(m.path)
+    except AccbenchError:
+        return  # loading the model reports a missing path or hub id
+    if Path(path).is_dir():
+        check_window_lengths(path, cfg.window_lengths(), m.trust_remote_code)
+
+
+def _check_text_file(d: Any) -> None:
+    """A local data file (eval or calib) is readable text."""
+    from accbench.data.text import load_texts
+
+    if d.path and not d.download and Path(d.path).expanduser().is_file():
+        load_texts(d.name, d.path, False, d.text_column, d.split)
 
 
 def _check_quant(cfg: RunConfig, model_config: Any) -> None:

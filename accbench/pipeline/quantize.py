@@ -7,11 +7,13 @@ The quant section becomes a plain `QuantSpec` (quant/spec.py) here; the quantize
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from accbench.config import CalibCfg, IgnoredLayersCfg, QuantCfg, SaveCfg
 from accbench.errors import AccbenchError
+from accbench.fingerprints import ResumeLog
 from accbench.pipeline.records import Evaluate, ModelPath, Record, timed
 from accbench.results import QuantInfo
 
@@ -60,17 +62,29 @@ def build_calib_batches(c: CalibCfg, tok: Any) -> list:
     return calib_batches(calib_samples(texts, tok, c.preproc, c.n_samples, c.seq_len, c.seed), c.bs)
 
 
+@dataclass
+class QuantResume:
+    """What a resumed run needs to skip the quantization: the fingerprint of the model at each position, which
+    positions still have something to compute, and how to load a saved model (position, path)."""
+
+    fps: dict[str, str]
+    log: ResumeLog
+    pending: Callable[[str], bool]
+    load_saved: Callable[[str, str], "LoadedModel"]
+    wanted: list[str] = field(default_factory=list)  # the positions the run evaluates
+
+
 def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, save: SaveCfg, loaded: "LoadedModel",
-                     run_dir: Path, record: Record, evaluate: Evaluate, console: "Console") -> None:
-    """Calibrate and quantize block by block; hand `transformed` and `fake_quant` to `evaluate`; save as asked."""
-    from accbench.quant.methods import METHODS, needs_calibration
+                     run_dir: Path, record: Record, evaluate: Evaluate, console: "Console", batches: list | None,
+                     resume: QuantResume) -> None:
+    """Quantize block by block with the calibration `batches` (built before the model loaded; None: the method
+    needs none); hand `transformed` and `fake_quant` to `evaluate`; save as asked (with each saved model's
+    fingerprint). On resume a saved model whose fingerprint matches is loaded instead of quantizing again."""
+    from accbench.quant.methods import METHODS
     from accbench.quant.runner import check_quant, fake_quantize_model, transform_model
 
     check_quant(loaded.model, spec, calib is not None)
-    batches = None
-    if calib is not None and needs_calibration(spec.method, spec.act is not None and spec.act.static):
-        with timed(record, "calib_data"):
-            batches = build_calib_batches(calib, loaded.tokenizer)
+    if calib is not None and batches is not None:
         n = sum(len(b) for b in batches)
         console.print(f"calibration: {n} samples x {calib.seq_len} tokens ({calib.preproc}, "
                       f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
@@ -78,13 +92,16 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
                      special=spec.special, quant_out=spec.quant_out,
                      calib_samples=sum(len(b) for b in batches) if batches else 0)
     save_root = Path(save.save_path) if save.save_path else run_dir / "models"
+    if resume.log.active and _resume_from_disk(spec, save, save_root, record, evaluate, console, resume):
+        return
 
     with timed(record, "quant_transform"):
         state = transform_model(loaded.model, spec, batches, loaded.device)
     record(info)
     evaluate("transformed", loaded)
     if save.save_trans:
-        _save_position(loaded, "transformed", save_root, "transformed model", record, console)
+        _save_position(loaded, "transformed", save_root, "transformed model", record, console,
+                       resume.fps["transformed"])
 
     with timed(record, "quant_fake"):
         fake_quantize_model(loaded.model, spec, batches, loaded.device, state)
@@ -95,7 +112,7 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
     if save.save_fake:
         _save_position(loaded, "fake_quant", save_root, "fake-quantized model"
                        + (" (weights only: activation quantization is applied at run time, not saved)"
-                          if spec.act is not None else ""), record, console)
+                          if spec.act is not None else ""), record, console, resume.fps["fake_quant"])
     saved = METHODS[spec.method].options.of(spec).saved_state()  # AWQ's save_scale / save_clip
     if saved:
         import torch
@@ -110,13 +127,60 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
 LLMC_SAVE_FOLDERS = {"transformed": "transformed_model", "fake_quant": "fake_quant_model"}
 
 
+def _resume_from_disk(spec: "QuantSpec", save: SaveCfg, save_root: Path, record: Record, evaluate: Evaluate,
+                      console: "Console", resume: QuantResume) -> bool:
+    """On resume, avoid quantizing again: True when every transformed/fake_quant result still to compute can come
+    from a saved model whose fingerprint file matches (it is loaded and evaluated), or nothing is left to compute.
+    Saved models are trusted only through their fingerprint files; a fake-quantized model with activation
+    quantization is not (that is applied at run time, not saved)."""
+    from accbench.fingerprints import saved_model_matches
+
+    if spec.special.get("save_scale") or spec.special.get("save_clip"):
+        return False
+    saves = {"transformed": save.save_trans, "fake_quant": save.save_fake}
+    folder = {p: save_root / LLMC_SAVE_FOLDERS[p] for p in saves}
+    saved_ok = {p: saved_model_matches(folder[p], resume.fps[p]) for p in saves}
+    saved_ok["fake_quant"] = saved_ok["fake_quant"] and spec.act is None
+    pending = {p: p in resume.wanted and resume.pending(p) for p in saves}
+    if any((pending[p] or saves[p]) and not saved_ok[p] for p in saves):
+        return False
+    for p in saves:
+        if saves[p]:
+            record(ModelPath(p, str(folder[p])))
+    if not any(pending.values()):
+        console.print("resume: every transformed/fake_quant result is stored with matching fingerprints; "
+                      "quantization skipped", markup=False)
+        resume.log.reuse("quantization (all its results are stored)")
+        return True
+    for p in (p for p in saves if pending[p]):
+        console.print(f"resume: loading the saved {p} model {folder[p]} (its fingerprint matches) instead of "
+                      "quantizing again", markup=False)
+        resume.log.reuse(f"{p} model {folder[p]}")
+        evaluate(p, resume.load_saved(p, str(folder[p])))
+    return True
+
+
 def _save_position(loaded: "LoadedModel", position: str, root: Path, what: str, record: Record,
-                   console: "Console") -> None:
+                   console: "Console", fp: str) -> None:
     """Save the model as it is at `position` under llmc's folder name (root/transformed_model,
-    root/fake_quant_model, so a script written for llmc finds it) and hand back where it went."""
+    root/fake_quant_model, so a script written for llmc finds it) with its fingerprint, and hand back where it
+    went. A full disk names the folder and leaves no half-saved model behind."""
+    import shutil
+
+    from accbench.fingerprints import write_model_fingerprint
+    from accbench.iofaults import as_disk_error
     from accbench.models import save_model
 
+    folder = root / LLMC_SAVE_FOLDERS[position]
     with timed(record, f"save_{position}"):
-        path = str(save_model(loaded.model, loaded.tokenizer, root / LLMC_SAVE_FOLDERS[position]))
+        try:
+            path = str(save_model(loaded.model, loaded.tokenizer, folder))
+            write_model_fingerprint(folder, fp, position)
+        except Exception as exc:
+            disk = as_disk_error(exc, folder)
+            if disk is None:
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            raise disk from exc
     record(ModelPath(position, path))
     console.print(f"saved {what} → {path}")

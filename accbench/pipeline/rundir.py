@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 from accbench.config import BaseCfg
-from accbench.errors import AccbenchError
 
 
 def resolve_run_dir(base: BaseCfg, output: str | None) -> Path:
@@ -20,16 +18,10 @@ def resolve_run_dir(base: BaseCfg, output: str | None) -> Path:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run directory; refuse to clobber an existing run unless asked to."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
-            raise AccbenchError(f"run directory {run_dir} already holds a run",
-                                "pass --resume to continue it, --overwrite to replace it, or -o another directory")
-    elif resume:
-        raise AccbenchError(f"--resume: no run to resume in {run_dir}", "drop --resume to start a new run")
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    """Create, resume or replace the run directory (accbench/rundir.py: marker, lock, refusals)."""
+    from accbench.rundir import prepare_run_dir as prepare
+
+    prepare(run_dir, resume, overwrite)
 
 
 def setup_logging(run_dir: Path) -> logging.Handler:

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from accbench.config import JudgeCfg, ModelCfg, RunnerCfg, TaskCfg
 from accbench.evaluate.backends import BatchSize, ModelBackend, create_backend
+from accbench.fingerprints import ResumeLog, check_entry
 from accbench.pipeline.records import Record, TaskOrder, Timing, timed
+from accbench.pipeline.resume import task_fingerprint
 from accbench.results import TaskEntry
 
 if TYPE_CHECKING:
@@ -32,13 +34,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("accbench")
 
 
-def pending(cfgs: list[TaskCfg], earlier: list[TaskEntry], position: str) -> list[TaskCfg]:
-    """The tasks not yet evaluated at `position` (the others are kept, on --resume)."""
-    done = {e.task for e in earlier if e.model == position}
+def pending(cfgs: list[TaskCfg], earlier: list[TaskEntry], position: str, model_fp: str | None,
+            resumed: ResumeLog) -> list[TaskCfg]:
+    """The tasks not yet evaluated at `position` with these inputs (a stored entry whose fingerprint matches is
+    kept, on --resume; `model_fp`: the fingerprint of the model there)."""
+    todo = []
     for t in cfgs:
-        if t.name in done:
-            log.info("resume: task %s/%s already evaluated", position, t.name)
-    return [t for t in cfgs if t.name not in done]
+        stored = next((e for e in earlier if e.model == position and e.task == t.name), None)
+        if stored is None or not check_entry(stored.fingerprint, task_fingerprint(model_fp, t),
+                                             f"task {position}/{t.name}", resumed):
+            todo.append(t)
+    return todo
 
 
 def in_config_order(entries: list[TaskEntry], position: str, names: tuple[str, ...]) -> list[TaskEntry]:
@@ -72,15 +78,17 @@ class _Backends:
 
 def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairwise_baseline: str,
               loaded: "LoadedModel", model: ModelCfg, runner: RunnerCfg, store: "SampleStore",
-              transform: dict[str, Any] | None, run_dir: Path, record: Record, console: "Console") -> None:
-    """Evaluate `todo` at `position`; `transform` (the quant settings, or None) is part of the model's identity
-    in the per-sample store; `pairwise_baseline` is the position MT-bench judges this one against ("": none)."""
+              transform: dict[str, Any] | None, run_dir: Path, record: Record, console: "Console",
+              model_fp: str | None = None) -> None:
+    """Evaluate `todo` at `position`; `model_fp` (the fingerprint of the model there; else one made of the
+    weights and `transform`, the quant settings or None) is the model's identity in the per-sample store and
+    in each entry's fingerprint; `pairwise_baseline` is the position MT-bench judges this one against ("": none)."""
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import TaskContext
     from accbench.report.exports import write_task_exports
     from accbench.store import model_fingerprint
 
-    fp = model_fingerprint(loaded.path, position, model.torch_dtype, transform)
+    fp = model_fp or model_fingerprint(loaded.path, position, model.torch_dtype, transform)
     store.set_model(position, fp)
     task_ctx = TaskContext(loaded.tokenizer, run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
                            baseline=pairwise_baseline)
@@ -100,7 +108,9 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
             return
         assert res is not None
         write_task_exports(run_dir, position, run.cfg, res)
-        record(run.entry(position, res, backends(run.cfg.batch_size).stats.batch_sizes))
+        entry = run.entry(position, res, backends(run.cfg.batch_size).stats.batch_sizes)
+        entry.fingerprint = task_fingerprint(model_fp, run.cfg)
+        record(entry)
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
         console.print(f"[bold]{position}[/] {name}: {shown}  (n={res.n})")
         log.info("task %s %s: %s (n=%d)", position, name, res.metrics, res.n)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from accbench.config import ModelCfg, TrainCfg
 from accbench.errors import AccbenchError
+from accbench.fingerprints import ResumeLog, check_entry, fingerprint
 from accbench.pipeline.records import Evaluate, ModelPath, Record, Timing, timed
 from accbench.results import TrainEntry
 
@@ -55,10 +56,13 @@ def variant_args(t: TrainCfg) -> dict[str, dict[str, Any]]:
 
 
 def run_training(t: TrainCfg, m: ModelCfg, num_gpus: int, baseline: str, loaded: "LoadedModel", run_dir: Path,
-                 resume: bool, earlier: list[TrainEntry], record: Record, evaluate: Evaluate, console: "Console") -> None:
+                 resume: bool, earlier: list[TrainEntry], record: Record, evaluate: Evaluate, console: "Console",
+                 fps: dict[str, str], resumed: ResumeLog) -> None:
     """Prepare the training data, evaluate `pretrain`, then train, evaluate (and unless kept, delete) each
-    variant in turn. `earlier`: the TrainEntries of the run being resumed."""
+    variant in turn. `earlier`: the TrainEntries of the run being resumed (reused where their fingerprint
+    matches); `fps`: the fingerprint of the model at each position, to which each variant's is added."""
     from accbench.data.text import load_texts
+    from accbench.models import model_fingerprint
     from accbench.train.clm import build_train_blocks
 
     order = [baseline] + [n for n in t.variants if n != baseline]
@@ -76,15 +80,18 @@ def run_training(t: TrainCfg, m: ModelCfg, num_gpus: int, baseline: str, loaded:
     for name in order:
         entry = entries.get(name)
         out = run_dir / "models" / name
-        if entry is not None and resume and (out / "config.json").is_file():
-            log.info("resume: variant %s already trained", name)
-        else:
+        fp = fingerprint(fps.get("pretrain"), t.model_dump(mode="json", exclude={"variants", "save_checkpoints"}),
+                         t.variants[name].model_dump(mode="json"), name == baseline)
+        if not (entry is not None and resume and (out / "config.json").is_file()
+                and check_entry(entry.fingerprint, fp, f"training of variant {name}", resumed)):
             entry = _train_variant(t, m, loaded.path, name, args[name], data_dir, out, run_dir,
                                    entries.get(baseline), baseline == name, record, console)
+            entry.fingerprint = fp
             entries[name] = entry
         record(entry)
         record(ModelPath(name, entry.checkpoint))
-        model_v = _load_checkpoint(m, num_gpus, entry.checkpoint or str(out), loaded.path, name)
+        fps[name] = fingerprint(entry.fingerprint, model_fingerprint(entry.checkpoint or str(out), m.torch_dtype))
+        model_v = load_checkpoint(m, num_gpus, entry.checkpoint or str(out), loaded.path, name)
         evaluate(name, model_v)
         del model_v
         if not t.save_checkpoints:
@@ -157,7 +164,7 @@ def _train_variant(t: TrainCfg, m: ModelCfg, model_path: str, name: str, trainer
                       train_samples=samples, train_tokens=tokens)
 
 
-def _load_checkpoint(m: ModelCfg, num_gpus: int, ckpt: str, original: str, variant: str) -> "LoadedModel":
+def load_checkpoint(m: ModelCfg, num_gpus: int, ckpt: str, original: str, variant: str) -> "LoadedModel":
     """Load a variant's checkpoint for evaluation; its own tokenizer if it saved one, else the original's."""
     from accbench.models import load_model
 

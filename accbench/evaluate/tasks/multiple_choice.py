@@ -37,6 +37,9 @@ def load_questions(cfg: "MultipleChoiceTask") -> list[Question]:
             raise DataError(f"task '{cfg.name}': {where}: '{cfg.choices_field}' must be a list of at least two strings",
                             'write the choices as e.g. ["Paris", "Rome"]')
         label = field(doc, cfg.label_field, where, cfg.name)
+        if isinstance(label, bool) or not isinstance(label, (int, str)):  # true/false/1.0 are not an index
+            raise DataError(f"task '{cfg.name}': {where}: label {label!r} ({type(label).__name__}) is not a choice "
+                            "index", "give the label as the index of the right choice (0-based) or its exact text")
         if isinstance(label, str) and not label.lstrip("-").isdigit():
             if label not in choices:
                 raise DataError(f"task '{cfg.name}': {where}: label {label!r} is not one of the choices",
