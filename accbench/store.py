@@ -17,10 +17,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, request_fields
+from accbench.evaluate.requests import (GenerateRequest, RollingRequest, ScoreRequest, WindowLossRequest,
+                                        request_fields)
+
+if TYPE_CHECKING:
+    from accbench.evaluate.pool import PooledAnswerer
 
 STORE_FILE = "samples.sqlite"
 
@@ -33,7 +37,7 @@ def _hash(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(path: str, position: str, dtype: str, transform: Any = None) -> str:
+def model_fingerprint(path: str, position: str, dtype: str, transform: dict[str, Any] | None = None) -> str:
     """Identity of a model as evaluated at a position: its weight files, dtype, position and transform config."""
     from accbench.models import model_fingerprint as weights_fingerprint
 
@@ -121,9 +125,8 @@ class StoredAnswerer:
     requests whose context the engine cut to fit the window (the engine reports the ones it answers; for
     reused ones the engine is asked whether it would cut them, so a resumed run counts the same)."""
 
-    def __init__(self, store: SampleStore, model: str, task: str, inner: Any | None):
+    def __init__(self, store: SampleStore, model: str, task: str, inner: "PooledAnswerer | None"):
         self.store, self.model, self.task, self.inner = store, model, task, inner
-        self.engine = getattr(inner, "engine", inner)
         self.reused = 0
         self.truncated = 0
         self.computed: dict[str, int] = {}
@@ -137,21 +140,27 @@ class StoredAnswerer:
     def generate(self, requests: list[GenerateRequest]) -> list[str]:
         return self._answer("generate", requests)
 
-    def memo(self, kind: str, payload: dict, compute: Callable[[], Any]) -> Any:
-        """A whole-task answer (e.g. perplexity window losses) stored under one key, computed in the engine's
-        thread."""
-        return self._answer(kind, [payload], lambda: self.inner.call(compute))[0]
+    @property
+    def tokenizer(self) -> Any:
+        """The answering model's tokenizer; None when only reading (rescoring)."""
+        return self.inner.tokenizer if self.inner is not None else None
+
+    def window_losses(self, request: WindowLossRequest) -> list[float]:
+        """A perplexity task's window losses, stored whole under one key (kind "perplexity")."""
+        inner = self.inner
+        return self._answer("perplexity", [request.key()],
+                            None if inner is None else lambda: inner.window_losses(request))[0]
 
     def _answer(self, kind: str, requests: Sequence[Any], compute: Callable[[], Any] | None = None) -> list:
-        reqs = [request_fields(r) if hasattr(r, "__dataclass_fields__") else r for r in requests]
-        ids = [getattr(r, "sample_id", "") for r in requests]
+        reqs = [r if isinstance(r, dict) else request_fields(r) for r in requests]
+        ids = [r.get("sample_id", "") if isinstance(r, dict) else r.sample_id for r in requests]
         keys = [_hash(self.model, self.task, kind, r) for r in reqs]
         found = self.store.get_many(keys)
         out: list[Any] = [_from_response(kind, found[k]) if k in found else None for k in keys]
         todo = [i for i, k in enumerate(keys) if k not in found]
         self.reused += len(requests) - len(todo)
-        if found and hasattr(self.engine, "truncates"):
-            self.truncated += sum(self.engine.truncates(kind, requests[i]) for i, k in enumerate(keys) if k in found)
+        if found and self.inner is not None and compute is None:
+            self.truncated += sum(self.inner.truncates(kind, requests[i]) for i, k in enumerate(keys) if k in found)
         if todo and self.inner is None:
             raise AccbenchError(f"rescore: {len(todo)} of {len(keys)} '{kind}' responses of task '{self.task}' are "
                                 "not in the store (the run did not finish them)",
@@ -168,6 +177,6 @@ class StoredAnswerer:
 
         if todo and compute is not None:
             save([0], [compute()])
-        elif todo:  # the pool calls save as each engine call returns
+        elif todo and self.inner is not None:  # the pool calls save as each engine call returns
             self.inner.answer(kind, [requests[i] for i in todo], save)
         return out

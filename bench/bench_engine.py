@@ -134,7 +134,7 @@ def bench_in_process(model_dir: Path, task_path: Path, bs: int, repeats: int) ->
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.backends.hf import HFBackend as Engine
     from accbench.evaluate.requests import ScoreRequest
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -51,7 +51,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from accbench.config import GenerateTask, MultipleChoiceTask
-    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.backends.hf import HFBackend as Engine
     from accbench.evaluate.pool import RequestPool
     from accbench.evaluate.tasks import run_task
 

@@ -54,7 +54,7 @@ def _child(model_kind: str, method: str, n_samples: int, seq_len: int, threads: 
     torch.set_num_threads(threads)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from accbench.config import METHOD_SPECIAL_KEYS
+    from accbench.quant.methods import METHOD_SPECIAL_KEYS
     from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
     from accbench.quant.runner import fake_quantize_model, transform_model
     from accbench.quant.spec import QuantSpec

@@ -31,7 +31,8 @@ def bench(model: str, steps: int, block_size: int, batch: int, variants: list[st
     from rich.console import Console
 
     from accbench.config import validate_config
-    from accbench.pipeline import RunContext, _load, run_training_stage
+    from accbench.pipeline import RunContext, baseline_position, evaluate_position, train
+    from accbench.pipeline.spine import _load
     from accbench.results import Results
     from accbench.train.clm import TIMING_FILE
 
@@ -44,10 +45,12 @@ def bench(model: str, steps: int, block_size: int, batch: int, variants: list[st
     })
     run_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))
     (run_dir / "logs").mkdir()
-    ctx = RunContext(cfg, run_dir, Results(run_dir=str(run_dir)), Console(file=io.StringIO()))
+    ctx = RunContext(cfg, run_dir, Results(run_dir=str(run_dir)), Console(file=io.StringIO()),
+                     baseline=baseline_position(cfg))
     loaded = _load(cfg)
     t0 = time.perf_counter()
-    run_training_stage(ctx, loaded)
+    train.run_training(cfg.train, cfg.model, cfg.runner.num_gpus, ctx.baseline, loaded, run_dir, False, [], ctx.record,
+                       lambda position, model: evaluate_position(ctx, position, model), ctx.console)
     stage = time.perf_counter() - t0
 
     rows = []

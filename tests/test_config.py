@@ -75,11 +75,11 @@ def test_all_problems_reported_with_lines_and_suggestions(tmp_path):
     probs = {p.path: p for p in info.value.problems}
     assert probs["eval.seq_lem"].line == 13
     assert "did you mean 'seq_len'" in probs["eval.seq_lem"].message
-    assert "not support yet" in probs["eval.eval_pos"].message and probs["eval.eval_pos"].line == 10
+    assert "llmc's eval positions without KV quantization (*_wo_kv) is not supported yet" in probs["eval.eval_pos"].message and probs["eval.eval_pos"].line == 10
     assert probs["quant.weight.bit"].line == 17
     assert "did you mean 'weight_clip'" in probs["quant.special"].message
-    assert "not support yet" in probs["quant.kvcache"].message and probs["quant.kvcache"].line == 21
-    assert "not support yet" in probs["save.save_lightllm"].message
+    assert "llmc's KV-cache quantization (quant.kvcache) is not supported yet" in probs["quant.kvcache"].message and probs["quant.kvcache"].line == 21
+    assert "llmc's real-quant exports" in probs["save.save_lightllm"].message
     assert len(info.value.problems) == 6
 
 
@@ -95,7 +95,7 @@ def test_cross_section_rules(tmp_path):
 def test_unknown_method_and_unsupported_method(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'GPTQ'"):
         load_config(_write(tmp_path, "model: {path: /m}\nquant: {method: GPTQQ}\n"))
-    with pytest.raises(ConfigError, match="does not support yet"):
+    with pytest.raises(ConfigError, match="llmc's OmniQuant method is not supported yet"):
         load_config(_write(tmp_path, "model: {path: /m}\nquant: {method: OmniQuant}\n"))
 
 

@@ -95,7 +95,7 @@ def test_full_disk_while_saving_a_model(tmp_path, tiny_model_dir, eval_txt, tmpf
     (tmp_path / "q.yaml").write_text(yaml.safe_dump(cfg))
     code = main(["run", str(tmp_path / "q.yaml"), "-o", str(run)])
     err = capsys.readouterr().err
-    assert code == 2 and f"no space left on {run / 'models' / 'fake_quant'}" in err, err
+    assert code == 2 and f"no space left on {run / 'models' / 'fake_quant_model'}" in err, err
     res = json.loads((run / "results.json").read_text())
     assert res["status"] == "failed" and len(res["ppl"]) == 2  # what was computed before the fault is kept
-    assert not (run / "models" / "fake_quant").exists()  # no half-saved model for a resume to trust
+    assert not (run / "models" / "fake_quant_model").exists()  # no half-saved model for a resume to trust

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accbench.evaluate.engine import Engine
+from accbench.evaluate.backends.hf import HFBackend as Engine
 from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
 
 # items where one item's full text is a prefix-cut of another's (the lm-eval 0.4.13 logits_cache trap),

@@ -80,7 +80,7 @@ def test_resume_after_the_quantization_does_not_quantize_again(tmp_path, tiny_mo
     run = tmp_path / "run"
     assert main(["run", str(cfg), "-o", str(run)]) == 0
     first = _res(run)
-    assert (run / "models" / "fake_quant" / "accbench-fingerprint.json").is_file()
+    assert (run / "models" / "fake_quant_model" / "accbench-fingerprint.json").is_file()
 
     def no_quantizing(*a, **k):
         raise AssertionError("quantized again although every result is on disk")

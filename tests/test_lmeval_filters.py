@@ -69,7 +69,7 @@ def _run(model_dir: Path, include: Path, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from accbench.config import LmEvalTask
-    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.backends.hf import HFBackend as Engine
     from accbench.evaluate.tasks import TaskContext, run_task
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -200,7 +200,7 @@ def test_chat_template_is_honoured_for_lm_eval_tasks(tiny_model_dir, tmp_path, l
 
     from accbench.config import LmEvalTask
     from accbench.errors import AccbenchError
-    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.backends.hf import HFBackend as Engine
     from accbench.evaluate.tasks import TaskContext, run_task
 
     data = tmp_path / "mc.jsonl"

@@ -346,7 +346,7 @@ def test_top_k_sampling_keeps_the_k_most_likely(tiny_model_dir):
     """top_k=1 leaves one token to sample: whatever the seed, the greedy text; top_k=0 samples freely."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from accbench.evaluate.engine import Engine
+    from accbench.evaluate.backends.hf import HFBackend as Engine
 
     eng = Engine(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir))
     greedy = eng.generate([GenerateRequest("import", max_new_tokens=8)])[0]

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from accbench.backends import opencompass as oc
-from accbench.backends.hf_v4_view import v4_compatible_model_dir
+from accbench.integrations import opencompass as oc
+from accbench.integrations.hf_v4_view import v4_compatible_model_dir
 from accbench.cli import main
 from accbench.errors import AccbenchError
 

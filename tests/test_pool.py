@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from accbench.config import GenerateTask, LmEvalTask, MultipleChoiceTask, PerplexityTask
-from accbench.evaluate.engine import Engine
+from accbench.evaluate.backends.hf import HFBackend as Engine
 from accbench.evaluate.pool import RequestPool
 from accbench.evaluate.requests import GenerateRequest, ScoreRequest
 from accbench.evaluate.tasks import run_task
@@ -106,6 +106,8 @@ def test_pooled_log_likelihoods_equal_the_unpooled_ones(tiny, one_thread):
 
 class FakeBackend:
     """Answers every kind through one function answer(kind, requests); truncates nothing."""
+
+    last_truncated: list = []
 
     def __init__(self, answer):
         self.answer = answer

@@ -50,7 +50,7 @@ def _ppl_and_kl(lp, ref, windows) -> tuple[float, float]:
 
 
 def _quantize(base, method: str, bit: int, batches):
-    from accbench.config import METHOD_SPECIAL_KEYS
+    from accbench.quant.methods import METHOD_SPECIAL_KEYS
     from accbench.quant.quantizer import WeightQuantSpec
     from accbench.quant.runner import fake_quantize_model, transform_model
     from accbench.quant.spec import QuantSpec

@@ -72,7 +72,8 @@ def test_empty_data_and_unknown_preproc():
         calib_samples(["", "  "], TOK, "wikitext2_gptq", 4, 8, seed=0)
     with pytest.raises(DataError, match="unknown calib.preproc 'pileval'"):
         calib_samples(DOCS, TOK, "pileval", 4, 8, seed=0)
-    assert set(PREPROC) == {"wikitext2_gptq", "random_truncate_txt", "c4_gptq", "pileval_awq", "txt_general_preproc"}
+    assert set(PREPROC) == {"wikitext2_gptq", "random_truncate_txt", "c4_gptq", "pileval_awq", "txt_general_preproc",
+                            "ptb_gptq", "pileval_omni", "pileval_smooth", "original_txt"}
 
 
 def test_batches_follow_llmc_bs():

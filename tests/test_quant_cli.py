@@ -53,7 +53,7 @@ def test_awq_end_to_end_saves_and_reloads(tmp_path, tiny_model_dir, eval_txt, ca
     pre, trans, fake = (_ppl(res, p) for p in ("pretrain", "transformed", "fake_quant"))
     assert abs(trans / pre - 1) < 1e-3  # AWQ's transform is function-preserving
     assert fake != pytest.approx(pre, rel=1e-4)
-    assert res["models"]["transformed"] == str(out / "models" / "transformed")
+    assert res["models"]["transformed"] == str(out / "models" / "transformed_model")
     assert res["quant"]["method"] == "Awq" and res["quant"]["calib_samples"] == 8
 
     # the saved fake-quant model reproduces the reported number with plain transformers
@@ -69,7 +69,7 @@ def test_awq_end_to_end_saves_and_reloads(tmp_path, tiny_model_dir, eval_txt, ca
     stream = ppl_token_stream("custom", load_texts("custom", str(eval_txt)), tok, 64)
     again = perplexity(model, stream, 64, 4, "cpu", progress=False).ppl
     assert again == pytest.approx(fake, rel=1e-5)
-    trans_model = AutoModelForCausalLM.from_pretrained(out / "models" / "transformed", dtype=torch.float32)
+    trans_model = AutoModelForCausalLM.from_pretrained(out / "models" / "transformed_model", dtype=torch.float32)
     assert perplexity(trans_model, stream, 64, 4, "cpu", progress=False).ppl == pytest.approx(trans, rel=1e-5)
 
 

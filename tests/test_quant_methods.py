@@ -41,7 +41,7 @@ def ids():
 
 
 def _spec(method: str, bit: int = 3, act: ActQuantSpec | None = None, **special) -> QuantSpec:
-    from accbench.config import METHOD_SPECIAL_KEYS
+    from accbench.quant.methods import METHOD_SPECIAL_KEYS
 
     return QuantSpec(method, WeightQuantSpec(bit, False, "per_group", 32), act,
                      {**METHOD_SPECIAL_KEYS[method], **special}, False, 48)

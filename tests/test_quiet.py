@@ -14,7 +14,7 @@ import pytest
 def test_engine_generates_and_scores_without_cache_deprecation_warnings(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from accbench.evaluate.engine import Engine, cache_kwarg
+    from accbench.evaluate.backends.hf import HFBackend as Engine, cache_kwarg
     from accbench.evaluate.requests import GenerateRequest, ScoreRequest
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

@@ -87,7 +87,7 @@ def test_output_that_cannot_be_a_directory(tmp_path, tiny_model_dir, eval_txt, c
 
 
 def test_sigterm_is_an_interrupt_with_a_message(tmp_path, tiny_model_dir, eval_txt, capsys, monkeypatch):
-    import accbench.pipeline as pipeline
+    import accbench.pipeline.spine as pipeline  # the run's spine calls evaluate_position (pipeline/spine.py)
 
     def killed(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)

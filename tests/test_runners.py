@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from accbench.evaluate.engine import EngineStats
+from accbench.evaluate.backends.base import BackendStats as EngineStats
 from accbench.results import Results
 from accbench.runners.local import plan_replicas, split_shards
 from accbench.runners.worker import FAIL_ALWAYS_ENV, FAIL_ONCE_ENV, ReplicaPool, ReplicaSpec

@@ -11,7 +11,7 @@ import pytest
 
 from accbench import cli
 from accbench.evaluate import pool
-from accbench.evaluate.engine import Engine
+from accbench.evaluate.backends.hf import HFBackend as Engine
 from accbench.results import Results
 
 DOCS = [{"id": f"q{i}", "context": f"x = {i}", "choices": [f"+ {i}", "- 1", f"* {i} + 2"], "label": i % 3}

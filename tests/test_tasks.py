@@ -10,7 +10,7 @@ import pytest
 
 from accbench.config import GenerateTask, LmEvalTask, MultipleChoiceTask, PerplexityTask
 from accbench.errors import AccbenchError
-from accbench.evaluate.engine import Engine
+from accbench.evaluate.backends.hf import HFBackend as Engine
 from accbench.evaluate.requests import ScoreRequest
 from accbench.evaluate.tasks import run_task
 from accbench.evaluate.tasks.generate import score_output

@@ -84,6 +84,12 @@ def run_comparison(results: Results, cfg: CompareCfg) -> CompareBlock:
     from accbench.train.data_check import data_mismatches
 
     baseline = cfg.baseline or default_baseline(results)
+    names = model_names(results)
+    if names and baseline not in names and cfg.baseline is None:
+        block = summarize(baseline, [], evaluate_gates(gates_from_config(cfg), []))
+        block.note = (f"no baseline position was evaluated ('{baseline}' has no results), so nothing is compared; "
+                      f"add {baseline} to eval.eval_pos to compare {', '.join(names)} with it")
+        return block
     comparisons = compare_results(results, baseline, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
     refused = [] if cfg.allow_different_train_data else data_mismatches(results.train)
     comparisons = [c for c in comparisons if c.candidate not in {m.variant for m in refused}]

@@ -7,6 +7,10 @@
 - `pileval_awq`: shuffled documents, each stripped and tokenized; those longer than `seq_len` skipped;
   the first `n_samples` kept, concatenated and cut into consecutive `seq_len` windows (so the number
   of windows is usually smaller than `n_samples`, as in AWQ).
+- `ptb_gptq`: as `wikitext2_gptq` with sentences joined by a space; `pileval_omni`: as `wikitext2_gptq` over
+  the first 1000 documents (OmniQuant's recipe).
+- `pileval_smooth`: shuffled documents, the first `n_samples`, each truncated to `seq_len` tokens (SmoothQuant's
+  recipe: samples of different lengths); `original_txt`: shuffled documents, the first `n_samples`, whole.
 - `txt_general_preproc`: shuffled documents tokenized and truncated to `seq_len`; only documents with at
   least `seq_len` tokens are used, up to `n_samples` (fewer if the data runs out; a warning says so).
 
@@ -108,12 +112,44 @@ def txt_general_preproc(texts: list[str], tokenizer: Any, n_samples: int, seq_le
     return out
 
 
+def ptb_gptq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, rng: random.Random) -> list[list[int]]:
+    return _random_windows(_encode(tokenizer, " ".join(texts)), n_samples, seq_len, rng, "(joined)")
+
+
+def pileval_omni(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
+                 rng: random.Random) -> list[list[int]]:
+    return _random_windows(_encode(tokenizer, "\n\n".join(texts[:1000])), n_samples, seq_len, rng,
+                           "(first 1000 documents joined)")
+
+
+def pileval_smooth(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
+                   rng: random.Random) -> list[list[int]]:
+    order = list(texts)
+    rng.shuffle(order)
+    out = [ids for ids in (_encode(tokenizer, t)[:seq_len] for t in order[:n_samples]) if ids]
+    if not out:
+        raise DataError("pileval_smooth: the calibration documents encode to no tokens",
+                        "point calib at a dataset with text in it")
+    return out
+
+
+def original_txt(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
+                 rng: random.Random) -> list[list[int]]:
+    order = list(texts)
+    rng.shuffle(order)
+    return [ids for ids in (_encode(tokenizer, t) for t in order[:n_samples]) if ids]
+
+
 PREPROC: dict[str, Callable[..., list[list[int]]]] = {
     "wikitext2_gptq": wikitext2_gptq,
     "random_truncate_txt": random_truncate_txt,
     "c4_gptq": c4_gptq,
     "pileval_awq": pileval_awq,
     "txt_general_preproc": txt_general_preproc,
+    "ptb_gptq": ptb_gptq,
+    "pileval_omni": pileval_omni,
+    "pileval_smooth": pileval_smooth,
+    "original_txt": original_txt,
 }
 
 
@@ -128,11 +164,14 @@ def calib_samples(texts: list[str], tokenizer: Any, preproc: str, n_samples: int
 
 
 def calib_batches(samples: list[list[int]], bs: int) -> list[Any]:
-    """Stack samples into LongTensor batches: bs=-1 one batch, bs=k batches of k (llmc's grouping)."""
+    """Stack samples into LongTensor batches: bs=-1 one batch, bs=k batches of k (llmc's grouping). Samples of
+    different lengths (pileval_smooth, original_txt) are one batch each, with no padding to change them."""
     import torch
 
     if bs == 0 or bs < -1:
         raise DataError(f"calib.bs must be -1 (one batch) or a positive batch size, got {bs}", "set calib.bs: -1")
+    if len({len(s) for s in samples}) > 1:
+        return [torch.tensor([s], dtype=torch.long) for s in samples]
     t = torch.tensor(samples, dtype=torch.long)
     if bs == -1:
         return [t]

@@ -1,1 +1,2 @@
-"""Evaluation: perplexity, the request engine, tasks, judges and the code sandbox."""
+"""Evaluation: perplexity, model backends (backends/: the contract and the HF backend), the request pool,
+tasks, judges and the code sandbox."""

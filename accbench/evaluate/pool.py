@@ -22,6 +22,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from accbench.evaluate.backends.base import BatchSize, ModelBackend
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
+
 log = logging.getLogger("accbench.pool")
 
 KINDS = ("call", "score", "score_rolling", "generate")  # the order of the passes within a round
@@ -47,7 +50,7 @@ class _Job:
 class _Ask:
     job: _Job
     kind: str
-    batch_size: int | str
+    batch_size: BatchSize
     items: list
     # (indices into items, their answers, how many of them the engine truncated)
     on_part: Callable[[list[int], list, int], None] | None = None
@@ -66,21 +69,37 @@ def _length_key(kind: str, request: Any) -> tuple:
 
 
 class PooledAnswerer:
-    """One task's view of the pool: the Answerer interface (score, score_rolling, generate), plus
-    `answer(kind, requests, on_part)` for the per-sample store and `call(fn)` for whole-model work
-    (a perplexity task's windows) that must run in the engine's thread."""
+    """One task's view of the pool: the Answerer interface (evaluate/tasks: score, score_rolling, generate,
+    window_losses, tokenizer), plus `answer(kind, requests, on_part)` for the per-sample store, `call(fn)` for
+    whole-model work that must run in the backend's thread, and `truncates` from the backend."""
 
-    def __init__(self, pool: "RequestPool", job: _Job, batch_size: int | str, engine: Any):
-        self.pool, self.job, self.batch_size, self.engine = pool, job, batch_size, engine
+    def __init__(self, pool: "RequestPool", job: _Job, batch_size: BatchSize, backend: ModelBackend | None):
+        self.pool, self.job, self.batch_size, self.backend = pool, job, batch_size, backend
 
-    def score(self, requests: list) -> list:
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer if self.backend is not None else None
+
+    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]:
         return self.answer("score", requests)
 
-    def score_rolling(self, requests: list) -> list:
+    def score_rolling(self, requests: list[RollingRequest]) -> list[float]:
         return self.answer("score_rolling", requests)
 
-    def generate(self, requests: list) -> list:
+    def generate(self, requests: list[GenerateRequest]) -> list[str]:
         return self.answer("generate", requests)
+
+    def window_losses(self, request: WindowLossRequest) -> list[float]:
+        backend = self._backend()
+        return self.call(lambda: backend.window_losses(request))
+
+    def truncates(self, kind: str, request: Request) -> bool:
+        return self.backend.truncates(kind, request) if self.backend is not None else False
+
+    def _backend(self) -> ModelBackend:
+        if self.backend is None:
+            raise RuntimeError(f"task '{self.job.name}' needs the model itself, but its pool has no backend")
+        return self.backend
 
     def answer(self, kind: str, requests: Sequence[Any],
                on_part: Callable[[list[int], list, int], None] | None = None) -> list:
@@ -102,10 +121,10 @@ class PoolStats:
 class RequestPool:
     """Runs task functions in turn-taking threads and answers their requests pooled.
 
-    backend(batch_size) is what answers a pass: an Engine, or a worker pool, with the Answerer methods; its
-    `last_truncated` (when it has one) tells which requests of its last call had their context cut."""
+    backend(batch_size) is what answers a pass: a ModelBackend (evaluate/backends), in-process or a worker pool;
+    its `last_truncated` tells which requests of its last call had their context cut."""
 
-    def __init__(self, backend: Callable[[Any], Any], chunk: int | None = None):
+    def __init__(self, backend: Callable[[BatchSize], ModelBackend], chunk: int | None = None):
         self._backend, self.chunk = backend, chunk or CHUNK
         self._cond = threading.Condition()
         self._turn: _Job | None = None
@@ -113,10 +132,12 @@ class RequestPool:
         self._jobs: list[_Job] = []
         self.stats = PoolStats()
 
-    def add(self, name: str, fn: Callable[[PooledAnswerer], Any], batch_size: int | str, engine: Any) -> PooledAnswerer:
-        """Register a task: fn(answerer) runs in its own thread when `run` is called."""
+    def add(self, name: str, fn: Callable[[PooledAnswerer], Any], batch_size: BatchSize,
+            backend: ModelBackend | None) -> PooledAnswerer:
+        """Register a task: fn(answerer) runs in its own thread when `run` is called; `backend` serves what is
+        not pooled (the tokenizer, perplexity windows, truncation checks)."""
         job = _Job(name)
-        client = PooledAnswerer(self, job, batch_size, engine)
+        client = PooledAnswerer(self, job, batch_size, backend)
         job.fn = lambda: fn(client)
         self._jobs.append(job)
         return client
@@ -233,8 +254,8 @@ class RequestPool:
         backend = self._backend(group[0].batch_size)
         for s in range(0, len(unique), self.chunk):
             part = unique[s : s + self.chunk]
-            out = getattr(backend, kind)(part)
-            cut = {part[p] for p in getattr(backend, "last_truncated", ())}
+            out = backend.answer(kind, part)
+            cut = {part[p] for p in backend.last_truncated}
             self.stats.calls += 1
             done: dict[int, tuple[_Ask, list[int], list]] = {}
             for r, ans in zip(part, out):

@@ -8,7 +8,7 @@ requests from many tasks at once.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Union
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ def request_fields(request: Any) -> dict[str, Any]:
     return d
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+Request = Union[ScoreRequest, RollingRequest, GenerateRequest]  # what a backend answers, one kind per call
 GenerateFn = Callable[[list[GenerateRequest]], list[str]]
 ScoreFn = Callable[[list[ScoreRequest]], list[tuple[float, bool]]]
 
@@ -70,3 +77,37 @@ class TaskResult:
     # files other tools read, written beside results.json (e.g. lm-eval's own logged samples); not in results.json
     exports: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WindowLossRequest:
+    """Perplexity windows of a text file by llmc's recipe (whole-model work, not a per-request kind): the text
+    is joined, tokenized once, cut into `seq_len` windows (at most `limit`); the answer is each window's mean
+    loss. `bs` windows run per forward; it does not change the answer, so it is not part of `key()`."""
+
+    name: str
+    path: str
+    seq_len: int
+    bs: int = 1
+    limit: int | None = None
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the answer in the per-sample store."""
+        return {"path": self.path, "seq_len": self.seq_len, "limit": self.limit}
+
+
+class Answerer(Protocol):
+    """What a task may ask; every model backend (evaluate/backends/base.py) is one, and so are the request
+    pool's client and the per-sample store that wrap it."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, or None when answers come only from the store (rescoring)."""
+
+    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]: ...
+
+    def score_rolling(self, requests: list[RollingRequest]) -> list[float]: ...
+
+    def generate(self, requests: list[GenerateRequest]) -> list[str]: ...
+
+    def window_losses(self, request: WindowLossRequest) -> list[float]: ...

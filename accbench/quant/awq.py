@@ -20,16 +20,48 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Literal
 
 import torch
 import torch.nn as nn
+from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, ModuleCalls, Subset, capture_calls, replay, trace_block
-from accbench.quant.quantizer import fake_quantize_act_dynamic, fake_quantize_weight, to_rows
+from accbench.quant.options import MethodOptions
+from accbench.quant.quantizer import WeightQuantSpec, fake_quantize_act_dynamic, fake_quantize_weight, to_rows
 from accbench.quant.scaling import apply_scale
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
+
+
+class AwqOptions(MethodOptions):
+    """AWQ's `quant.special` options (llmc's names and defaults; see the module docstring)."""
+
+    trans: bool = True
+    trans_version: Literal["v1", "v2"] = "v2"
+    weight_clip: bool = False
+    clip_sym: bool = True
+    n_grid: int = 20
+    save_scale: bool = False
+    save_clip: bool = False
+    clip_version: Literal["v1", "v2"] = "v1"
+    awq_bs: int | None = None
+
+    @field_validator("n_grid")
+    @classmethod
+    def _n_grid(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"quant.special.n_grid must be a positive integer, got {v!r}")
+        return v
+
+    def saved_state(self) -> set[str]:
+        return {name for name, wanted in (("scales", self.save_scale), ("clips", self.save_clip)) if wanted}
+
+    def problems(self, weight: WeightQuantSpec) -> list[str]:
+        if self.weight_clip and weight.granularity == "per_tensor":
+            return ["quant.special.weight_clip searches per row or group; it does not apply to per_tensor weights"]
+        return []
 
 
 def _subset_output(modules: dict, s: Subset, calls: dict[str, ModuleCalls], i: int, x: torch.Tensor,
@@ -51,16 +83,16 @@ def _weight_mean(layers: list[nn.Linear], spec: QuantSpec) -> torch.Tensor:
 @torch.no_grad()
 def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: QuantSpec) -> torch.Tensor:
     """Grid-search AWQ's per-channel scale for one subset; return the best scale (float32)."""
-    sp = spec.special
+    opts = AwqOptions.of(spec)
     layers = [modules[n] for n in s.layers]
     xs = calls[s.layers[0]].inputs
     use_inspect = s.inspect in calls and calls[s.inspect].inputs and calls[s.inspect].inputs[0] is xs[0]
     n_tok = sum(x.reshape(-1, x.shape[-1]).shape[0] for x in xs)
     x_mean = sum(x.abs().reshape(-1, x.shape[-1]).float().sum(0) for x in xs) / n_tok
-    w_mean = _weight_mean(layers, spec) if sp.get("trans_version", "v2") == "v1" else None
+    w_mean = _weight_mean(layers, spec) if opts.trans_version == "v1" else None
     org_out = [_subset_output(modules, s, calls, i, x, use_inspect) for i, x in enumerate(xs)]
     n_samples = sum(x.shape[0] for x in xs)
-    n_grid = int(sp.get("n_grid", 20))
+    n_grid = opts.n_grid
     best, best_scale = float("inf"), None
     for g in range(n_grid):
         r = g / n_grid
@@ -94,7 +126,7 @@ def search_clip(w: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec, n_samp
     """Best (lo, hi) per output row and group, shaped as the rows of `to_rows(w)` ([rows, 1])."""
     oc, ic = w.shape
     gs = spec.weight.group_size if spec.weight.granularity == "per_group" else ic
-    clip_sym = bool(spec.special.get("clip_sym", spec.weight.symmetric))
+    clip_sym = AwqOptions.of(spec).clip_sym
     x = torch.cat([t.reshape(-1, ic) for t in xs], dim=0).float()
     x = x[0:: max(1, x.shape[0] // n_sample_token)]
     if spec.act is not None:
@@ -129,12 +161,12 @@ def search_clip(w: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec, n_samp
 
 @torch.no_grad()
 def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, state: QuantState) -> None:
-    sp = spec.special
+    opts = AwqOptions.of(spec)
     modules = dict(block.named_modules())
     subsets = trace_block(block, inputs.hidden[0], inputs.kwargs[0])
     wanted = sorted({n for s in subsets for n in s.layers} | {s.inspect for s in subsets if s.inspect})
     calls = capture_calls(block, inputs, wanted)
-    if sp.get("trans", True):
+    if opts.trans:
         for s in subsets:
             if s.prev is None:
                 continue
@@ -146,7 +178,7 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
             for name in set(s.layers) | {s.inspect}:
                 if name in calls and calls[name].inputs and calls[name].inputs[0] is old[0]:
                     calls[name].inputs = new
-    if sp.get("weight_clip", False):
+    if opts.weight_clip:
         for s in subsets:
             for name in s.layers:
                 leaf = name.rsplit(".", 1)[-1]
@@ -154,7 +186,7 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
                     continue
                 lin = modules[name]
                 lo, hi = search_clip(lin.weight.data, calls[name].inputs, spec, spec.clip_tokens)
-                if sp.get("clip_version", "v1") == "v1":
+                if opts.clip_version == "v1":
                     rows = to_rows(lin.weight.data.float(), spec.weight.granularity
                                    if spec.weight.granularity == "per_group" else "per_channel", spec.weight.group_size)
                     lin.weight.data = torch.clamp(rows, lo, hi).reshape(lin.weight.shape).to(lin.weight.dtype)

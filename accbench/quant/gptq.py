@@ -22,12 +22,47 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, forward_block, trace_block
+from accbench.quant.options import MethodOptions
 from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, weight_qparams
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
+
+
+class GptqOptions(MethodOptions):
+    """GPTQ's `quant.special` options (llmc's names and defaults; see the module docstring)."""
+
+    actorder: bool = False
+    static_groups: bool = False
+    percdamp: float = 0.01
+    blocksize: int = 128
+    true_sequential: bool = True
+    owq: bool = False
+
+    @field_validator("percdamp")
+    @classmethod
+    def _percdamp(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"quant.special.percdamp must be in (0, 1], got {v!r}")
+        return v
+
+    @field_validator("blocksize")
+    @classmethod
+    def _blocksize(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"quant.special.blocksize must be a positive integer, got {v!r}")
+        return v
+
+    @field_validator("owq")
+    @classmethod
+    def _owq(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("quant.special.owq (outlier-aware GPTQ) is an llmc option accbench does not support "
+                             "yet; remove it")
+        return v
 
 
 class HessianAccumulator:
@@ -56,6 +91,10 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
                          blocksize: int = 128, percdamp: float = 0.01, actorder: bool = False,
                          static_groups: bool = False) -> tuple[torch.Tensor, float]:
     """Return (dequantized weight in W's dtype, sum of GPTQ's per-column losses).
+
+    Longer than our usual 60 lines on purpose: it mirrors the published algorithm (Frantar et al. 2022,
+    "GPTQ", Algorithm 1, with the reference implementation's lazy block updates, act-order and static
+    groups) step by step, so it can be checked against the paper line by line.
 
     Memory: besides W's float copy (which becomes the result), at most two [cols, cols] matrices exist at
     once. Pass the HessianAccumulator itself (not .H) to let this function consume its matrix: then the
@@ -121,9 +160,9 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
 @torch.no_grad()
 def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, state: QuantState) -> None:
     """Quantize every linear of the block with GPTQ (sequentially by input group when true_sequential)."""
-    sp = spec.special
+    opts = GptqOptions.of(spec)
     linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-    if sp.get("true_sequential", True):
+    if opts.true_sequential:
         order = [s.layers for s in trace_block(block, inputs.hidden[0], inputs.kwargs[0])]
     else:
         order = [list(linears)]
@@ -138,9 +177,8 @@ def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qua
                 h.remove()
         for n in names:
             lin = linears[n]
-            q, loss = gptq_quantize_weight(lin.weight.data, acc.pop(n), spec.weight, int(sp.get("blocksize", 128)),
-                                           float(sp.get("percdamp", 0.01)), bool(sp.get("actorder", False)),
-                                           bool(sp.get("static_groups", False)))
+            q, loss = gptq_quantize_weight(lin.weight.data, acc.pop(n), spec.weight, opts.blocksize, opts.percdamp,
+                                           opts.actorder, opts.static_groups)
             lin.weight.data.copy_(q)
             state.losses[prefix + n] = loss
             log.info("gptq %s%s: error %.4g", prefix, n, loss)

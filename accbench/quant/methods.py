@@ -1,5 +1,6 @@
 """The quantization methods by config name (`quant.method`), as a plain dict of what each one does.
 
+A new method is its own file (its functions and its options class, `MethodOptions`) plus one line here.
 `transform` is the calibrated, function-preserving step (AWQ / SmoothQuant scales), run block by block
 before the `transformed` position is evaluated; `quantize` fake-quantizes one block's weights, with
 calibration inputs when `quantize_calibrated` (GPTQ) and without otherwise (plain rounding, using any
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from accbench.quant import awq, gptq, rtn, smoothquant
+from accbench.quant.options import MethodOptions
 
 
 @dataclass(frozen=True)
@@ -19,15 +21,17 @@ class QuantMethod:
     transform: Callable | None  # (prefix, block, inputs, spec, state) -> None
     quantize: Callable  # (prefix, block, [inputs,] spec, state) -> None
     quantize_calibrated: bool
+    options: type[MethodOptions]  # the method's `quant.special` options, with their defaults
 
 
 METHODS: dict[str, QuantMethod] = {
-    "RTN": QuantMethod(transform=None, quantize=rtn.quantize_block, quantize_calibrated=False),
-    "Awq": QuantMethod(transform=awq.transform_block, quantize=rtn.quantize_block, quantize_calibrated=False),
-    "GPTQ": QuantMethod(transform=None, quantize=gptq.quantize_block, quantize_calibrated=True),
-    "SmoothQuant": QuantMethod(transform=smoothquant.transform_block, quantize=rtn.quantize_block,
-                               quantize_calibrated=False),
+    "RTN": QuantMethod(None, rtn.quantize_block, False, rtn.RTNOptions),
+    "Awq": QuantMethod(awq.transform_block, rtn.quantize_block, False, awq.AwqOptions),
+    "GPTQ": QuantMethod(None, gptq.quantize_block, True, gptq.GptqOptions),
+    "SmoothQuant": QuantMethod(smoothquant.transform_block, rtn.quantize_block, False, smoothquant.SmoothQuantOptions),
 }
+# method -> its `quant.special` options with their defaults (llmc's names)
+METHOD_SPECIAL_KEYS: dict[str, dict] = {name: m.options.defaults() for name, m in METHODS.items()}
 
 
 def needs_calibration(method: str, act_static: bool) -> bool:

@@ -16,9 +16,15 @@ Conventions (the same formulas as llmc's `Quantizer` and AutoAWQ's `pseudo_quant
   we keep it so that numbers match theirs). Weight groups in real models straddle zero.
 
 Granularity: `per_tensor` (one scale), `per_channel` (one per output row of a weight), `per_group`
-(one per `group_size` consecutive input columns of each row), and for activations `per_token` (one per
+(one per `group_size` consecutive input columns of each row), `per_block` (symmetric, one per
+`block_size` x `block_size` tile of the weight, llmc's absmax per block), and for activations `per_token` (one per
 row of the flattened [tokens, features] input). `calib_algo: mse` searches a shrink factor p of the
 range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid).
+
+Float formats (llmc's `quant_type: float-quant`, `bit: e4m3` / `e5m2`): always symmetric, llmc's scale rule
+scale = max(|min|, |max|).clamp(1e-5) / fmax (fmax 448 for e4m3, 57344 for e5m2: the largest finite value of
+torch.float8_e4m3fn / float8_e5m2), x_hat = float8(x / scale) * scale, the cast rounding to nearest even (what
+llmc's qtorch `float_quantize(..., rounding="nearest")` computes). Ranges and granularities as for integers.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from typing import Any
 
 import torch
 
-WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_block")
+FLOAT_FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 MSE_GRID, MSE_MAXSHRINK, MSE_NORM = 100, 0.8, 2.4
 
@@ -37,14 +44,21 @@ MSE_GRID, MSE_MAXSHRINK, MSE_NORM = 100, 0.8, 2.4
 class WeightQuantSpec:
     """How weights are quantized: bits, symmetry, granularity, range search."""
 
-    bit: int = 4
+    bit: int | str = 4
     symmetric: bool = False
     granularity: str = "per_group"
     group_size: int = 128
     calib_algo: str = "minmax"
+    block_size: int = 128
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bit <= 8:
+        if self.granularity == "per_block" and (not self.symmetric or self.block_size <= 0):
+            raise ValueError("per_block weights are symmetric with a positive block_size (llmc's absmax per block)")
+        if isinstance(self.bit, str):
+            _check_float(self.bit, "weight")
+            if self.calib_algo != "minmax":
+                raise ValueError("float weights take calib_algo minmax")
+        elif not 2 <= self.bit <= 8:
             raise ValueError(f"weight bit must be 2..8, got {self.bit}")
         if self.granularity not in WEIGHT_GRANULARITIES:
             raise ValueError(f"unknown weight granularity {self.granularity!r}; valid: {WEIGHT_GRANULARITIES}")
@@ -58,18 +72,33 @@ class WeightQuantSpec:
 class ActQuantSpec:
     """How linear-layer inputs are quantized: per token on the fly, or per tensor with a calibrated range."""
 
-    bit: int = 8
+    bit: int | str = 8
     symmetric: bool = True
     granularity: str = "per_token"
     static: bool = False
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bit <= 8:
+        if isinstance(self.bit, str):
+            _check_float(self.bit, "act")
+        elif not 2 <= self.bit <= 8:
             raise ValueError(f"act bit must be 2..8, got {self.bit}")
         if self.granularity not in ACT_GRANULARITIES:
             raise ValueError(f"unknown act granularity {self.granularity!r}; valid: {ACT_GRANULARITIES}")
         if self.static and self.granularity != "per_tensor":
             raise ValueError("static activation quantization is per_tensor (a per-token range cannot be calibrated)")
+
+
+def _check_float(fmt: str, what: str) -> None:
+    if fmt not in FLOAT_FORMATS:
+        raise ValueError(f"{what} float format {fmt!r} is not supported; valid: {', '.join(FLOAT_FORMATS)}")
+
+
+def float_quant_dequant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: str) -> torch.Tensor:
+    """llmc's float fake quantization: scale = max(|lo|, |hi|).clamp(1e-5) / fmax, x_hat = fp8(x / scale) * scale."""
+    dtype = FLOAT_FORMATS[fmt]
+    fmax = torch.finfo(dtype).max
+    scale = torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-5) / fmax
+    return (x / scale).clamp(-fmax, fmax).to(dtype).float() * scale
 
 
 def int_range(bit: int, symmetric: bool) -> tuple[int, int]:
@@ -142,10 +171,35 @@ def weight_qparams(w: torch.Tensor, spec: WeightQuantSpec,
     return qparams(lo, hi, spec.bit, spec.symmetric)
 
 
+def _blocks(w: torch.Tensor, bs: int) -> torch.Tensor:
+    """[out, in] -> one row per bs x bs tile (llmc's per_block: DeepSeek-V3's 128 x 128 weight blocks)."""
+    o, i = w.shape
+    if o % bs or i % bs:
+        raise ValueError(f"block_size {bs} does not divide the weight shape {tuple(w.shape)}")
+    return w.reshape(o // bs, bs, i // bs, bs).permute(0, 2, 1, 3).reshape(-1, bs * bs)
+
+
+def _unblocks(rows: torch.Tensor, shape: torch.Size, bs: int) -> torch.Tensor:
+    o, i = shape
+    return rows.reshape(o // bs, i // bs, bs, bs).permute(0, 2, 1, 3).reshape(o, i)
+
+
 def fake_quantize_weight(w: torch.Tensor, spec: WeightQuantSpec,
                          clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The [out, in] weight rounded to `spec` and dequantized, in the weight's dtype."""
+    if spec.granularity == "per_block":
+        rows = _blocks(w.float(), spec.block_size)
+        absmax = rows.abs().amax(dim=-1, keepdim=True)
+        if isinstance(spec.bit, str):
+            q = float_quant_dequant(rows, -absmax, absmax, spec.bit)
+        else:
+            scale, zero = qparams(-absmax, absmax, spec.bit, True)
+            q = quant_dequant(rows, scale, zero, spec.bit, True)
+        return _unblocks(q, w.shape, spec.block_size).to(w.dtype)
     rows = to_rows(w.float(), spec.granularity, spec.group_size)
+    if isinstance(spec.bit, str):
+        lo, hi = clip if clip is not None else row_range(rows, spec.granularity == "per_tensor")
+        return float_quant_dequant(rows, lo, hi, spec.bit).reshape(w.shape).to(w.dtype)
     scale, zero = weight_qparams(w, spec, clip)
     return quant_dequant(rows, scale, zero, spec.bit, spec.symmetric).reshape(w.shape).to(w.dtype)
 
@@ -154,12 +208,16 @@ def fake_quantize_act_dynamic(x: torch.Tensor, spec: ActQuantSpec) -> torch.Tens
     """Quantize activations with a range taken from the tensor itself (per token or per tensor)."""
     rows = x.reshape(-1, x.shape[-1]).float()
     lo, hi = row_range(rows, spec.granularity == "per_tensor")
+    if isinstance(spec.bit, str):
+        return float_quant_dequant(rows, lo, hi, spec.bit).reshape(x.shape).to(x.dtype)
     scale, zero = qparams(lo, hi, spec.bit, spec.symmetric)
     return quant_dequant(rows, scale, zero, spec.bit, spec.symmetric).reshape(x.shape).to(x.dtype)
 
 
 def fake_quantize_act_static(x: torch.Tensor, spec: ActQuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Quantize activations with a calibrated per-tensor range (lo, hi)."""
+    if isinstance(spec.bit, str):
+        return float_quant_dequant(x.float(), lo.float().to(x.device), hi.float().to(x.device), spec.bit).to(x.dtype)
     scale, zero = qparams(lo.float(), hi.float(), spec.bit, spec.symmetric)
     return quant_dequant(x.float(), scale.to(x.device), zero.to(x.device), spec.bit, spec.symmetric).to(x.dtype)
 

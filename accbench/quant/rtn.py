@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from accbench.quant.options import MethodOptions
 from accbench.quant.quantizer import fake_quantize_weight
 from accbench.quant.spec import QuantSpec, QuantState
+
+
+class RTNOptions(MethodOptions):
+    """Round-to-nearest takes no `quant.special` options."""
 
 
 def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantState) -> None:

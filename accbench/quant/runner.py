@@ -21,6 +21,7 @@ import torch.nn as nn
 from accbench.errors import AccbenchError
 from accbench.quant.blockwise import BlockInputs, catch_block_inputs, collect_input_ranges, run_blockwise
 from accbench.quant.methods import METHODS, needs_calibration
+from accbench.quant.options import option_problems
 from accbench.quant.quantizer import fake_quantize_weight, install_act_quant
 from accbench.quant.spec import QuantSpec, QuantState
 
@@ -41,7 +42,6 @@ def _blocks(model: Any) -> tuple[Any, str]:
 def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
     """Every problem we can see before calibration, as one AccbenchError (what, where, how to fix)."""
     problems: list[str] = []
-    sp = spec.special
     blocks, prefix = _blocks(model)
     linears = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
                if isinstance(m, nn.Linear)}
@@ -55,31 +55,24 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
             common = sorted({d for d in (16, 32, 64, 128, 256) if all(m.in_features % d == 0 for m in linears.values())})
             problems.append(f"quant.weight.group_size {gs} does not divide the input dimension {dim} of {n} "
                             f"({len(bad)} layers affected); group sizes that fit every layer: {common or 'none'}")
+    if spec.weight.granularity == "per_block":
+        bs = spec.weight.block_size
+        bad_block = [n for n, m in linears.items() if m.in_features % bs or m.out_features % bs]
+        if bad_block:
+            problems.append(f"quant.weight.block_size {bs} does not divide the shape of {bad_block[0]} "
+                            f"({len(bad_block)} layers affected)")
+    if (spec.ignored_names or spec.ignored_full) and not any(
+            spec.is_ignored(prefix, i, n) for i, b in enumerate(blocks) for n, m in b.named_modules()
+            if isinstance(m, nn.Linear)):
+        problems.append("ignored_layers matches no linear layer of the model: check block_ids, layer_names (names "
+                        f"inside a block, e.g. self_attn.q_proj) and speical_names (full names, e.g. {prefix}.0.mlp.down_proj)")
     if spec.act is not None and spec.act.static and not has_calib:
         problems.append("static activation quantization (quant.act.static: true) needs calibration data: add a calib section")
     if needs_calibration(spec.method, False) and not has_calib:
         problems.append(f"quant method {spec.method} needs calibration data: add a calib section")
-    if spec.method == "Awq":
-        if sp.get("trans_version", "v2") not in ("v1", "v2"):
-            problems.append(f"quant.special.trans_version must be v1 or v2, got {sp.get('trans_version')!r}")
-        if sp.get("clip_version", "v1") not in ("v1", "v2"):
-            problems.append(f"quant.special.clip_version must be v1 or v2, got {sp.get('clip_version')!r}")
-        if not isinstance(sp.get("n_grid", 20), int) or sp.get("n_grid", 20) < 1:
-            problems.append(f"quant.special.n_grid must be a positive integer, got {sp.get('n_grid')!r}")
-        if sp.get("weight_clip") and spec.weight.granularity == "per_tensor":
-            problems.append("quant.special.weight_clip searches per row or group; it does not apply to per_tensor weights")
-    if spec.method == "GPTQ":
-        if not isinstance(sp.get("blocksize", 128), int) or sp.get("blocksize", 128) < 1:
-            problems.append(f"quant.special.blocksize must be a positive integer, got {sp.get('blocksize')!r}")
-        pd = sp.get("percdamp", 0.01)
-        if not isinstance(pd, (int, float)) or not 0 < pd <= 1:
-            problems.append(f"quant.special.percdamp must be in (0, 1], got {pd!r}")
-        if sp.get("owq"):
-            problems.append("quant.special.owq (outlier-aware GPTQ) is an llmc option accbench does not support yet; remove it")
-    if spec.method == "SmoothQuant":
-        a = sp.get("alpha", 0.5)
-        if not isinstance(a, (int, float)) or not 0 <= a <= 1:
-            problems.append(f"quant.special.alpha must be in [0, 1], got {a!r}")
+    options = METHODS[spec.method].options
+    bad_options = option_problems(spec.method, options, spec.special)
+    problems += bad_options or options.of(spec).problems(spec.weight)
     if problems:
         raise AccbenchError("cannot quantize:\n" + "\n".join(f"  - {p}" for p in problems),
                             "fix the quant section (see docs/quantization.md)")
@@ -105,7 +98,8 @@ def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too
 
     @contextlib.contextmanager
     def ctx(i: int, block: nn.Module) -> Iterator[None]:
-        lins = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        lins = {n: m for n, m in block.named_modules()
+                if isinstance(m, nn.Linear) and not spec.is_ignored(prefix, i, n)}
         saved = {n: m.weight.data for n, m in lins.items()}
         handles = []
         try:
@@ -125,6 +119,17 @@ def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too
                 m.weight.data = saved[n]
 
     return ctx
+
+
+@contextlib.contextmanager
+def _keep_ignored(spec: QuantSpec, prefix: str, i: int, block: nn.Module) -> Iterator[None]:
+    """llmc's ignored_layers: the block's ignored linears leave the quantize step with the weights they had."""
+    kept = {n: m.weight.data.clone() for n, m in block.named_modules()
+            if isinstance(m, nn.Linear) and spec.is_ignored(prefix, i, n)}
+    yield
+    mods = dict(block.named_modules())
+    for n, w in kept.items():
+        mods[n].weight.data.copy_(w)
 
 
 def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | None, device: str) -> QuantState:
@@ -160,7 +165,8 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
             act_static = spec.act is not None and spec.act.static
 
             def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
-                method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
+                with _keep_ignored(spec, prefix, i, block):
+                    method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
                 if act_static:
                     collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges)
 
@@ -169,11 +175,12 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
                           desc=f"{spec.method} quantize")
         else:
             for i, block in enumerate(blocks):
-                method.quantize(f"{prefix}.{i}.", block, spec, state)
+                with _keep_ignored(spec, prefix, i, block):
+                    method.quantize(f"{prefix}.{i}.", block, spec, state)
     handles: list = []
     if spec.act is not None:
         lins = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
-                if isinstance(m, nn.Linear)}
+                if isinstance(m, nn.Linear) and not spec.is_ignored(prefix, i, n)}
         handles = install_act_quant(lins, spec.act, state.act_ranges if spec.act.static else None)
         model._accbench_act_quant_handles = handles
     return handles

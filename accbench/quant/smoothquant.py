@@ -15,10 +15,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, capture_calls, trace_block
+from accbench.quant.options import MethodOptions
 from accbench.quant.scaling import apply_scale
 from accbench.quant.spec import QuantSpec, QuantState
+
+
+class SmoothQuantOptions(MethodOptions):
+    """SmoothQuant's `quant.special` options: the migration strength alpha (llmc's default 0.5)."""
+
+    alpha: float = 0.5
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError(f"quant.special.alpha must be in [0, 1], got {v!r}")
+        return v
 
 
 def smooth_scale(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -27,7 +42,7 @@ def smooth_scale(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torc
 
 @torch.no_grad()
 def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, state: QuantState) -> None:
-    alpha = float(spec.special.get("alpha", 0.5))
+    alpha = SmoothQuantOptions.of(spec).alpha
     modules = dict(block.named_modules())
     subsets = [s for s in trace_block(block, inputs.hidden[0], inputs.kwargs[0]) if s.prev_kind == "norm"]
     calls = capture_calls(block, inputs, [s.layers[0] for s in subsets])

@@ -23,6 +23,15 @@ class QuantSpec:
     special: dict[str, Any] = field(default_factory=dict)
     quant_out: bool = False
     clip_tokens: int = 512  # tokens AWQ's clip search samples (llmc: calib.seq_len)
+    # llmc's ignored_layers: linears left unquantized (weights and inputs), by block index and name in the
+    # block (both must match) or by full module name
+    ignored_blocks: frozenset[int] = frozenset()
+    ignored_names: frozenset[str] = frozenset()
+    ignored_full: frozenset[str] = frozenset()
+
+    def is_ignored(self, prefix: str, block: int, name: str) -> bool:
+        """Whether the linear `name` of decoder block `block` (under `prefix`) stays in high precision."""
+        return (block in self.ignored_blocks and name in self.ignored_names) or f"{prefix}.{block}.{name}" in self.ignored_full
 
 
 @dataclass

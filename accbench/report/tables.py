@@ -281,6 +281,7 @@ def all_tables(results: Results) -> list[Table]:
 def verdict(results: Results) -> str:
     gates = results.compare.gates
     if not gates:
-        return "no gates configured"
+        note = results.compare.note
+        return f"no gates configured; {note}" if note else "no gates configured"
     failed = sum(1 for g in gates if not g.held)
     return f"all {len(gates)} gate checks held" if not failed else f"{failed} of {len(gates)} gate checks FAILED"

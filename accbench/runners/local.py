@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.engine import EngineStats
+from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
 from accbench.runners.worker import ReplicaPool, ReplicaSpec, worker_main
 
 log = logging.getLogger("accbench.runners")
@@ -74,13 +74,14 @@ def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path)
 class LocalWorkerPool(ReplicaPool):
     """Answers score / score_rolling / generate by sharding the requests over replica processes."""
 
-    def __init__(self, replicas: list[ReplicaSpec], shards: int, batch_size: int | str = "auto", engine: Any = None):
+    def __init__(self, replicas: list[ReplicaSpec], shards: int, batch_size: BatchSize = "auto",
+                 local: ModelBackend | None = None):
         import multiprocessing as mp
 
         self.ctx = mp.get_context("spawn")  # a clean interpreter per replica: no forked torch/CUDA state
         self.replicas, self.shards, self.batch_size = replicas, shards, batch_size
-        self.engine = engine  # the parent's engine, for tasks that need the model itself (perplexity)
-        self.stats = EngineStats()
+        self.local = local  # the parent's backend, for what needs the model itself (perplexity windows)
+        self.stats = BackendStats()
         self.results = self.ctx.Queue()
         self.procs: list[Any] = [None] * len(replicas)
         self.jobs: list[Any] = [None] * len(replicas)

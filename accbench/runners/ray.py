@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.engine import EngineStats
+from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
 from accbench.runners.local import split_shards
 from accbench.runners.worker import ReplicaPool, ReplicaSpec
 
@@ -41,7 +41,7 @@ class _Replica:
             torch.set_num_threads(spec.threads)
         self.engine = build_engine(spec)
 
-    def answer(self, kind: str, requests: list, batch_size: int | str) -> tuple[list, dict]:
+    def answer(self, kind: str, requests: list, batch_size: BatchSize) -> tuple[list, dict]:
         from accbench.runners.worker import answer
 
         return answer(self.engine, kind, requests, batch_size)
@@ -51,13 +51,14 @@ class RayWorkerPool(ReplicaPool):
     """Answers score / score_rolling / generate by sharding the requests over Ray actors."""
 
     def __init__(self, spec: ReplicaSpec, workers: int, num_gpus: int, address: str | None, log_dir: Path,
-                 batch_size: int | str = "auto", engine: Any = None):
+                 batch_size: BatchSize = "auto",
+                 local: ModelBackend | None = None):
         ray = self.ray = import_ray()
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                      runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
-        self.shards, self.batch_size, self.engine = workers, batch_size, engine
-        self.stats = EngineStats()
+        self.shards, self.batch_size, self.local = workers, batch_size, local
+        self.stats = BackendStats()
         self.log_dir = "the Ray session's logs (default /tmp/ray/session_latest/logs)"
         gpu = spec.device.startswith("cuda")
         if gpu:

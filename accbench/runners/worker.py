@@ -12,6 +12,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from accbench.evaluate.backends.base import BatchSize, ModelBackend
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
+
 # test hooks: make a worker die while answering, once (marker file) or always
 FAIL_ONCE_ENV = "ACCBENCH_TEST_WORKER_FAIL_ONCE"
 FAIL_ALWAYS_ENV = "ACCBENCH_TEST_WORKER_FAIL_ALWAYS"
@@ -33,15 +36,38 @@ class ReplicaSpec:
 
 
 
-class ReplicaPool:
-    """The answerer interface of a pool of replicas: each request kind goes to `_run(kind, requests)`, which
-    splits the requests into shards (`split_shards`) and puts each shard's answers back with `_gather`."""
+class ReplicaPool(ModelBackend):
+    """A pool of replicas behind the ModelBackend contract: each request kind goes to `_run(kind, requests)`,
+    which splits the requests into shards (`split_shards`) and puts each shard's answers back with `_gather`.
+    What needs the model itself (perplexity windows, the tokenizer, truncation checks) goes to `local`, the
+    parent's own backend over the same weights."""
 
-    stats: Any
-    last_truncated: list[int]  # as Engine.last_truncated: positions, in the last call's requests, that were cut
+    local: ModelBackend | None = None
+    batch_size: BatchSize = "auto"
 
     def _run(self, kind: str, requests: list) -> list:
         raise NotImplementedError
+
+    def _local(self) -> ModelBackend:
+        if self.local is None:
+            raise RuntimeError("this worker pool was built without the parent's backend")
+        return self.local
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._local().tokenizer
+
+    def window_losses(self, request: WindowLossRequest) -> list[float]:
+        return self._local().window_losses(request)
+
+    def truncates(self, kind: str, request: Request) -> bool:
+        return self._local().truncates(kind, request)
+
+    def release(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the replicas."""
 
     def _gather(self, out: list, shard: list[int], answers: list, did: dict) -> None:
         """Place one shard's answers (shard: their positions in `out`) and fold in what its engine did."""
@@ -52,27 +78,27 @@ class ReplicaPool:
             self.stats.batch_sizes[k] = min(self.stats.batch_sizes.get(k, v), v)
         self.stats.truncated += len(did["truncated_ids"])
 
-    def score(self, requests: list) -> list:
+    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]:
         return self._run("score", requests)
 
-    def score_rolling(self, requests: list) -> list:
+    def score_rolling(self, requests: list[RollingRequest]) -> list[float]:
         return self._run("score_rolling", requests)
 
-    def generate(self, requests: list) -> list:
+    def generate(self, requests: list[GenerateRequest]) -> list[str]:
         return self._run("generate", requests)
 
 
-def build_engine(spec: ReplicaSpec) -> Any:
-    from accbench.evaluate.engine import Engine
+def build_engine(spec: ReplicaSpec) -> ModelBackend:
+    from accbench.evaluate.backends import create_backend
     from accbench.models import load_model
 
     placement = "device_map" if len(spec.gpus) > 1 and spec.placement == "single" else spec.placement
     loaded = load_model(spec.model_path, spec.dtype, spec.trust_remote_code, spec.tokenizer_path, spec.device,
                         placement, max(1, len(spec.gpus)))
-    return Engine(loaded.model, loaded.tokenizer, loaded.device)
+    return create_backend(loaded)
 
 
-def answer(engine: Any, kind: str, requests: list, batch_size: int | str) -> tuple[list, dict]:
+def answer(engine: ModelBackend, kind: str, requests: list, batch_size: BatchSize) -> tuple[list, dict]:
     """Run one shard; returns the answers and what the engine did (batch sizes, truncations)."""
     if os.environ.get(FAIL_ALWAYS_ENV):
         os._exit(17)
@@ -82,7 +108,7 @@ def answer(engine: Any, kind: str, requests: list, batch_size: int | str) -> tup
         os._exit(17)
     engine.batch_size = batch_size
     engine.stats.batch_sizes.clear()
-    out = getattr(engine, kind)(requests)
+    out = engine.answer(kind, requests)
     return out, {"batch_sizes": dict(engine.stats.batch_sizes), "truncated_ids": list(engine.last_truncated)}
 
 

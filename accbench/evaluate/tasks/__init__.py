@@ -1,28 +1,23 @@
 """Downstream tasks of the native engine, one file each, dispatched by the config's `type`.
 
-A task turns its documents into requests, asks an `Answerer` (the engine; the engine behind the
-per-sample store; the store alone when rescoring; a pool of workers) and turns the answers into a
-`TaskResult` with per-sample scores, so two models can be compared pairwise on the same samples.
+A task turns its documents into requests, asks an `Answerer` (a model backend, evaluate/backends; the
+request pool's client behind the per-sample store; the store alone when rescoring) and turns the answers
+into a `TaskResult` with per-sample scores, so two models can be compared pairwise on the same samples.
+A new task type is one file here (`check(cfg)`, `run(cfg, answerer)`) plus one line in `_modules`, and its
+config class in config_tasks.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest, TaskResult
+from accbench.evaluate.requests import Answerer, TaskResult
 
-
-class Answerer(Protocol):
-    """What a task needs to get answers; `Engine` is one."""
-
-    def score(self, requests: list[ScoreRequest]) -> list[tuple[float, bool]]: ...
-
-    def score_rolling(self, requests: list[RollingRequest]) -> list[float]: ...
-
-    def generate(self, requests: list[GenerateRequest]) -> list[str]: ...
+if TYPE_CHECKING:
+    from accbench.config_tasks import HumanEvalTask, MTBenchTask, TaskCfg
 
 
 TaskFn = Callable[[Any, Answerer], TaskResult]
@@ -72,13 +67,13 @@ class TaskContext:
     baseline: str = ""  # the baseline model's position (MT-bench pairwise judging reads its answers)
 
 
-def _run_humaneval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+def _run_humaneval(cfg: "HumanEvalTask", answerer: Answerer, ctx: TaskContext) -> TaskResult:
     from accbench.evaluate.tasks.humaneval import evaluate_humaneval
 
     return evaluate_humaneval(cfg, answerer.generate, ctx.tokenizer)
 
 
-def _run_mtbench(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+def _run_mtbench(cfg: "MTBenchTask", answerer: Answerer, ctx: TaskContext) -> TaskResult:
     from accbench.evaluate.tasks.mtbench import evaluate_mtbench
 
     if ctx.work_dir is None:
@@ -104,7 +99,7 @@ CONTEXT_TASKS: dict[str, Callable[[Any, Answerer, TaskContext], TaskResult]] = {
 }
 
 
-def run_task(cfg: Any, answerer: Answerer, ctx: TaskContext | None = None) -> TaskResult:
+def run_task(cfg: "TaskCfg", answerer: Answerer, ctx: TaskContext | None = None) -> TaskResult:
     """Evaluate one task config (MultipleChoiceTask, GenerateTask, HumanEvalTask, ...) with `answerer`."""
     if cfg.type in CONTEXT_TASKS:
         return CONTEXT_TASKS[cfg.type](cfg, answerer, ctx or TaskContext())

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from accbench.errors import AccbenchError, DataError
-from accbench.evaluate.generation import cut_at_stop
-from accbench.evaluate.requests import GenerateRequest, TaskResult
+from accbench.evaluate.requests import Answerer, GenerateRequest, TaskResult, cut_at_stop
 from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+
+if TYPE_CHECKING:
+    from accbench.config import GenerateTask
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -28,7 +30,7 @@ class Item:
     targets: tuple[str, ...]
 
 
-def load_items(cfg: Any) -> list[Item]:
+def load_items(cfg: "GenerateTask") -> list[Item]:
     out = []
     for line, doc in read_jsonl(cfg.path, cfg.name):
         where = f"{cfg.path}:{line}"
@@ -42,7 +44,7 @@ def load_items(cfg: Any) -> list[Item]:
     return apply_limit(out, cfg.limit)
 
 
-def normalize(text: str, cfg: Any) -> str:
+def normalize(text: str, cfg: "GenerateTask") -> str:
     if cfg.ignore_case:
         text = text.lower()
     if cfg.ignore_punctuation:
@@ -59,7 +61,7 @@ def extract(output: str, pattern: str | None) -> str | None:
     return m.group(1) if m.re.groups else m.group(0)
 
 
-def score_output(output: str, targets: tuple[str, ...], cfg: Any) -> float:
+def score_output(output: str, targets: tuple[str, ...], cfg: "GenerateTask") -> float:
     if cfg.metric == "regex":
         flags = re.IGNORECASE if cfg.ignore_case else 0
         return float(any(re.search(t, output, flags) for t in targets))
@@ -72,7 +74,7 @@ def score_output(output: str, targets: tuple[str, ...], cfg: Any) -> float:
     return float(any(normalize(t, cfg) == a for t in targets))
 
 
-def build_requests(cfg: Any, items: list[Item]) -> list[GenerateRequest]:
+def build_requests(cfg: "GenerateTask", items: list[Item]) -> list[GenerateRequest]:
     if cfg.chat_template:
         raise AccbenchError(f"task '{cfg.name}': chat_template is not supported by the generate task yet",
                             "set chat_template: false and put the formatted prompt in the data")
@@ -87,7 +89,7 @@ def build_requests(cfg: Any, items: list[Item]) -> list[GenerateRequest]:
             for i, it in enumerate(items)]
 
 
-def compute_metrics(cfg: Any, items: list[Item], outputs: list[str]) -> TaskResult:
+def compute_metrics(cfg: "GenerateTask", items: list[Item], outputs: list[str]) -> TaskResult:
     outputs = [cut_at_stop(o, cfg.stop)[0] for o in outputs]  # answerers other than the engine may not cut
     per = {it.id: score_output(out, it.targets, cfg) for it, out in zip(items, outputs)}
     texts = {}
@@ -101,10 +103,10 @@ def compute_metrics(cfg: Any, items: list[Item], outputs: list[str]) -> TaskResu
                       extra={"examples": [{"id": it.id, "output": o} for it, o in list(zip(items, outputs))[:3]]})
 
 
-def check(cfg: Any) -> None:
+def check(cfg: "GenerateTask") -> None:
     build_requests(cfg, load_items(cfg))
 
 
-def run(cfg: Any, answerer: Any) -> TaskResult:
+def run(cfg: "GenerateTask", answerer: Answerer) -> TaskResult:
     items = load_items(cfg)
     return compute_metrics(cfg, items, answerer.generate(build_requests(cfg, items)))

@@ -10,10 +10,13 @@ from __future__ import annotations
 import difflib
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import TaskResult
+from accbench.evaluate.requests import Answerer, TaskResult
+
+if TYPE_CHECKING:
+    from accbench.config import LmEvalTask
 
 BOOTSTRAP_ITERS = 1000  # only for metrics without a closed-form standard error
 
@@ -22,7 +25,7 @@ BOOTSTRAP_ITERS = 1000  # only for metrics without a closed-form standard error
 def task_manager(include_path: str | None, name: str | None = None) -> Any:
     """lm-eval's task index; with include_path, only the local YAMLs when they define `name` (indexing
     lm-eval's thousands of built-in tasks takes tens of seconds)."""
-    from accbench.backends.lm_eval import import_lm_eval
+    from accbench.integrations.lm_eval import import_lm_eval
 
     import_lm_eval()
     import logging
@@ -53,14 +56,14 @@ def _metric_name(key: str) -> str:
     return metric if flt in ("", "none") else key
 
 
-def _checked(cfg: Any) -> Any:
+def _checked(cfg: "LmEvalTask") -> Any:
     name = cfg.task or cfg.name
     tm = task_manager(cfg.include_path, name)
     check_task_name(name, tm)
     return tm
 
 
-def check(cfg: Any) -> Any:
+def check(cfg: "LmEvalTask") -> Any:
     """lm-eval installed, include_path present, the task known and its dataset loadable (downloaded now, before
     any model loads, into the datasets cache the run then reads); returns the task index."""
     tm = _checked(cfg)
@@ -119,13 +122,13 @@ def _is_unreachable(exc: BaseException) -> bool:
     return False
 
 
-def run(cfg: Any, answerer: Any, tokenizer: Any = None) -> TaskResult:
+def run(cfg: "LmEvalTask", answerer: Answerer, tokenizer: Any = None) -> TaskResult:
     """Run the lm-eval task on `answerer`; with `chat_template: true`, prompts go through `tokenizer`'s chat
     template, as lm-eval's --apply_chat_template does."""
     tm = _checked(cfg)
     from lm_eval.evaluator import simple_evaluate
 
-    from accbench.backends.lm_eval import make_lm
+    from accbench.integrations.lm_eval import make_lm
 
     if cfg.chat_template and getattr(tokenizer, "chat_template", None) is None:
         raise AccbenchError(f"task '{cfg.name}': chat_template is set but the model's tokenizer has no chat template",

@@ -8,11 +8,14 @@ log-likelihood by the choice's character length (without the delimiter), as lm-e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from accbench.errors import DataError
-from accbench.evaluate.requests import ScoreRequest, TaskResult
+from accbench.evaluate.requests import Answerer, ScoreRequest, TaskResult
 from accbench.evaluate.tasks.common import apply_limit, fewshot_prefix, field, mean_stderr, read_jsonl, sample_id
+
+if TYPE_CHECKING:
+    from accbench.config import MultipleChoiceTask
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Question:
     label: int
 
 
-def load_questions(cfg: Any) -> list[Question]:
+def load_questions(cfg: "MultipleChoiceTask") -> list[Question]:
     """Read and check the task's documents (the first `limit` of them)."""
     rows = read_jsonl(cfg.path, cfg.name)
     out, seen = [], set()
@@ -57,7 +60,7 @@ def load_questions(cfg: Any) -> list[Question]:
     return apply_limit(out, cfg.limit)
 
 
-def build_requests(cfg: Any, questions: list[Question]) -> list[ScoreRequest]:
+def build_requests(cfg: "MultipleChoiceTask", questions: list[Question]) -> list[ScoreRequest]:
     shots = [q.context + cfg.target_delimiter + q.choices[q.label] for q in questions]
     reqs = []
     for i, q in enumerate(questions):
@@ -70,7 +73,7 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first, as numpy's argmax
 
 
-def compute_metrics(cfg: Any, questions: list[Question], answers: list[tuple[float, bool]]) -> TaskResult:
+def compute_metrics(cfg: "MultipleChoiceTask", questions: list[Question], answers: list[tuple[float, bool]]) -> TaskResult:
     acc, acc_norm, texts, k = {}, {}, {}, 0
     for q in questions:
         lls = [a[0] for a in answers[k : k + len(q.choices)]]
@@ -88,10 +91,10 @@ def compute_metrics(cfg: Any, questions: list[Question], answers: list[tuple[flo
                       n=n, per_sample={"acc": acc, "acc_norm": acc_norm}, samples=texts)
 
 
-def check(cfg: Any) -> None:
+def check(cfg: "MultipleChoiceTask") -> None:
     load_questions(cfg)
 
 
-def run(cfg: Any, answerer: Any) -> TaskResult:
+def run(cfg: "MultipleChoiceTask", answerer: Answerer) -> TaskResult:
     questions = load_questions(cfg)
     return compute_metrics(cfg, questions, answerer.score(build_requests(cfg, questions)))

@@ -1,4 +1,4 @@
-"""Batched decoding for the engine's `generate`: left padding, explicit masks and positions, stop strings.
+"""Batched decoding for the HF backend's `generate`: left padding, explicit masks and positions, stop strings.
 
 Prompts are tokenized as lm-eval does (left-truncated to max_length - max_new_tokens), sorted by length
 and decoded in batches. Each row's position ids count only its real tokens, so a prompt's tokens see
@@ -11,24 +11,37 @@ Face generate's warpers do.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest
-
-if TYPE_CHECKING:
-    from accbench.evaluate.engine import Engine
+from accbench.evaluate.backends.base import BackendStats
+from accbench.evaluate.backends.batching import run_in_batches
+from accbench.evaluate.requests import GenerateRequest, cut_at_stop
 
 log = logging.getLogger("accbench.engine")
 
 
-def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
-    """`text` up to the earliest stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+class Decoder(Protocol):
+    """What decoding needs of the HF backend (hf.py implements it; this module does not import it)."""
+
+    model: Any
+    device: str
+    max_length: int
+    prefix_token_id: int | None
+    stats: BackendStats
+    last_truncated: list[int]
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]: ...
+
+    def choose_batch_size(self, kind: str, longest: int) -> int: ...
+
+    def logits_last(self, ids: Any, mask: Any, pos: Any, cache: Any) -> tuple[Any, Any]: ...
 
 
-def _eos_ids(engine: "Engine") -> set[int]:
+def _eos_ids(engine: Decoder) -> set[int]:
     ids = {engine.tokenizer.eos_token_id}
     gen_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
     ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -52,7 +65,7 @@ def _next_token(logits: Any, req: GenerateRequest, gen: Any) -> int:
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
 
-def generate_batched(engine: "Engine", requests: list[GenerateRequest]) -> list[str]:
+def generate_batched(engine: Decoder, requests: list[GenerateRequest]) -> list[str]:
     """Generate for every request; returns texts in request order."""
     encoded: list[list[int]] = []
     for i, r in enumerate(requests):
@@ -68,32 +81,19 @@ def generate_batched(engine: "Engine", requests: list[GenerateRequest]) -> list[
         encoded.append(ids)
     order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
     out: list[str | None] = [None] * len(requests)
-    bs = _batch_size(engine, max((len(e) + r.max_new_tokens for e, r in zip(encoded, requests)), default=1))
+    bs = engine.choose_batch_size("generate", max((len(e) + r.max_new_tokens for e, r in zip(encoded, requests)),
+                                                   default=1))
     def generate_chunk(idx: list[int], _bs: int) -> None:
         texts = _generate_batch(engine, [requests[i] for i in idx], [encoded[i] for i in idx])
         for i, t in zip(idx, texts):
             out[i] = t
-
-    from accbench.evaluate.engine import run_in_batches
 
     bs = run_in_batches(order, bs, generate_chunk, "generating")
     engine.stats.batch_sizes["generate"] = min(engine.stats.batch_sizes.get("generate", bs), bs)
     return out  # type: ignore[return-value]
 
 
-def _batch_size(engine: "Engine", longest: int) -> int:
-    from accbench.evaluate.engine import CPU_TOKEN_BUDGET
-
-    if engine.batch_size != "auto":
-        return int(engine.batch_size)
-    if "generate" in engine.stats.batch_sizes:
-        return engine.stats.batch_sizes["generate"]
-    if not engine.device.startswith("cuda"):
-        return max(1, min(engine.max_batch_size, CPU_TOKEN_BUDGET // max(longest, 1)))
-    return engine.probe_batch_size(longest)
-
-
-def _generate_batch(engine: "Engine", reqs: list[GenerateRequest], encoded: list[list[int]]) -> list[str]:
+def _generate_batch(engine: Decoder, reqs: list[GenerateRequest], encoded: list[list[int]]) -> list[str]:
     import torch
 
     dev, tok = engine.device, engine.tokenizer

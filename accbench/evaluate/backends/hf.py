@@ -1,4 +1,5 @@
-"""The request engine: answers score, score_rolling and generate requests on an in-memory model.
+"""The Hugging Face backend (`ModelBackend`, backends/base.py): answers score, score_rolling and generate
+requests on an in-memory transformers model.
 
 Tokenization follows lm-eval's HFLM exactly (trailing context whitespace moved to the continuation,
 context encoded alone and the continuation taken from the whole text's tokens, empty context -> the
@@ -18,30 +19,24 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from accbench.errors import AccbenchError
+from accbench.errors import AccbenchError, DataError
+from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
+from accbench.evaluate.backends.batching import initial_batch_size, probe_batch_size, run_in_batches
+from accbench.evaluate.backends.hf_generate import generate_batched
 from accbench.evaluate.perplexity import _can_split_head
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
+from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
+
+if TYPE_CHECKING:
+    from accbench.models import LoadedModel
 
 log = logging.getLogger("accbench.engine")
 
 DEFAULT_MAX_LENGTH = 2048
 TOKENIZER_INFINITY = 1000000000000000019884624838656
-CPU_TOKEN_BUDGET = 8192  # tokens per forward on CPU with batch_size=auto: larger batches stop paying off
 
 Tokens = list[int]
-
-
-@dataclass
-class EngineStats:
-    """What the engine did, for results.json: batch sizes used per request kind, truncations, counts."""
-
-    batch_sizes: dict[str, int] = field(default_factory=dict)
-    truncated: int = 0  # requests whose context was cut from the left to fit the model window
-    requests: dict[str, int] = field(default_factory=dict)
-    forward_tokens: int = 0  # tokens actually run through the model (after context sharing)
 
 
 def resolve_max_length(model: Any, tokenizer: Any) -> int:
@@ -57,23 +52,31 @@ def resolve_max_length(model: Any, tokenizer: Any) -> int:
     return DEFAULT_MAX_LENGTH
 
 
-class Engine:
-    """Batched scoring and generation on one in-memory causal LM."""
+class HFBackend(ModelBackend):
+    """Batched scoring and generation on one in-memory causal LM (the `ModelBackend` contract)."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", batch_size: int | str = "auto",
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", batch_size: BatchSize = "auto",
                  max_length: int | None = None, add_bos_token: bool | None = None, max_batch_size: int = 64):
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise AccbenchError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-        self.model, self.tokenizer, self.device = model, tokenizer, str(device)
+        self.model, self._tokenizer, self.device = model, tokenizer, str(device)
         self.batch_size, self.max_batch_size = batch_size, max_batch_size
         self.max_length = max_length or resolve_max_length(model, tokenizer)
         self.add_bos_token = add_bos_token
         self.split_head = _can_split_head(model)
-        self.stats = EngineStats()
+        self.stats = BackendStats()
         self.last_truncated: list[int] = []  # positions, in the last call's requests, whose context was cut
         bos = tokenizer.bos_token_id
         self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
         self._prefix_str = tokenizer.decode(self.prefix_token_id) if self.prefix_token_id is not None else None
+
+    @classmethod
+    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto") -> "HFBackend":
+        return cls(loaded.model, loaded.tokenizer, loaded.device, batch_size)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
 
     # ------------------------------------------------------------------ tokenization (lm-eval's rules)
 
@@ -142,14 +145,24 @@ class Engine:
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Continuations of each context, cut at the first stop string (EOS also stops)."""
-        from accbench.evaluate.generation import generate_batched
-
         self._count("generate", len(requests))
         return generate_batched(self, list(requests))
 
-    def truncates(self, kind: str, request: Any) -> bool:
-        """Whether answering `request` cuts its context from the left (to count answers reused from a store;
-        requests it answers are reported in `last_truncated` without tokenizing twice)."""
+    def window_losses(self, request: WindowLossRequest) -> list[float]:
+        from accbench.data.text import load_texts, ppl_token_stream
+        from accbench.evaluate.perplexity import perplexity
+
+        texts = load_texts("custom", request.path)
+        stream = ppl_token_stream("custom", texts, self.tokenizer, request.seq_len)
+        try:
+            res = perplexity(self.model, stream, request.seq_len, request.bs, self.device, max_windows=request.limit,
+                             desc=f"ppl {request.name}")
+        except ValueError as exc:
+            raise DataError(f"task '{request.name}': {exc}", "use a longer text or a smaller seq_len") from None
+        return res.window_losses
+
+    def truncates(self, kind: str, request: Request) -> bool:
+        # requests it answers are reported in `last_truncated` without tokenizing twice
         if kind == "score":
             ctx, cont = self.encode_pair(request.context, request.continuation)
             return len(ctx) + len(cont) > self.max_length + 1
@@ -182,7 +195,8 @@ class Engine:
             for i, res in self._score_groups(chunk, bs):
                 results[i] = res
 
-        bs = run_in_batches(order, self._initial_batch_size(kind, order), score_chunk, "scoring")
+        longest = len(order[0][0]) + max(len(c) for _, c in order[0][1]) if order else 0
+        bs = run_in_batches(order, self.choose_batch_size(kind, longest), score_chunk, "scoring")
         self.stats.batch_sizes[kind] = min(self.stats.batch_sizes.get(kind, bs), bs)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
@@ -286,36 +300,24 @@ class Engine:
 
     # ------------------------------------------------------------------ batch sizes
 
-    def _initial_batch_size(self, kind: str, order: list) -> int:
-        if self.batch_size != "auto":
-            return int(self.batch_size)
-        if kind in self.stats.batch_sizes:
-            return self.stats.batch_sizes[kind]
-        if not order:
-            return 1
-        longest = len(order[0][0]) + max(len(c) for _, c in order[0][1])
-        if not self.device.startswith("cuda"):
-            return max(1, min(self.max_batch_size, CPU_TOKEN_BUDGET // max(longest, 1)))
-        return self.probe_batch_size(longest)
+    def choose_batch_size(self, kind: str, longest: int) -> int:
+        """The batch size to start a pass of `kind` whose longest row has `longest` tokens (batching.py)."""
+        return initial_batch_size(self.batch_size, self.stats.batch_sizes.get(kind), self.device, longest,
+                                  self.max_batch_size, self.probe_batch_size)
 
     def probe_batch_size(self, length: int) -> int:
         """Largest batch (from max_batch_size, halving) whose forward at `length` tokens fits in memory."""
         import torch
 
-        bs = self.max_batch_size
         length = min(length, self.max_length)
-        while True:
-            try:
-                with torch.inference_mode():
-                    ids = torch.zeros(bs, length, dtype=torch.long, device=self.device)
-                    states, _ = self._forward(ids, None, None, None)
-                    self._log_softmax(states[:, -1])
-                return bs
-            except Exception as exc:
-                if not _is_oom(exc) or bs == 1:
-                    raise
-                bs //= 2
-                _empty_cache()
+
+        def try_forward(bs: int) -> None:
+            with torch.inference_mode():
+                ids = torch.zeros(bs, length, dtype=torch.long, device=self.device)
+                states, _ = self._forward(ids, None, None, None)
+                self._log_softmax(states[:, -1])
+
+        return probe_batch_size(try_forward, self.max_batch_size)
 
     def _count(self, kind: str, n: int) -> None:
         """Book a public call of `n` requests (and start its list of truncated requests)."""
@@ -329,38 +331,6 @@ def _select_cache_rows(cache: Any, rows: Any) -> Any:
     new.layers = [copy.copy(layer) for layer in cache.layers]
     new.batch_select_indices(rows)  # indexing makes new tensors on the copied layers
     return new
-
-
-def run_in_batches(items: list, bs: int, run: Callable[[list, int], None], what: str) -> int:
-    """Call `run(chunk, bs)` over `items` in chunks of `bs`, halving `bs` and retrying the chunk on out-of-memory;
-    return the batch size that held."""
-    start = 0
-    while start < len(items):
-        chunk = items[start : start + bs]
-        try:
-            run(chunk, bs)
-        except Exception as exc:
-            if not _is_oom(exc) or bs == 1:
-                raise
-            bs //= 2
-            log.warning("out of memory while %s; batch size -> %d", what, bs)
-            _empty_cache()
-            continue
-        start += len(chunk)
-    return bs
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _empty_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def cache_kwarg(model: Any) -> str:

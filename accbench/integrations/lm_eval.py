@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from accbench.errors import AccbenchError
-from accbench.evaluate.requests import GenerateRequest, RollingRequest, ScoreRequest
+from accbench.evaluate.requests import Answerer, GenerateRequest, RollingRequest, ScoreRequest
 
 
 def import_lm_eval() -> Any:
@@ -38,9 +38,10 @@ def _sample_id(instance: Any) -> str:
     return f"{instance.task_name}/{instance.doc_id}"
 
 
-def make_lm(answerer: Any, chat_tokenizer: Any = None) -> Any:
-    """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (an Engine or a wrapper);
-    with `chat_tokenizer`, lm-eval's --apply_chat_template renders prompts with that tokenizer's template."""
+def make_lm(answerer: Answerer, chat_tokenizer: Any = None) -> Any:
+    """An `lm_eval.api.model.LM` whose three request kinds are answered by `answerer` (a model backend, or the
+    per-sample store in front of one); with `chat_tokenizer`, lm-eval's --apply_chat_template renders prompts
+    with that tokenizer's template."""
     import_lm_eval()
     from lm_eval.api.model import LM
 
@@ -60,8 +61,8 @@ def make_lm(answerer: Any, chat_tokenizer: Any = None) -> Any:
 
         @property
         def tokenizer_name(self) -> str:
-            engine = getattr(self.answerer, "engine", self.answerer)
-            return getattr(getattr(engine, "tokenizer", None), "name_or_path", "accbench").replace("/", "__")
+            tok = self.answerer.tokenizer
+            return (tok.name_or_path if tok is not None else "accbench").replace("/", "__")
 
         def chat_template(self, chat_template: bool | str = False) -> str | None:
             return getattr(chat_tokenizer, "chat_template", None) if chat_template else None

@@ -1,0 +1,30 @@
+"""Model backends: what answers requests on a model, all behind the one contract of base.py (`ModelBackend`).
+
+hf.py is the in-process Hugging Face backend. A new backend is one file here implementing `ModelBackend`
+plus one line in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
+
+if TYPE_CHECKING:
+    from accbench.models import LoadedModel
+
+__all__ = ["BACKENDS", "BackendStats", "BatchSize", "ModelBackend", "create_backend"]
+
+
+def _hf() -> type[ModelBackend]:
+    from accbench.evaluate.backends.hf import HFBackend
+
+    return HFBackend
+
+
+BACKENDS = {"hf": _hf}  # name -> the class (imported when asked for: backends pull in torch)
+
+
+def create_backend(loaded: "LoadedModel", batch_size: BatchSize = "auto", name: str = "hf") -> ModelBackend:
+    """The backend `name` over the model as it is at one position."""
+    return BACKENDS[name]().create(loaded, batch_size)

@@ -1,0 +1,292 @@
+"""llmc's config surface, feature by feature: what accbench runs, what it accepts as a no-op, what it refuses.
+
+Every key and value llmc's own configs use (ModelTC/llmc `configs/quantization/` and
+`configs/sparsification/`) is in `FEATURES`, so that such a key is never reported as unknown or given a typo
+suggestion. `llmc_problems` runs before the config's pydantic validation: a feature not supported yet and
+switched on gives the problem "llmc's X is not supported yet" at its YAML line, and the key is taken out (with
+a neutral stand-in where a section needs it) so that the rest of the config is still checked; a feature set
+off (`save_vllm: False`) or one that changes nothing accbench computes (`need_pack`) is taken out silently.
+docs/config.md holds the table `feature_table()` renders; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from accbench.errors import ConfigProblem
+
+Path_ = tuple  # a key path: str keys and int list indices
+
+
+def _on(v: Any) -> bool:
+    return v not in (False, None, 0, "", [], {})
+
+
+def _always(v: Any) -> bool:
+    return True
+
+
+
+def _not_in(*allowed: Any) -> Callable[[Any], bool]:
+    return lambda v: v not in allowed
+
+
+def _in(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: v in values
+
+
+def _any_in(*values: str) -> Callable[[Any], bool]:
+    return lambda v: any(x in values for x in (v if isinstance(v, list) else [v]))
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One llmc feature: the keys that ask for it, when they do (`when(value)`), and accbench's status.
+
+    status: "supported" (accbench acts on it; the key stays for the config model), "no-op" (accepted and taken
+    out: it changes nothing accbench computes), "not yet" (refused when `when` holds; accepted when off).
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    status: str = "not yet"
+    when: Callable[[Any], bool] = _on
+    note: str = ""
+
+
+VLM_TYPES = ("Llava", "Llava OneVision", "Qwen2VL", "Qwen2_5VL", "InternVL2", "InternOmni", "Qwen2Audio", "Vit",
+             "Mllama", "LlavaHf", "Videollava", "Gemma3", "DeepseekVL2")
+VIDEO_TYPES = ("WanI2V", "WanT2V", "Wan2T2V")
+VIDEO_KEYS = ("num_frames", "target_height", "target_width", "guidance_scale", "output_video_path", "sample_steps")
+REAL_QUANT_EXPORTS = ("save_vllm", "save_sgl", "save_autoawq", "save_autogptq", "save_mlcllm", "save_lightllm",
+                      "save_trtllm", "save_lightx2v")
+
+FEATURES: tuple[Feature, ...] = (
+    # ------------------------------------------------------------------ supported
+    Feature("RTN, AWQ, GPTQ and SmoothQuant (quant.method)", ("quant.method",), "supported"),
+    Feature("integer weight quantization: bit 2-8, symmetric, per_tensor/per_channel/per_group, calib_algo minmax/mse",
+            ("quant.weight",), "supported"),
+    Feature("integer activation quantization: per_token/per_tensor, dynamic or static (minmax)", ("quant.act",),
+            "supported"),
+    Feature("activation calibration minmax (quant.act.calib_algo: minmax)", ("quant.act.calib_algo",), "no-op",
+            _in("minmax"), "minmax is how static ranges are calibrated"),
+    Feature("perplexity evaluation (eval.type: ppl)", ("eval.type",), "no-op", _in("ppl"), "llmc's default"),
+    Feature("eval positions pretrain, transformed, fake_quant", ("eval.eval_pos",), "supported"),
+    Feature("eval.num_samples, eval.inference_per_block, eval.eval_token_consist", ("eval.num_samples",),
+            "supported"),
+    Feature("calibration preprocessing wikitext2_gptq, c4_gptq, ptb_gptq, pileval_awq, pileval_smooth, "
+            "pileval_omni, random_truncate_txt, txt_general_preproc, original_txt", ("calib.preproc",), "supported"),
+    Feature("save_trans / save_fake (folders transformed_model, fake_quant_model under save_path)",
+            ("save.save_trans", "save.save_fake"), "supported"),
+    Feature("base.seed", ("base.seed",), "supported"),
+    Feature("ignored layers kept in high precision (ignored_layers: block_ids, layer_names, speical_names)",
+            ("ignored_layers",), "supported"),
+    Feature("per_block weights (granularity: per_block, block_size; symmetric; RTN and SmoothQuant)",
+            ("quant.weight.block_size",), "supported"),
+    Feature("FP8 weights and activations (quant_type: float-quant, bit: e4m3 / e5m2; RTN, AWQ, SmoothQuant)",
+            ("quant.weight.quant_type", "quant.act.quant_type"), "supported"),
+    Feature("a list of eval datasets (eval.name: [wikitext2, c4], each read from path/<name>)", ("eval.name",),
+            "supported"),
+    Feature("model.type of a text model (architecture read from config.json)", ("model.type",), "no-op",
+            lambda v: v not in VLM_TYPES + VIDEO_TYPES + ("DeepseekV3",)),
+    Feature("torch_dtype written as torch.<dtype>", ("model.torch_dtype",), "supported",
+            _in("torch.bfloat16", "torch.float16", "torch.float32")),
+    Feature("straight-through estimator (ste)", ("quant.weight.ste", "quant.act.ste"), "no-op", _always,
+            "changes gradients only; fake-quantized values are the same"),
+    Feature("real-quant packing options (need_pack, pack_version, pack_mode)",
+            ("quant.weight.need_pack", "quant.weight.pack_version", "quant.weight.pack_mode"), "no-op", _always,
+            "used only by the real-quant exports"),
+    Feature("qmax_to_tensor", ("quant.weight.qmax_to_tensor", "quant.act.qmax_to_tensor"), "no-op", _always,
+            "llmc's code at the configs' commit does not read it"),
+    Feature("qtorch for float formats (use_qtorch)", ("quant.weight.use_qtorch", "quant.act.use_qtorch"), "no-op",
+            _always, "an implementation choice of llmc"),
+    Feature("llmc's catcher offload (model.use_cpu_to_save_cuda_mem_for_catcher)",
+            ("model.use_cpu_to_save_cuda_mem_for_catcher",), "no-op", _always,
+            "blockwise calibration keeps blocks on CPU anyway"),
+    Feature("real-quant exports set off (save_vllm: False, ...)", tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS),
+            "no-op", lambda v: not _on(v)),
+    Feature("save.save_fp: False", ("save.save_fp",), "no-op", lambda v: not _on(v)),
+    Feature("quant_objects: [language]", ("quant.quant_objects",), "no-op", _in(["language"])),
+    # ------------------------------------------------------------------ not supported yet
+    Feature("vision-language and audio models", ("model.type",), when=_in(*VLM_TYPES)),
+    Feature("video generation models", ("model.type",), when=_in(*VIDEO_TYPES)),
+    Feature("DeepSeek-V3 MoE-specific configs", ("model.type",), when=_in("DeepseekV3")),
+    Feature("loading FP8 checkpoints (torch_dtype: torch.float8_e4m3fn)", ("model.torch_dtype",),
+            when=_in("torch.float8_e4m3fn")),
+    Feature("LoRA weights (model.lora_path)", ("model.lora_path",)),
+    Feature("sparsification (sparse)", ("sparse",)),
+    Feature("token reduction", ("token_reduction", "quant.language.token_reduction")),
+    Feature("multimodal quant objects (quant.quant_objects, quant.language/vision/video_gen)",
+            ("quant.quant_objects", "quant.language", "quant.vision", "quant.video_gen"),
+            when=lambda v: v != ["language"]),
+    Feature("KV-cache quantization (quant.kvcache)", ("quant.kvcache",)),
+    Feature("mixed precision (quant.mix_bits)", ("quant.mix_bits",),
+            note="llmc itself stopped reading mix_bits in b0bf39e (May 2025); its MixPrecision configs use "
+                 "ignored_layers"),
+    Feature("float quantization in quant.special (quant_type: float-quant)", ("quant.special.quant_type",),
+            when=_in("float-quant")),
+    Feature("small float formats (bit: e2m1, e3m2, ...)", ("quant.weight.bit", "quant.act.bit"),
+            when=lambda v: isinstance(v, str) and v not in ("e4m3", "e5m2")),
+    Feature("W4A8 two-level weights (bit: 48, bit4/bit8, w_1/w_2)",
+            ("quant.weight.bit4", "quant.weight.bit8", "quant.weight.w_1", "quant.weight.w_2")),
+    Feature("W4A8 two-level weights (bit: 48)", ("quant.weight.bit",), when=_in(48)),
+    Feature("per_group activation quantization", ("quant.act.granularity",), when=_in("per_group")),
+    Feature("activation group_size", ("quant.act.group_size",), when=_always),
+    Feature("int_range", ("quant.weight.int_range",), when=_always),
+    Feature("round_zp", ("quant.weight.round_zp",), when=_always),
+    Feature("learnable weight clipping (calib_algo: learnable)", ("quant.weight.calib_algo",),
+            when=_in("learnable")),
+    Feature("static histogram activation calibration (calib_algo: static_hist)", ("quant.act.calib_algo",),
+            when=_not_in("minmax")),
+    Feature("eval types other than ppl (decode_ppl, token_acc, acc, generate_only, vqa, video_gen)",
+            ("eval.type",), when=_not_in("ppl")),
+    Feature("eval positions without KV quantization (*_wo_kv)", ("eval.eval_pos",),
+            when=_any_in("fake_quant_wo_kv", "transformed_wo_kv", "pretrain_wo_kv")),
+    Feature("lm-eval tasks in the eval section (eval.tasks)", ("eval.tasks",)),
+    Feature("generation eval options (eval.max_new_tokens, eval.apply_chat_template)",
+            ("eval.max_new_tokens", "eval.apply_chat_template")),
+    Feature("video generation options", tuple(f"{s}.{k}" for s in ("eval", "calib") for k in VIDEO_KEYS),
+            when=_always),
+    Feature("chat calibration data (apply_chat_template, padding, add_answer)",
+            ("calib.apply_chat_template", "calib.padding", "calib.add_answer")),
+    Feature("multimodal calibration data (calib.type)", ("calib.type",), when=_always),
+    Feature("calibration preprocessing ultrachat_general / vlm_general / img_general", ("calib.preproc",),
+            when=_in("ultrachat_general", "vlm_general", "img_general")),
+    Feature("real-quant exports (save_vllm, save_sgl, save_autoawq, save_autogptq, save_mlcllm, save_lightllm, "
+            "save_trtllm, save_lightx2v)", tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS) + ("save.trtllm_cfg",
+                                                                                         "save.tp_size")),
+    Feature("save_fp", ("save.save_fp",)),
+)
+
+# llmc's quantization methods (its registry); those accbench has not built are refused by name
+LLMC_METHODS = ("AdaDim", "Awq", "DGQ", "FP8", "GPTBRECQ", "GPTQ", "HQQ", "LlmInt8", "NormTweaking", "OmniQuant",
+                "OsPlus", "QUIK", "QuIP", "Quarot", "RTN", "SmoothQuant", "SpQR", "TesseraQ", "Tesseraq",
+                "KVQuant", "Kivi", "SlimPLM", "AWQ")
+
+# method options llmc defines (quant.special) that accbench's methods lack: refused by name when on
+LLMC_SPECIAL: dict[str, str] = {
+    "owq": "outlier-aware GPTQ (owq)", "n_outs": "outlier-aware GPTQ (n_outs)",
+    "online_rotate": "online Hadamard rotation (online_rotate)", "fp32_had": "online Hadamard rotation (fp32_had)",
+    "chunk_num": "chunked GPTQ (chunk_num)", "scale_path": "loading AWQ scales (scale_path)",
+    "clip_path": "loading AWQ clips (clip_path)", "load_clip": "loading clips (load_clip)",
+    "load_transform": "loading transforms (load_transform)", "save_mem": "AWQ's save_mem",
+    "quant_type": "float quantization (quant_type: float-quant)", "search_clip_init": "search_clip_init",
+    "search_scale_init": "search_scale_init",
+}
+# special keys that only matter to an option above, accepted when that option is off
+_FOLLOWS = {"fp32_had": "online_rotate", "n_outs": "owq"}
+
+
+def _entries(node: Any, parts: list[str], path: Path_) -> Iterator[tuple[Path_, Any]]:
+    """(path, value) of every key matching `parts`; list items (eval: [...]) are walked through."""
+    if isinstance(node, list) and path in (("eval",), ("calib",)):
+        for i, item in enumerate(node):
+            yield from _entries(item, parts, path + (i,))
+        return
+    if not parts:
+        yield path, node
+        return
+    if isinstance(node, dict) and parts[0] in node:
+        yield from _entries(node[parts[0]], parts[1:], path + (parts[0],))
+
+
+def _drop(data: dict, path: Path_) -> None:
+    node: Any = data
+    for p in path[:-1]:
+        node = node[p]
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def _set(data: dict, path: Path_, value: Any) -> None:
+    node: Any = data
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+
+
+def _copy(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy(v) for v in node]
+    return node
+
+
+def _problem(path: Path_, what: str, lines: dict, source: str | None, hint: str) -> ConfigProblem:
+    line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
+    return ConfigProblem(".".join(map(str, path)), f"llmc's {what} is not supported yet; {hint}", line, source)
+
+
+def llmc_problems(data: dict, built: list[str], lines: dict, source: str | None) -> tuple[list[ConfigProblem], dict]:
+    """The llmc features of `data` accbench does not support yet (one problem each), and a copy of `data`
+    with those and the accepted no-op keys taken out, for the config model to check the rest."""
+    data = _copy(data)
+    problems: list[ConfigProblem] = []
+    for f in FEATURES:
+        for key in f.keys:
+            for path, value in list(_entries(data, key.split("."), ())):
+                if not f.when(value):
+                    if f.status == "not yet" and f.when is _on:
+                        _drop(data, path)  # the feature set off asks for nothing
+                    continue
+                if f.status == "not yet":
+                    problems.append(_problem(path, f.name, lines, source, "remove it (or set it off)"))
+                    if path[-1] == "eval_pos":  # keep the positions accbench has
+                        _set(data, path, [p for p in value if not str(p).endswith("_wo_kv")])
+                    else:
+                        _drop(data, path)
+                    if path[-1] == "bit":  # the stand-in integer bit goes without float-quant
+                        _drop(data, path[:-1] + ("quant_type",))
+                elif f.status == "no-op":
+                    _drop(data, path)
+                elif key == "model.torch_dtype":
+                    data["model"]["torch_dtype"] = value.removeprefix("torch.")
+    problems += _method_problems(data, built, lines, source)
+    return problems, data
+
+
+def _method_problems(data: dict, built: list[str], lines: dict, source: str | None) -> list[ConfigProblem]:
+    if "quant" not in data and any(p[0] == "sparse" for p in lines):
+        data["quant"] = {"method": "RTN"}  # a stand-in for the refused sparse section (eval_pos transformed)
+    quant = data.get("quant")
+    if not isinstance(quant, dict):
+        return []
+    out = []
+    method = quant.get("method")
+    if isinstance(method, str) and method.lower() not in {b.lower() for b in built} \
+            and method.lower() in {m.lower() for m in LLMC_METHODS}:
+        out.append(_problem(("quant", "method"), f"{method} method", lines, source,
+                            f"accbench builds {', '.join(built)}"))
+        quant["method"] = "RTN"  # a stand-in so the rest of the config is still checked
+        quant.pop("special", None)
+    elif "method" not in quant:
+        quant["method"] = "RTN"  # the multimodal quant sections were refused above
+    special = quant.get("special")
+    if isinstance(special, dict):
+        for key, what in LLMC_SPECIAL.items():
+            if key not in special:
+                continue
+            follows = _FOLLOWS.get(key)
+            if _on(special[key]) and not (follows and not _on(special.get(follows))) and key != "quant_type":
+                out.append(_problem(("quant", "special", key), what, lines, source, "remove it (or set it off)"))
+            special.pop(key)
+    return out
+
+
+def feature_table() -> str:
+    """The markdown table of llmc features and their status in accbench (docs/config.md holds it)."""
+    rows = ["| llmc feature | keys | accbench |", "|---|---|---|"]
+    status = {"supported": "supported", "no-op": "accepted (changes nothing here)", "not yet": "not supported yet"}
+    for f in FEATURES:
+        note = f" ({f.note})" if f.note else ""
+        rows.append(f"| {f.name} | {', '.join(f'`{k}`' for k in f.keys)} | {status[f.status]}{note} |")
+    for key, what in LLMC_SPECIAL.items():
+        rows.append(f"| {what} | `quant.special.{key}` | not supported yet |")
+    rows.append(f"| llmc methods not built: {', '.join(m for m in LLMC_METHODS if m not in _BUILT_DOC)} "
+                "| `quant.method` | not supported yet |")
+    return "\n".join(rows) + "\n"
+
+
+_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant")

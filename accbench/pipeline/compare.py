@@ -1,0 +1,35 @@
+"""Stage: compare every position/variant with the baseline and evaluate the gates; then write the reports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from accbench.config import CompareCfg
+from accbench.pipeline.records import Record, timed
+from accbench.results import Results
+
+if TYPE_CHECKING:
+    from accbench.results import CompareBlock
+
+log = logging.getLogger("accbench")
+
+
+def compare_positions(results: Results, cfg: CompareCfg, record: Record) -> "CompareBlock":
+    """The compare block of results.json: comparisons with the baseline, gates, the exit code."""
+    from accbench.compare import run_comparison
+
+    with timed(record, "compare"):
+        block = run_comparison(results, cfg)
+    log.info("compare: baseline %s, %d comparisons, gates %s", block.baseline, len(block.comparisons),
+             "held" if block.all_held else "FAILED")
+    return block
+
+
+def write_run_reports(results: Results, run_dir: Path, record: Record) -> None:
+    """report.md, report.html and plots/ of a finished run (its compare block included)."""
+    from accbench.report.html import write_reports
+
+    with timed(record, "report"):
+        write_reports(results, run_dir)
