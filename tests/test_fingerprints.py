@@ -140,3 +140,21 @@ def test_a_changed_calibration_file_under_the_same_path_is_noticed(tmp_path, tin
     recomputed = _res(run)["resume"]["recomputed"]
     assert any(r.startswith("ppl fake_quant/custom") for r in recomputed)
     assert not any(r.startswith("ppl pretrain/custom") for r in recomputed)
+
+
+def test_a_stale_fidelity_entry_that_cannot_be_recomputed_leaves_results(tmp_path, tiny_model_dir, eval_txt, capsys):
+    """The baseline is no longer evaluated and the eval data changed: the stored KL of fake_quant was computed on
+    other windows and no matching recording exists to recompute it, so it is withdrawn, not kept."""
+    cfg = _config(tmp_path, tiny_model_dir, eval_txt)
+    run = tmp_path / "run"
+    assert main(["run", str(cfg), "-o", str(run)]) == 0
+    assert len(_res(run)["fidelity"]) == 1
+    capsys.readouterr()
+    assert main(["run", str(cfg), "-o", str(run), "--resume", "eval.eval_pos=[fake_quant]",
+                 "eval.num_samples=3"]) == 0
+    out = capsys.readouterr().out
+    res = _res(run)
+    assert "fidelity skipped at fake_quant custom" in out
+    assert res["fidelity"] == []
+    (fq,) = [p for p in res["ppl"] if p["position"] == "fake_quant"]
+    assert fq["windows"] == 3  # recomputed on the new windows

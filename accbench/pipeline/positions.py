@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from accbench.config import EvalCfg
 from accbench.fingerprints import ResumeLog, check_entry, fingerprint
-from accbench.pipeline.records import Record, timed
+from accbench.pipeline.records import Record, StaleFidelity, timed
 from accbench.pipeline.resume import ppl_fingerprint, recording_fingerprint
 from accbench.results import FidelityEntry, PplEntry
 
@@ -56,7 +56,7 @@ def evaluate_perplexity(evals: list[EvalData], position: str, loaded: "LoadedMod
     from accbench.evaluate.perplexity import perplexity
 
     for ev in evals:
-        hook = _fidelity_hook(ev, position, baseline, run_dir, earlier_fidelity, console, fps, resumed)
+        hook = _fidelity_hook(ev, position, baseline, run_dir, earlier_fidelity, record, console, fps, resumed)
         fp = ppl_fingerprint(fps.get(position), ev)
         stored = next((p for p in earlier_ppl if p.position == position and p.dataset == ev.name
                        and p.seq_len == ev.cfg.seq_len), None)
@@ -77,7 +77,7 @@ def evaluate_perplexity(evals: list[EvalData], position: str, loaded: "LoadedMod
 
 
 def _fidelity_hook(ev: EvalData, position: str, baseline: str, run_dir: Path, earlier: list[FidelityEntry],
-                   console: "Console", fps: dict[str, str],
+                   record: Record, console: "Console", fps: dict[str, str],
                    resumed: ResumeLog) -> "DistributionRecorder | FidelityComparer | None":
     """The perplexity hook fidelity needs here: record at the baseline, compare elsewhere, or None (a stored
     recording or entry whose fingerprint matches is reused)."""
@@ -106,6 +106,8 @@ def _fidelity_hook(ev: EvalData, position: str, baseline: str, run_dir: Path, ea
                                           f"fidelity {position}/{ev.name}", resumed):
         return None
     if not recording_complete(path) or stored_recording(path) != rec_fp:
+        if stored is not None:  # it did not match above: withdraw it rather than keep a number of another config
+            record(StaleFidelity(position, ev.name, ev.cfg.seq_len))
         log.warning("fidelity skipped at %s %s: no recording of the baseline %s", position, ev.name, baseline)
         console.print(f"[yellow]fidelity skipped at {position} {ev.name}: the baseline '{baseline}' was "
                       f"not evaluated on it first (add {baseline} to eval_pos)[/]")

@@ -51,8 +51,18 @@ class OpenCompassResult:
     output: dict[str, str]
 
 
+@dataclass(frozen=True)
+class StaleFidelity:
+    """A stored fidelity entry no longer matches what produced it and cannot be recomputed (no matching
+    baseline recording): it leaves results.json, so no number there outlives the config that made it."""
+
+    position: str
+    dataset: str
+    seq_len: int
+
+
 Fact = Union[PplEntry, FidelityEntry, TaskEntry, TrainEntry, QuantInfo, Timing, ModelPath, TaskOrder,
-             OpenCompassResult]
+             OpenCompassResult, StaleFidelity]
 Record = Callable[[Fact], None]
 Evaluate = Callable[[str, "LoadedModel"], None]  # (position, the model as it is there)
 

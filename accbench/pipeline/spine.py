@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from accbench.config import RunConfig, dump_config
 from accbench.pipeline import compare, opencompass, positions, preflight, quantize, tasks, train
 from accbench.pipeline.positions import EvalData, prepare_eval_data
-from accbench.pipeline.records import Fact, ModelPath, OpenCompassResult, TaskOrder, Timing, timed
+from accbench.pipeline.records import Fact, ModelPath, OpenCompassResult, StaleFidelity, TaskOrder, Timing, timed
 from accbench.fingerprints import ResumeLog
 from accbench.iofaults import atomic_write_text
 from accbench.pipeline.resume import check_config_change, position_fingerprints, position_pending
@@ -153,6 +153,9 @@ class RunContext:
             r.ppl = _replace(r.ppl, fact, lambda e: (e.position, e.dataset, e.seq_len))
         elif isinstance(fact, FidelityEntry):
             r.fidelity = _replace(r.fidelity, fact, lambda e: (e.position, e.dataset, e.seq_len))
+        elif isinstance(fact, StaleFidelity):
+            r.fidelity = [e for e in r.fidelity if (e.position, e.dataset, e.seq_len)
+                          != (fact.position, fact.dataset, fact.seq_len)]
         elif isinstance(fact, TaskEntry):
             r.tasks = _replace(r.tasks, fact, lambda e: (e.model, e.task))
         elif isinstance(fact, TrainEntry):
