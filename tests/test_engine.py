@@ -169,3 +169,19 @@ def test_out_of_memory_halves_the_batch_and_records_it(tiny, monkeypatch):
     assert Engine(model, tok, max_batch_size=64).probe_batch_size(32) == 4  # what batch_size=auto probes on GPU
     gen = Engine(model, tok, batch_size=16).generate([GenerateRequest(p, max_new_tokens=3) for p in "abcdefg"])
     assert len(gen) == 7
+
+
+def test_a_long_pass_logs_plain_progress_lines(monkeypatch, caplog):
+    """Logs are files: a long engine pass says how far it got as plain lines, never a carriage-return bar."""
+    import logging
+
+    from accbench.evaluate.backends import batching
+
+    monkeypatch.setattr(batching, "PROGRESS_LOG_S", 0.0)  # every chunk is "long enough" to report
+    seen: list[int] = []
+    with caplog.at_level(logging.INFO, logger="accbench.engine"):
+        bs = batching.run_in_batches(list(range(10)), 4, lambda chunk, bs: seen.extend(chunk), "scoring")
+    assert bs == 4 and seen == list(range(10))
+    lines = [r.getMessage() for r in caplog.records if r.name == "accbench.engine"]
+    assert lines == ["scoring: 4/10 requests done (batch size 4)", "scoring: 8/10 requests done (batch size 4)"]
+    assert not any("\r" in m for m in lines)

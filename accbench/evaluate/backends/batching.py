@@ -4,11 +4,13 @@ found before, a CPU token budget, or a GPU memory probe) and the out-of-memory h
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 log = logging.getLogger("accbench.engine")
 
 CPU_TOKEN_BUDGET = 8192  # tokens per forward on CPU with batch_size=auto: larger batches stop paying off
+PROGRESS_LOG_S = 30.0  # a long pass says how far it got this often, as one plain line in the log
 
 
 def initial_batch_size(setting: int | str, found: int | None, device: str, longest: int, max_batch_size: int,
@@ -43,8 +45,9 @@ def probe_batch_size(try_forward: Callable[[int], None], start: int) -> int:
 
 def run_in_batches(items: list, bs: int, run: Callable[[list, int], None], what: str) -> int:
     """Call `run(chunk, bs)` over `items` in chunks of `bs`, halving `bs` and retrying the chunk on out-of-memory;
-    return the batch size that held."""
-    start = 0
+    return the batch size that held. A pass longer than PROGRESS_LOG_S logs one plain progress line that often
+    (logs are files: no progress bar, no carriage returns)."""
+    start, last = 0, time.monotonic()
     while start < len(items):
         chunk = items[start : start + bs]
         try:
@@ -57,6 +60,9 @@ def run_in_batches(items: list, bs: int, run: Callable[[list, int], None], what:
             empty_cache()
             continue
         start += len(chunk)
+        if time.monotonic() - last >= PROGRESS_LOG_S and start < len(items):
+            last = time.monotonic()
+            log.info("%s: %d/%d requests done (batch size %d)", what, start, len(items), bs)
     return bs
 
 
