@@ -100,6 +100,10 @@ def list_tasks(pattern: str | None, config: str | None, include_path: str | None
             if isinstance(t, dict) and t.get("name"):
                 out.append((str(t["name"]), f"{config} ({t.get('type', '?')})"))
     out += [(t, "built-in task type (a tasks: entry in a config)") for t in BUILTIN_TYPES]
+    from accbench.builtin_tasks import BUILTIN_TASK_DATA
+
+    out += [(f"builtin:{n}", f"built-in data for a {d['type']} task (path: builtin:{n}): {d['doc']}")
+            for n, d in BUILTIN_TASK_DATA.items()]
     if registry:
         from accbench.evaluate.tasks.lmeval import task_manager
 

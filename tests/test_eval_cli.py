@@ -155,6 +155,10 @@ def test_tasks_lists_registry_and_config_tasks(tmp_path):
     assert "lm-eval task" in names["arc_easy"] and "my_arc_copy" not in names  # pattern applies to all
     r = _accbench("tasks", "my_*", "--config", str(cfg), "--no-lm-eval")
     assert r.stdout.split()[0] == "my_arc_copy"
+    r = _accbench("tasks", "pydoc", "--no-lm-eval")  # the built-in task data a config names as `path:`
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()] == [
+        "builtin:pydoc-cloze", "builtin:pydoc-nextword"], r.stdout
+    assert "multiple_choice task (path: builtin:pydoc-cloze)" in r.stdout
 
 
 def test_lm_eval_group_by_name(tiny_model_dir, tmp_path, lm_eval_mc_task):
