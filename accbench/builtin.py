@@ -236,26 +236,52 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 
 def _build(name: str, spec: dict[str, Any], seed: int, out: Path) -> None:
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
+    """Train the built-in model from scratch (tokenizer, data stream, AdamW with warm-up and cosine decay), add
+    its outlier channels, and save it with its tokenizer; the metadata file is written last, as the marker."""
     t0 = time.time()
     train_docs = [_corpus()[n] for n in _split_names()["train"]]
     rng = random.Random(seed)
     tok = _train_tokenizer([_structure(d, random.Random(f"tok:{i}")) for i, d in enumerate(train_docs)],
                            spec["vocab_size"])
-    bos, eos, pad = (tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
+    data = _training_batches(tok, train_docs, spec, rng)
+    model, loss = _train(name, tok, data, spec, seed)
+    model.eval()
+    _add_outlier_channels(model, spec["outlier_channels"], spec["outlier_mlp_channels"], spec["outlier_scale"], seed)
+    _save(model, tok, spec, out)
+    meta = {
+        "name": name, "version": _VERSION, "seed": seed, "spec": spec,
+        "params": sum(p.numel() for p in model.parameters()), "final_train_loss": round(loss, 4),
+        "build_seconds": round(time.time() - t0, 1), "python": platform.python_version(),
+        "corpus_sha256": hashlib.sha256(json.dumps(_corpus()).encode()).hexdigest(),
+        "trained_seq_len": spec["seq_len"],
+    }
+    (out / "accbench_builtin.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: the marker
+
+
+def _training_batches(tok: Any, train_docs: list[str], spec: dict[str, Any], rng: random.Random) -> Any:
+    """steps x batch_size x seq_len token ids: the training documents in a fresh order, with fresh inserts, on
+    every pass, joined with </s>."""
+    import torch
 
     seq, bsz, steps = spec["seq_len"], spec["batch_size"], spec["steps"]
+    eos = tok.token_to_id("</s>")
     need = seq * bsz * steps
     stream: list[int] = []
-    while len(stream) < need:  # fresh inserts and document order on every pass
+    while len(stream) < need:
         order = rng.sample(train_docs, len(train_docs))
         for enc in tok.encode_batch([_structure(d, rng) for d in order]):
             stream += enc.ids + [eos]  # .ids starts with <s>
-    data = torch.tensor(stream[:need]).view(steps, bsz, seq)
+    return torch.tensor(stream[:need]).view(steps, bsz, seq)
 
+
+def _train(name: str, tok: Any, data: Any, spec: dict[str, Any], seed: int) -> tuple[Any, float]:
+    """A Llama of `spec` trained on `data`, one batch a step; returns it and its last training loss."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    bos, eos, pad = (tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
+    steps = spec["steps"]
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     try:
@@ -293,26 +319,23 @@ def _build(name: str, spec: dict[str, Any], seed: int, out: Path) -> None:
             bar.close()
     finally:
         torch.set_num_threads(threads)
+    return model, loss.item()
 
-    model.eval()
-    _add_outlier_channels(model, spec["outlier_channels"], spec["outlier_mlp_channels"], spec["outlier_scale"], seed)
+
+def _save(model: Any, tok: Any, spec: dict[str, Any], out: Path) -> None:
+    """The model and its tokenizer in Hugging Face format, the tokenizer class pinned so transformers 4.x and
+    5.x both load it as-is."""
+    from transformers import PreTrainedTokenizerFast
+
     model.save_pretrained(out)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                      model_max_length=spec["max_position_embeddings"])
     hf_tok.save_pretrained(out)
-    cfg_path = out / "tokenizer_config.json"  # pin the class so transformers 4.x and 5.x both load it as-is
+    cfg_path = out / "tokenizer_config.json"
     tcfg = json.loads(cfg_path.read_text())
     tcfg.update(tokenizer_class="PreTrainedTokenizerFast", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                 model_max_length=spec["max_position_embeddings"])
     cfg_path.write_text(json.dumps(tcfg, indent=2, sort_keys=True) + "\n")
-    meta = {
-        "name": name, "version": _VERSION, "seed": seed, "spec": spec,
-        "params": sum(p.numel() for p in model.parameters()), "final_train_loss": round(loss.item(), 4),
-        "build_seconds": round(time.time() - t0, 1), "python": platform.python_version(),
-        "corpus_sha256": hashlib.sha256(json.dumps(_corpus()).encode()).hexdigest(),
-        "trained_seq_len": seq,
-    }
-    (out / "accbench_builtin.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: the marker
 
 
 def _add_outlier_channels(model: Any, n_channels: int, n_mlp: int, alpha: float, seed: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from accbench.report.tables import Table
+from accbench.report.table import Table
 from accbench.results import Results
 
 

@@ -6,26 +6,12 @@ recomputed, so every rendering shows the same numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from accbench.compare.gates import gate_target
+from accbench.report.accounting import accounting_tables  # MT-bench judgments, training data
+from accbench.report.table import Table
 from accbench.results import Comparison, Results
-
-
-@dataclass
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    # per row: "bad" (a significant/gated worsening or a failed gate), "good", or "" — renderers colour by it
-    marks: list[str] = field(default_factory=list)
-    note: str = ""
-    text: bool = False  # a key/value table of text (provenance): renderers align it left
-
-    def add(self, row: list[Any], mark: str = "") -> None:
-        self.rows.append([str(x) for x in row])
-        self.marks.append(mark)
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -272,7 +258,6 @@ def all_tables(results: Results) -> list[Table]:
               train_table(results) if results.train else None,
               opencompass_table(results) if results.opencompass else None,
               gates_table(results) if results.compare.gates else None]
-    from accbench.report.accounting import accounting_tables  # MT-bench judgments, training data
 
     return [t for t in tables if t is not None] + accounting_tables(results) + \
         [t for t in (provenance_table(results),) if t is not None]
