@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from accbench.config_sections import (EVAL_POSITIONS, UNSUPPORTED_EVAL_POS, ActQuantCfg, BaseCfg, CalibCfg, CompareCfg,
+from accbench.config_sections import (EVAL_POSITIONS, ActQuantCfg, BaseCfg, CalibCfg, CompareCfg,
                                       EvalCfg, FidelityCfg, GateCfg, IgnoredLayersCfg, ModelCfg, OpenCompassCfg, QuantCfg, RunnerCfg,
                                       SaveCfg, Section, TextDataCfg, WeightQuantCfg, suggest)
 from accbench.config_tasks import (TASK_MODELS, GenerateTask, HumanEvalTask, JudgeCfg, LmEvalTask, MTBenchTask,
@@ -26,7 +26,7 @@ from accbench.config_train import LauncherCfg, TrainCfg, VariantCfg
 from accbench.config_load import UniqueKeyLoader, apply_overrides, parse_override, read_utf8_config
 from accbench.errors import ConfigError, ConfigProblem
 
-__all__ = ["EVAL_POSITIONS", "UNSUPPORTED_EVAL_POS", "ActQuantCfg", "BaseCfg", "CalibCfg", "CompareCfg", "EvalCfg",
+__all__ = ["EVAL_POSITIONS", "ActQuantCfg", "BaseCfg", "CalibCfg", "CompareCfg", "EvalCfg",
            "FidelityCfg", "GateCfg", "IgnoredLayersCfg", "GenerateTask", "HumanEvalTask", "JudgeCfg", "LauncherCfg", "LmEvalTask",
            "MTBenchTask", "ModelCfg", "MultipleChoiceTask", "OpenCompassCfg", "PerplexityTask", "QuantCfg",
            "RunConfig", "RunnerCfg", "SaveCfg", "Section", "TaskBase", "TaskCfg", "TextDataCfg", "TrainCfg",

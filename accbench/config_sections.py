@@ -11,9 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-UNSUPPORTED_EVAL_POS = {"fake_quant_wo_kv", "transformed_wo_kv", "pretrain_wo_kv"}
-
-
 def suggest(word: str, options: Any) -> str:
     """The hint ` (did you mean 'x'?)` for the option nearest to a misspelled `word`, or an empty string."""
     near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
@@ -101,8 +98,6 @@ class EvalCfg(TextDataCfg):
     @classmethod
     def _known_pos(cls, v: list[str]) -> list[str]:
         for p in v:
-            if p in UNSUPPORTED_EVAL_POS:
-                raise ValueError(f"eval_pos '{p}' is an llmc position accbench does not support yet")
             if p not in EVAL_POSITIONS:
                 raise ValueError(f"unknown eval_pos '{p}'; valid: {', '.join(EVAL_POSITIONS)}")
         return v
@@ -169,10 +164,6 @@ class ActQuantCfg(_QuantBits):
     static: bool = False
 
 
-# llmc methods accbench does not implement yet: a clear "not supported yet" instead of "unknown method"
-UNSUPPORTED_LLMC_METHODS = ("quarot", "omniquant", "spqr", "hqq", "osplus", "quip", "tesseraq")
-
-
 def built_methods() -> list[str]:
     """The names of the quantization methods accbench has built."""
     return list(_quant_methods())
@@ -197,9 +188,6 @@ class QuantCfg(Section):
     def _method(cls, v: str) -> str:
         names = list(_quant_methods())
         canon = {m.lower(): m for m in names}.get(v.lower())
-        if v.lower() in UNSUPPORTED_LLMC_METHODS:
-            raise ValueError(f"quant method '{v}' is an llmc method accbench does not support yet "
-                             f"(supported: {', '.join(names)})")
         if canon is None:
             raise ValueError(f"unknown quant method '{v}'{suggest(v, names)}; supported: {', '.join(names)}")
         return canon

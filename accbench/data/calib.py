@@ -124,9 +124,7 @@ def pileval_omni(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
 
 def pileval_smooth(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
                    rng: random.Random) -> list[list[int]]:
-    order = list(texts)
-    rng.shuffle(order)
-    out = [ids for ids in (_encode(tokenizer, t)[:seq_len] for t in order[:n_samples]) if ids]
+    out = _shuffled_documents(texts, tokenizer, n_samples, rng, seq_len)
     if not out:
         raise DataError("pileval_smooth: the calibration documents encode to no tokens",
                         "point calib at a dataset with text in it")
@@ -135,9 +133,16 @@ def pileval_smooth(texts: list[str], tokenizer: Any, n_samples: int, seq_len: in
 
 def original_txt(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
                  rng: random.Random) -> list[list[int]]:
+    return _shuffled_documents(texts, tokenizer, n_samples, rng, None)
+
+
+def _shuffled_documents(texts: list[str], tokenizer: Any, n_samples: int, rng: random.Random,
+                        truncate: int | None) -> list[list[int]]:
+    """The first `n_samples` documents in a shuffled order, one sample each (cut to `truncate` tokens when
+    given), empty ones left out."""
     order = list(texts)
     rng.shuffle(order)
-    return [ids for ids in (_encode(tokenizer, t) for t in order[:n_samples]) if ids]
+    return [ids for ids in (_encode(tokenizer, t)[:truncate] for t in order[:n_samples]) if ids]
 
 
 PREPROC: dict[str, Callable[..., list[list[int]]]] = {
