@@ -50,7 +50,8 @@ def bench(model: str, steps: int, block_size: int, batch: int, variants: list[st
     loaded = _load(cfg)
     t0 = time.perf_counter()
     train.run_training(cfg.train, cfg.model, cfg.runner.num_gpus, ctx.baseline, loaded, run_dir, False, [], ctx.record,
-                       lambda position, model: evaluate_position(ctx, position, model), ctx.console)
+                       lambda position, model: evaluate_position(ctx, position, model), ctx.console, ctx.fps,
+                       ctx.resumed)
     stage = time.perf_counter() - t0
 
     rows = []

@@ -21,12 +21,9 @@ from gpu_check import Ctx, gb, host_rss_bytes, texts
 
 
 def engine_api() -> tuple[Any, Callable[[Any, Any], int]]:
-    """(the HF engine class, resolve_max_length) wherever this checkout keeps them: evaluate/backends/hf.py
-    once the pipeline package refactor (issue 14) is in, evaluate/engine.py before it."""
-    try:
-        from accbench.evaluate.backends.hf import HFBackend, resolve_max_length
-    except ImportError:
-        from accbench.evaluate.engine import Engine as HFBackend, resolve_max_length  # type: ignore[no-redef]
+    """(the HF backend class, resolve_max_length), imported when a phase runs so the script starts light."""
+    from accbench.evaluate.backends.hf import HFBackend, resolve_max_length
+
     return HFBackend, resolve_max_length
 
 

@@ -65,10 +65,7 @@ def _last_hidden(model: Any, ids: Any, device: str) -> Any:
 def phase_quant(ctx: Ctx, method: str) -> dict:
     """W4 g128 `method` block by block (GPU: placement offload, one block on the GPU at a time)."""
 
-    try:  # each method's options next to it once issue 14 is in; the config's table before
-        from accbench.quant.methods import METHOD_SPECIAL_KEYS
-    except ImportError:
-        from accbench.config import METHOD_SPECIAL_KEYS  # type: ignore[no-redef]
+    from accbench.quant.methods import METHOD_SPECIAL_KEYS
     from accbench.data.calib import calib_batches, calib_samples
     from accbench.data.text import load_texts
     from accbench.models import load_model
