@@ -560,3 +560,24 @@ def test_config_errors_are_reported_together(tmp_path):
     t = load_config(f).tasks[0]
     assert t.questions == "builtin:sample" and t.max_new_tokens == 1024 and t.max_judge_failures is None
     assert (t.judge.prompts, t.judge.parse_retries, t.judge.max_tokens, t.pairwise) == ("fastchat", 0, 2048, False)
+
+
+def test_answers_of_another_model_under_the_same_position_are_not_reused(server, chat_tok, tmp_path):
+    """A resumed run whose quantization changed evaluates a new model at the same position: its MT-bench
+    answers are generated again (the cache key holds the model's fingerprint), while the same model reuses them."""
+    from types import SimpleNamespace
+
+    from accbench.evaluate.tasks import TaskContext, _run_mtbench
+
+    model = FakeModel()
+    answerer = SimpleNamespace(generate=model)
+
+    def ctx(fp: str) -> TaskContext:
+        return TaskContext(chat_tok, tmp_path, "fake_quant", model_fingerprint=fp)
+
+    _run_mtbench(task(server), answerer, ctx("w4"))
+    assert len(model.calls) == 2  # two turns
+    _run_mtbench(task(server), answerer, ctx("w4"))
+    assert len(model.calls) == 2  # the same model: answers from the cache
+    _run_mtbench(task(server), answerer, ctx("w2"))
+    assert len(model.calls) == 4  # another model at fake_quant: answered anew

@@ -91,7 +91,7 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
     fp = model_fp or model_fingerprint(loaded.path, position, model.torch_dtype, transform)
     store.set_model(position, fp)
     task_ctx = TaskContext(loaded.tokenizer, run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
-                           baseline=pairwise_baseline)
+                           baseline=pairwise_baseline, model_fingerprint=fp)
     backends = _Backends(loaded, _start_workers(runner, model, position, loaded, run_dir))
     pool = RequestPool(backends)
     runs = {t.name: _TaskRun(t, store, fp, task_ctx) for t in todo}

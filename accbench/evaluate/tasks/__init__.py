@@ -65,6 +65,7 @@ class TaskContext:
     position: str = ""
     load_judge: Callable[[Any], Any] | None = None  # JudgeCfg -> JudgeClient, for `hf` judges
     baseline: str = ""  # the baseline model's position (MT-bench pairwise judging reads its answers)
+    model_fingerprint: str = ""  # what the model at `position` is: keys of caches that outlive a config change
 
 
 def _run_humaneval(cfg: "HumanEvalTask", answerer: Answerer, ctx: TaskContext) -> TaskResult:
@@ -82,7 +83,7 @@ def _run_mtbench(cfg: "MTBenchTask", answerer: Answerer, ctx: TaskContext) -> Ta
     root = ctx.work_dir / "mtbench" / cfg.name
     return evaluate_mtbench(cfg, answerer.generate, ctx.tokenizer, root / ctx.position, judge=judge,
                             model_id=ctx.position, baseline_dir=root / ctx.baseline if ctx.baseline else None,
-                            baseline_name=ctx.baseline)
+                            baseline_name=ctx.baseline, model_key=f"{ctx.position}@{ctx.model_fingerprint}")
 
 
 def _run_lm_eval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:

@@ -306,13 +306,15 @@ def write_samples(path: Path, slots: list[Slot], judgments: list[Judgment], answ
 
 def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cache_dir: Path, *,
                      judge: JudgeClient | None = None, cache: ReplyCache | None = None, model_id: str = "",
-                     baseline_dir: Path | None = None, baseline_name: str = "") -> TaskResult:
+                     baseline_dir: Path | None = None, baseline_name: str = "", model_key: str = "") -> TaskResult:
     """Answer, judge and score MT-bench for one model.
 
     `judge`: a ready client; by default one is built from `cfg.judge` (type openai). An `hf` judge needs the
     engine: build ``HFJudge(judge_generate, judge_tokenizer, cfg.judge.path, cfg.judge.max_tokens)`` and pass it.
     `cache`: where answers and judge replies are kept (default: ``cache_dir/cache.jsonl``).
-    `model_id`: names the model under test inside answer cache keys (useful when a cache is shared).
+    `model_id`: names the model under test in FastChat's answer file, and in answer cache keys unless
+    `model_key` is given: what the model is (its position and fingerprint), so a cached answer of another
+    model under the same name (a resumed run whose quantization changed) is never reused.
     `baseline_dir`: the baseline model's cache_dir; with ``cfg.pairwise`` its answers are judged against ours.
     """
     p = plan(cfg)
@@ -328,7 +330,7 @@ def evaluate_mtbench(cfg: MTBenchTask, generate: GenerateFn, tokenizer: Any, cac
     cache = cache if cache is not None else JsonlCache(cache_dir / "cache.jsonl")
 
     answers = generate_answers(p.questions, generate, tokenizer, template, cfg.max_new_tokens, cfg.seed, cache,
-                               model_id, cfg.conv_template, cfg.top_k, cfg.top_p)
+                               model_key or model_id, cfg.conv_template, cfg.top_k, cfg.top_p)
     write_answers(cache_dir / ANSWER_FILE, answers, model_id or cfg.name)
     single = p.prompts if cfg.judge.prompts == "fastchat" else None
     parse = fastchat_judge.parse_rating if cfg.judge.prompts == "fastchat" else parse_rating_strict
