@@ -70,6 +70,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":
+        if self.calib is not None and "seed" not in self.calib.model_fields_set:
+            self.calib.seed = self.base.seed  # llmc draws calibration samples from the generator base.seed seeds
         problems = []
         needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
         if needs_quant and self.quant is None:

@@ -39,11 +39,11 @@ class Checked:
     opencompass: OpenCompassReady | None = None
 
 
-def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchError]:
-    """Every problem of `cfg` that shows without weights. A built-in model that is not built yet is only
-    built (to read its shapes) when `build_builtin`; `validate` never builds it."""
-    model_config = _model_config(cfg.model, build_builtin) if (cfg.quant or cfg.train) else None
-    checks: list[Callable[[], None]] = [lambda: _check_inputs(cfg, build_builtin)]
+def find_problems(cfg: RunConfig) -> list[AccbenchError]:
+    """Every problem of `cfg` that shows without weights. A built-in model is checked from its definition
+    (BUILTIN_MODELS), never built here, so `validate` and `run` always give the same answer."""
+    model_config = _model_config(cfg.model) if (cfg.quant or cfg.train) else None
+    checks: list[Callable[[], None]] = [lambda: _check_inputs(cfg)]
     checks += [lambda d=d: _check_text_file(d) for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]]
     if cfg.quant is not None:
         checks += [lambda: _check_quant(cfg, model_config), lambda: _check_calib(cfg)]
@@ -65,7 +65,7 @@ def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchE
 
 def check_run(cfg: RunConfig, run_dir: Path) -> Checked:
     """Raise every problem `find_problems` sees (one error listing them all); then prepare OpenCompass."""
-    problems = find_problems(cfg, build_builtin=True)
+    problems = find_problems(cfg)
     if len(problems) == 1:
         raise problems[0]
     if problems:
@@ -75,13 +75,15 @@ def check_run(cfg: RunConfig, run_dir: Path) -> Checked:
     return Checked(prepare_opencompass(cfg.opencompass, cfg.save, run_dir))
 
 
-def _model_config(m: ModelCfg, build_builtin: bool) -> Any:
-    """The model's transformers config (config.json only), or None when it cannot be read without loading
-    (a hub id, a built-in model not built yet, an unreadable folder: loading the model reports those)."""
+def _model_config(m: ModelCfg) -> Any:
+    """The model's transformers config (config.json only; a built-in model's from its definition), or None when
+    it cannot be read without loading (a hub id, an unreadable folder: loading the model reports those)."""
     from accbench.models import BUILTIN_PREFIX, resolve_model_path
 
-    if m.path.startswith(BUILTIN_PREFIX) and not build_builtin:
-        return None
+    if m.path.startswith(BUILTIN_PREFIX):
+        from accbench.builtin import builtin_config
+
+        return builtin_config(m.path[len(BUILTIN_PREFIX):])
     try:
         path = resolve_model_path(m.path)
     except AccbenchError:
@@ -96,16 +98,17 @@ def _model_config(m: ModelCfg, build_builtin: bool) -> Any:
         return None
 
 
-def _check_inputs(cfg: RunConfig, build_builtin: bool) -> None:
+def _check_inputs(cfg: RunConfig) -> None:
     """The device, the model folder (a tokenizer, complete safetensors files) and every perplexity window
     against the model's positions (checks.py)."""
-    from accbench.checks import check_device, check_model_dir, check_window_lengths
+    from accbench.checks import check_builtin_window_lengths, check_device, check_model_dir, check_window_lengths
     from accbench.models import BUILTIN_PREFIX, resolve_model_path
 
     m = cfg.model
     check_device(m.device)
     check_model_dir(m.path, m.tokenizer_path)
-    if m.path.startswith(BUILTIN_PREFIX) and not build_builtin:
+    if m.path.startswith(BUILTIN_PREFIX):  # from its definition: validate never builds it, run must agree
+        check_builtin_window_lengths(m.path, cfg.window_lengths())
         return
     try:
         path = resolve_model_path(m.path)
