@@ -5,6 +5,7 @@ no typo suggestion, no traceback. The counts and the feature table in docs/confi
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from accbench.llmc_features import feature_table
 from llmc_fixtures import LLMC, with_paths
 
 REPO = Path(__file__).resolve().parents[1]
+FAKE_QUANT_2048 = 52.2249  # RTN w4 g128 asym on the built-in model at 2048-token windows
 pytestmark = pytest.mark.skipif(LLMC is None, reason="../shared/data/llmc_configs is absent")
 
 # problems of llmc's own configs that are not llmc features: llmc itself skips an eval_pos it does not know,
@@ -104,3 +106,43 @@ def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):
     p.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(p)]) == 2
     assert "save.save_vllm: llmc's real-quant exports" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pydoc_test_txt(tmp_path_factory) -> Path:
+    """The built-in test text as a file: llmc's `eval.path` then reads what `builtin:pydoc` evaluates."""
+    from accbench.builtin import builtin_texts
+
+    out = tmp_path_factory.mktemp("pydoc") / "test.txt"
+    out.write_text("\n\n".join(builtin_texts("pydoc", "test")))
+    return out
+
+
+def test_shipped_config_runs_on_builtin_with_only_paths_changed(tmp_path, pydoc_test_txt, capsys, one_thread):
+    """llmc's RTN example, paths changed and nothing else (eval.seq_len 2048, bs 1): validate says valid and
+    run runs it on the built-in model (2048 positions), pretrain and fake_quant at 13 windows of 2048."""
+    cfg = with_paths(yaml.safe_load((LLMC / "quantization/methods/RTN/rtn_w_only.yml").read_text()),
+                     "builtin:tiny-llama", pydoc_test_txt, tmp_path / "save")
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert _validate(p)[0] == 0
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 0, capsys.readouterr().err[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    ppl = {e["position"]: e for e in res["ppl"]}
+    assert {e["seq_len"] for e in ppl.values()} == {2048} and {e["windows"] for e in ppl.values()} == {13}
+    assert ppl["pretrain"]["ppl"] == pytest.approx(49.616, rel=1e-3)  # 43.8 at the quickstart's 256 windows
+    assert ppl["fake_quant"]["ppl"] == pytest.approx(FAKE_QUANT_2048, rel=1e-3)
+
+
+def test_validate_and_run_agree_on_builtin_positions(tmp_path, pydoc_test_txt, capsys):
+    """A window beyond the built-in model's positions: validate (which never builds it) and run both refuse it,
+    with the same message, before anything loads."""
+    cfg = with_paths(yaml.safe_load((LLMC / "quantization/methods/RTN/rtn_w_only.yml").read_text()),
+                     "builtin:tiny-llama", pydoc_test_txt, tmp_path / "save")
+    cfg["eval"]["seq_len"] = 4096
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, err = _validate(p)
+    assert code == 2 and "eval.0.seq_len: 4096 exceeds the model's 2048 positions" in err
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 2
+    assert "eval.0.seq_len: 4096 exceeds the model's 2048 positions" in capsys.readouterr().err
