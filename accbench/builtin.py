@@ -28,7 +28,8 @@ and a warm-up on rows of repeated random-token runs: in 340 steps no induction f
 (loss on copies equal to loss on first occurrences) and RTN moved nothing; a down-scaled
 frozen embedding (ppl 178) and lr 6e-3 (ppl 128) trained badly.
 v5 declares 2048 positions (v4: 1024) so that llmc's configs (eval.seq_len 2048) run on it with only their paths
-changed; the weights are v4's, byte for byte (positions are a config value for RoPE).
+changed; the weights are v4's, byte for byte (positions are a config value for RoPE). Its tokenizer has a plain
+chat template (`CHAT_TEMPLATE`; the model never saw chats) so that llmc's chat calibration configs run on it too.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 _VERSION = "v5"
+# "role: content</s>" per turn; the generation prompt opens the assistant turn (no <s>: the tokenizer adds it)
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
 
 BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     "tiny-llama": {
@@ -350,6 +354,7 @@ def _save(model: Any, tok: Any, spec: dict[str, Any], out: Path) -> None:
     model.save_pretrained(out)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                      model_max_length=spec["max_position_embeddings"])
+    hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.save_pretrained(out)
     cfg_path = out / "tokenizer_config.json"
     tcfg = json.loads(cfg_path.read_text())

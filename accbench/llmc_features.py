@@ -76,7 +76,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("eval.num_samples, eval.inference_per_block, eval.eval_token_consist", ("eval.num_samples",),
             "supported"),
     Feature("calibration preprocessing wikitext2_gptq, c4_gptq, ptb_gptq, pileval_awq, pileval_smooth, "
-            "pileval_omni, random_truncate_txt, txt_general_preproc, original_txt", ("calib.preproc",), "supported"),
+            "pileval_omni, random_truncate_txt, txt_general_preproc, original_txt, ultrachat_general",
+            ("calib.preproc",), "supported"),
+    Feature("chat calibration data: custom_txt samples.json (apply_chat_template, add_answer), ultrachat "
+            "conversations, padding", ("calib.apply_chat_template", "calib.padding", "calib.add_answer"),
+            "supported"),
     Feature("save_trans / save_fake (folders transformed_model, fake_quant_model under save_path)",
             ("save.save_trans", "save.save_fake"), "supported"),
     Feature("base.seed", ("base.seed",), "supported"),
@@ -88,7 +92,8 @@ FEATURES: tuple[Feature, ...] = (
             ("quant.weight.quant_type", "quant.act.quant_type"), "supported"),
     Feature("a list of eval datasets (eval.name: [wikitext2, c4], each read from path/<name>)", ("eval.name",),
             "supported"),
-    Feature("model.type of a text model (architecture read from config.json)", ("model.type",), "no-op",
+    Feature("model.type of a text model (architecture read from config.json; llmc's system prompt for "
+            "apply_chat_template)", ("model.type",), "supported",
             lambda v: v not in VLM_TYPES + VIDEO_TYPES + ("DeepseekV3",)),
     Feature("torch_dtype written as torch.<dtype>", ("model.torch_dtype",), "supported",
             _in("torch.bfloat16", "torch.float16", "torch.float32")),
@@ -148,11 +153,9 @@ FEATURES: tuple[Feature, ...] = (
             ("eval.max_new_tokens", "eval.apply_chat_template")),
     Feature("video generation options", tuple(f"{s}.{k}" for s in ("eval", "calib") for k in VIDEO_KEYS),
             when=_always),
-    Feature("chat calibration data (apply_chat_template, padding, add_answer)",
-            ("calib.apply_chat_template", "calib.padding", "calib.add_answer")),
     Feature("multimodal calibration data (calib.type)", ("calib.type",), when=_always),
-    Feature("calibration preprocessing ultrachat_general / vlm_general / img_general", ("calib.preproc",),
-            when=_in("ultrachat_general", "vlm_general", "img_general")),
+    Feature("calibration preprocessing vlm_general / img_general (multimodal)", ("calib.preproc",),
+            when=_in("vlm_general", "img_general")),
     Feature("real-quant exports (save_vllm, save_sgl, save_autoawq, save_autogptq, save_mlcllm, save_lightllm, "
             "save_trtllm, save_lightx2v)", tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS) + ("save.trtllm_cfg",
                                                                                          "save.tp_size")),

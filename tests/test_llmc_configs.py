@@ -16,7 +16,7 @@ import yaml
 from accbench.cli import main
 from accbench.llmc_features import feature_table
 
-from llmc_fixtures import LLMC, with_paths
+from llmc_fixtures import LLMC, with_paths, write_chat_data
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_QUANT_2048 = 52.2249  # RTN w4 g128 asym on the built-in model at 2048-token windows
@@ -42,9 +42,10 @@ def _validate(path: Path) -> tuple[int, str]:
 def walked(tmp_path_factory, eval_txt) -> dict[str, tuple[int, str]]:
     """Exit code and stderr of `accbench validate` for every shipped llmc config, paths changed."""
     tmp = tmp_path_factory.mktemp("llmc")
+    chat = write_chat_data(tmp / "chat")
     out = {}
     for f in sorted(LLMC.rglob("*.y*ml")):
-        cfg = with_paths(yaml.safe_load(f.read_text()), "builtin:tiny-llama", eval_txt, tmp / "save")
+        cfg = with_paths(yaml.safe_load(f.read_text()), "builtin:tiny-llama", eval_txt, tmp / "save", chat)
         p = tmp / "cfg.yaml"
         p.write_text(yaml.safe_dump(cfg, sort_keys=False))
         out[f.relative_to(LLMC).as_posix()] = _validate(p)
@@ -108,21 +109,11 @@ def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):
     assert "save.save_vllm: llmc's real-quant exports" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def pydoc_test_txt(tmp_path_factory) -> Path:
-    """The built-in test text as a file: llmc's `eval.path` then reads what `builtin:pydoc` evaluates."""
-    from accbench.builtin import builtin_texts
-
-    out = tmp_path_factory.mktemp("pydoc") / "test.txt"
-    out.write_text("\n\n".join(builtin_texts("pydoc", "test")))
-    return out
-
-
-def test_shipped_config_runs_on_builtin_with_only_paths_changed(tmp_path, pydoc_test_txt, capsys, one_thread):
+def test_shipped_config_runs_on_builtin_with_only_paths_changed(tmp_path, pydoc_eval_txt, capsys, one_thread):
     """llmc's RTN example, paths changed and nothing else (eval.seq_len 2048, bs 1): validate says valid and
     run runs it on the built-in model (2048 positions), pretrain and fake_quant at 13 windows of 2048."""
     cfg = with_paths(yaml.safe_load((LLMC / "quantization/methods/RTN/rtn_w_only.yml").read_text()),
-                     "builtin:tiny-llama", pydoc_test_txt, tmp_path / "save")
+                     "builtin:tiny-llama", pydoc_eval_txt, tmp_path / "save")
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert _validate(p)[0] == 0
@@ -134,11 +125,11 @@ def test_shipped_config_runs_on_builtin_with_only_paths_changed(tmp_path, pydoc_
     assert ppl["fake_quant"]["ppl"] == pytest.approx(FAKE_QUANT_2048, rel=1e-3)
 
 
-def test_validate_and_run_agree_on_builtin_positions(tmp_path, pydoc_test_txt, capsys):
+def test_validate_and_run_agree_on_builtin_positions(tmp_path, pydoc_eval_txt, capsys):
     """A window beyond the built-in model's positions: validate (which never builds it) and run both refuse it,
     with the same message, before anything loads."""
     cfg = with_paths(yaml.safe_load((LLMC / "quantization/methods/RTN/rtn_w_only.yml").read_text()),
-                     "builtin:tiny-llama", pydoc_test_txt, tmp_path / "save")
+                     "builtin:tiny-llama", pydoc_eval_txt, tmp_path / "save")
     cfg["eval"]["seq_len"] = 4096
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg, sort_keys=False))

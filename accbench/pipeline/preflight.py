@@ -122,6 +122,10 @@ def _check_text_file(d: Any) -> None:
     """A local data file (eval or calib) is readable text."""
     from accbench.data.text import load_texts
 
+    from accbench.data.chat import CHAT_NAMES, CUSTOM_NAMES
+
+    if d.name in CHAT_NAMES + CUSTOM_NAMES:
+        return  # llmc's chat data: _check_calib reads it
     if d.path and not d.download and Path(d.path).expanduser().is_file():
         load_texts(d.name, d.path, False, d.text_column, d.split)
 
@@ -147,11 +151,28 @@ def _check_quant(cfg: RunConfig, model_config: Any) -> None:
 
 
 def _check_calib(cfg: RunConfig) -> None:
+    """The preprocessing name, and llmc's chat data (samples.json, conversations) readable."""
+    from accbench.data import chat
     from accbench.data.calib import PREPROC
     from accbench.errors import DataError
 
-    if cfg.calib is not None and cfg.calib.preproc not in PREPROC:
-        raise DataError(f"unknown calib.preproc '{cfg.calib.preproc}'", f"use one of: {', '.join(PREPROC)}")
+    c = cfg.calib
+    if c is None:
+        return
+    where = cfg.model.tokenizer_path or cfg.model.path
+    if chat.needs_chat_template(c.name, c.apply_chat_template) and chat.has_chat_template(where) is False:
+        raise DataError(f"calib: llmc's chat data is rendered by the chat template, and the tokenizer in {where} "
+                        "has none", "set model.tokenizer_path to a chat model's tokenizer, or set "
+                        "calib.apply_chat_template: false")
+    if c.name in chat.CHAT_NAMES:
+        chat.load_conversations(c.path, c.split)
+        return
+    if c.name in chat.CUSTOM_NAMES:
+        chat.load_custom_samples(c.path)
+        if c.padding:
+            return  # padded samples go whole, no preprocessing (llmc)
+    if c.preproc not in PREPROC:
+        raise DataError(f"unknown calib.preproc '{c.preproc}'", f"use one of: {', '.join(PREPROC)}")
 
 
 def _check_baseline(cfg: RunConfig) -> None:

@@ -106,7 +106,7 @@ def _prepare_inputs(ctx: "RunContext") -> list | None:
     if not needs_calibration(q.method, q.act is not None and q.act.static):
         return None
     with timed(ctx.record, "calib_data"):
-        return quantize.build_calib_batches(cfg.calib, tokenizer)
+        return quantize.build_calib_batches(cfg.calib, tokenizer, m.type)
 
 
 def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | None) -> None:
