@@ -7,20 +7,20 @@ from pathlib import Path
 
 LLMC = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "llmc_configs",
                          Path("/work/shared/data/llmc_configs")) if p.is_dir()), None)
-CUSTOM_CALIB = ("custom_txt", "custom_mm")  # llmc's samples.json folders
+CUSTOM_DATA = ("custom_txt", "custom_mm", "custom_gen", "custom_ppl")  # llmc's samples.json folders
 
 
 def with_paths(cfg: dict, model: str, data: Path, save: Path, chat: Path | None = None) -> dict:
     """The config with only its paths changed (model.path, calib/eval path, save_path), as a user would; with
-    `chat` (write_chat_data's folder), llmc's custom_txt calibration reads chat/custom and ultrachat
-    chat/ultrachat.jsonl."""
+    `chat` (write_chat_data's folder), llmc's custom data (calib custom_txt, eval custom_gen / custom_ppl) reads
+    chat/custom and ultrachat chat/ultrachat.jsonl."""
     cfg["model"]["path"] = model
     for section in ("calib", "eval"):
         entries = cfg.get(section)
         for e in entries if isinstance(entries, list) else [entries] if isinstance(entries, dict) else []:
             if "path" in e:
                 e["path"] = str(data)
-            if section == "calib" and chat is not None and e.get("name") in CUSTOM_CALIB:
+            if chat is not None and e.get("name") in CUSTOM_DATA:
                 e["path"] = str(chat / "custom")
             if section == "calib" and chat is not None and e.get("name") == "ultrachat":
                 e["path"] = str(chat / "ultrachat.jsonl")
@@ -36,7 +36,7 @@ def write_chat_data(root: Path, n_conversations: int = 128) -> Path:
 
     docs = [t.topics[k] for k in sorted(t.topics)]
     (root / "custom").mkdir(parents=True, exist_ok=True)
-    samples = [{"question": f"What does this say? {d[:80 + 40 * i]}", "answer": d[200:260 + 30 * i]}
+    samples = [{"question": f"What does this say? {d[:300 + 60 * i]}", "answer": d[400:460 + 30 * i]}
                for i, d in enumerate(docs[:8])]
     (root / "custom" / "samples.json").write_text(json.dumps(samples))
     with open(root / "ultrachat.jsonl", "w") as f:

@@ -150,3 +150,52 @@ def test_chat_template_missing_is_refused_before_loading(tmp_path, tiny_model_di
     assert "has none" in capsys.readouterr().err
     assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 2
     assert "has none" in capsys.readouterr().err
+
+
+@needs_llmc
+def test_generate_only_eval_runs_as_a_task(tmp_path, chat_data, pydoc_eval_txt, capsys, one_thread):
+    """llmc's awq_w_only_custom_eval.yml (only a generate_only eval on custom_gen, chat template on) with only
+    its paths changed: each position's greedy answers to the samples land in results.json's tasks."""
+    pile = tmp_path / "pile.jsonl"  # pileval_awq wants many short documents: the test text's paragraphs
+    pile.write_text("".join(json.dumps({"text": t}) + "\n" for t in pydoc_eval_txt.read_text().split("\n\n")))
+    p = _shipped(tmp_path, "quantization/methods/Awq/awq_w_only_custom_eval.yml", chat_data, pile)
+    assert main(["validate", str(p)]) == 0
+    code = main(["run", str(p), "-o", str(tmp_path / "run"), "calib.n_samples=16"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["ppl"] == []
+    got = {t["model"]: t for t in res["tasks"]}
+    assert set(got) == {"pretrain", "transformed", "fake_quant"}
+    raw = json.loads((chat_data / "custom" / "samples.json").read_text())
+    for t in got.values():
+        assert t["task"] == "custom_gen" and t["type"] == "generate_only" and t["n"] == len(raw) and t["metrics"] == {}
+        s0 = t["samples"]["sample0"]
+        assert s0["prompt"] == f"system: You are a helpful assistant.</s>\nuser: {raw[0]['question']}</s>\nassistant: "
+        assert s0["reference"] == raw[0]["answer"] and s0["response"]
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["tasks"][0]["max_new_tokens"] == 32 and resolved["tasks"][0]["chat_template"] is True
+
+
+def test_custom_ppl_joins_question_and_answer_by_newline(chat_data, builtin_tok):
+    """llmc's custom_ppl: '\\n'.join(question + answer), tokenized once with special tokens."""
+    from accbench.data.text import load_texts, ppl_token_stream
+
+    raw = json.loads((chat_data / "custom" / "samples.json").read_text())
+    texts = load_texts("custom_ppl", str(chat_data / "custom"))
+    ids = ppl_token_stream("custom_ppl", texts, builtin_tok, 64)
+    want = builtin_tok("\n".join(r["question"] + r["answer"] for r in raw), return_tensors="pt").input_ids[0]
+    assert torch.equal(ids, want)
+
+
+def test_task_eval_pos_limits_positions(tmp_path, tiny_model_dir, chat_data, eval_txt, capsys, one_thread):
+    """A generate_only eval at [fake_quant] only runs there; its positions count in the run's positions."""
+    cfg = {"model": {"path": str(tiny_model_dir)}, "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}},
+           "eval": [{"name": "custom", "path": str(eval_txt), "seq_len": 64, "eval_pos": ["pretrain"]},
+                    {"name": "custom_gen", "type": "generate_only", "path": str(chat_data / "custom"),
+                     "max_new_tokens": 4, "eval_pos": ["fake_quant"], "bs": 1}]}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 0, capsys.readouterr().err[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [(t["model"], t["task"]) for t in res["tasks"]] == [("fake_quant", "custom_gen")]
+    assert [e["position"] for e in res["ppl"]] == ["pretrain"]

@@ -126,6 +126,9 @@ def _check_text_file(d: Any) -> None:
 
     if d.name in CHAT_NAMES + CUSTOM_NAMES:
         return  # llmc's chat data: _check_calib reads it
+    if d.name == "custom_ppl":
+        load_texts(d.name, d.path)
+        return
     if d.path and not d.download and Path(d.path).expanduser().is_file():
         load_texts(d.name, d.path, False, d.text_column, d.split)
 

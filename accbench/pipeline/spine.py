@@ -118,7 +118,7 @@ def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | No
     evals = {p: ctx.evals if cfg.train is not None else [e for e in ctx.evals if p in e.cfg.eval_pos] for p in wanted}
     state = quantize.QuantResume(
         ctx.fps, ctx.resumed, wanted=wanted,
-        pending=lambda p: position_pending(p, evals[p], cfg.tasks, ctx.fps, ctx.baseline, r.ppl, r.fidelity, r.tasks),
+        pending=lambda p: position_pending(p, evals[p], cfg.tasks_at(p), ctx.fps, ctx.baseline, r.ppl, r.fidelity, r.tasks),
         load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p))
     quantize.run_quantization(
         quantize.quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save, loaded,
@@ -194,7 +194,7 @@ def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> 
     evals = ctx.evals if cfg.train is not None else [e for e in ctx.evals if position in e.cfg.eval_pos]
     positions.evaluate_perplexity(evals, position, loaded, ctx.baseline, ctx.run_dir, ctx.results.ppl,
                                   ctx.results.fidelity, ctx.record, ctx.console, ctx.fps, ctx.resumed)
-    todo = tasks.pending(cfg.tasks, ctx.results.tasks, position, ctx.fps.get(position), ctx.resumed)
+    todo = tasks.pending(cfg.tasks_at(position), ctx.results.tasks, position, ctx.fps.get(position), ctx.resumed)
     if not todo:
         return
     if ctx.store is None:
