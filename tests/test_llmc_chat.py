@@ -130,7 +130,8 @@ def test_ultrachat_config_runs_on_builtin(tmp_path, chat_data, pydoc_eval_txt, c
     custom_txt data.)"""
     p = _shipped(tmp_path, "quantization/methods/Awq/awq_w_a_chat_data.yml", chat_data, pydoc_eval_txt)
     assert main(["validate", str(p)]) == 0
-    code = main(["run", str(p), "-o", str(tmp_path / "run"), "calib.n_samples=16", "eval.eval_pos=[pretrain,fake_quant]"])
+    code = main(["run", str(p), "-o", str(tmp_path / "run"), "calib.n_samples=16",
+                 "eval.eval_pos=[pretrain,fake_quant]"])
     err = capsys.readouterr()
     assert code == 0, err.err[-3000:]
     assert "calibration: 16 samples" in err.out and "padded, 1 batch" in err.out
@@ -199,3 +200,19 @@ def test_task_eval_pos_limits_positions(tmp_path, tiny_model_dir, chat_data, eva
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [(t["model"], t["task"]) for t in res["tasks"]] == [("fake_quant", "custom_gen")]
     assert [e["position"] for e in res["ppl"]] == ["pretrain"]
+
+
+def test_custom_txt_without_padding_goes_through_preproc(chat_data, builtin_tok):
+    """llmc's awq_w_only_custom_data.yml path: templated samples, then random_truncate_txt windows of seq_len."""
+    from accbench.config import CalibCfg
+    from accbench.pipeline.quantize import build_calib_batches
+
+    c = CalibCfg(name="custom_txt", path=str(chat_data / "custom"), apply_chat_template=True, n_samples=4,
+                 seq_len=64, preproc="random_truncate_txt", seed=42)
+    (batch,) = build_calib_batches(c, builtin_tok, "Llama")
+    assert tuple(batch.shape) == (4, 64)
+    from accbench.data.calib import calib_samples
+
+    texts = chat.custom_texts(chat.load_custom_samples(c.path), builtin_tok, True, False, "Llama")
+    assert all(t.startswith("system: You are a helpful assistant.</s>\nuser: What does this say?") for t in texts)
+    assert batch.tolist() == calib_samples(texts, builtin_tok, "random_truncate_txt", 4, 64, 42)

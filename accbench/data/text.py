@@ -2,7 +2,8 @@
 
 Sources: `builtin:NAME` (shipped with accbench, no download), llmc's names (`wikitext2`, `c4`, `ptb`) read
 with `datasets.load_from_disk(path)` or from the hub with `download: true`, or a local `.txt`, `.jsonl`
-or `.parquet` file (`name: custom`), or llmc's samples.json (`name: custom_ppl`). Every failure is a `DataError` that names the file and the fix.
+or `.parquet` file (`name: custom`), or llmc's samples.json (`name: custom_ppl`). Every failure is a `DataError`
+that names the file and the fix.
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | No
     evals = {p: ctx.evals if cfg.train is not None else [e for e in ctx.evals if p in e.cfg.eval_pos] for p in wanted}
     state = quantize.QuantResume(
         ctx.fps, ctx.resumed, wanted=wanted,
-        pending=lambda p: position_pending(p, evals[p], cfg.tasks_at(p), ctx.fps, ctx.baseline, r.ppl, r.fidelity, r.tasks),
+        pending=lambda p: position_pending(p, evals[p], cfg.tasks_at(p), ctx.fps, ctx.baseline, r.ppl, r.fidelity,
+                                           r.tasks),
         load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p))
     quantize.run_quantization(
         quantize.quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save, loaded,
