@@ -13,6 +13,8 @@
 - `padding: true` (llmc's `get_batch_process`): the samples of a batch (`bs`, -1 one batch) tokenized together
   and padded to the longest, with the attention mask; llmc uses every sample of samples.json then (n_samples
   and seq_len are not applied); the pad token is the tokenizer's, else its eos token, as llmc sets it.
+  ultrachat samples (llmc asserts on those with padding) and any other preprocessing's samples are padded the
+  same way, after their preprocessing.
 """
 
 from __future__ import annotations
