@@ -130,7 +130,8 @@ class SparseInfo(Entry):
 
     method: str
     sparsity: float | None = None  # the requested fraction of zero weights (Magnitude, Wanda)
-    sparsity_type: str = "unstructured"  # or "N:M": N non-zeros kept in every M consecutive weights of a row
+    # "unstructured", "N:M" (N non-zeros kept in every M consecutive weights of a row) or "layers" (ShortGPT)
+    sparsity_type: str = "unstructured"
     n_prune_layers: int | None = None  # ShortGPT: decoder blocks to remove
     sparsity_out: bool = False
     calib_samples: int = 0

@@ -26,6 +26,9 @@ class SparseSpec:
 
     @property
     def pattern(self) -> str:
+        """"layers" (whole blocks removed), "unstructured", or "N:M"."""
+        if self.n_prune_layers:
+            return "layers"
         return "unstructured" if self.n_m is None else f"{self.n_m[0]}:{self.n_m[1]}"
 
 
