@@ -30,6 +30,14 @@ class SparseWeightCfg(Section):
     sparsity_type: str = "unstructured"
     n_prune_layers: int | None = Field(None, ge=1)
 
+    @field_validator("sparsity_type", mode="before")
+    @classmethod
+    def _sexagesimal(cls, v: object) -> object:
+        """YAML 1.1 reads an unquoted 2:4 as the base-60 number 124 (2 x 60 + 4): read it back as 2:4."""
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return f"{v // 60}:{v % 60}"
+        return v
+
     @field_validator("sparsity_type")
     @classmethod
     def _type(cls, v: str) -> str:

@@ -217,6 +217,13 @@ def test_config_targets():
     s = _cfg({"method": "Magnitude", "weight": {"sparsity_type": "2:4"}}).sparse
     assert s.spec() == SparseSpec("Magnitude", 0.5, (2, 4)) and s.spec().pattern == "2:4"
     assert _cfg({"method": "ShortGPT", "weight": {"n_prune_layers": 9}}).sparse.spec().pattern == "layers"
+    import yaml  # an unquoted 2:4 is the YAML 1.1 number 124; it still means 2:4
+
+    for text in ("sparsity_type: 2:4", "sparsity_type: '2:4'"):
+        weight = yaml.safe_load(text)
+        assert _cfg({"method": "Wanda", "weight": weight}).sparse.spec().n_m == (2, 4), weight
+    assert yaml.safe_load("sparsity_type: 4:8") == {"sparsity_type": 248}
+    assert _cfg({"method": "Wanda", "weight": {"sparsity_type": 248}}).sparse.spec().n_m == (4, 8)
 
 
 @pytest.mark.parametrize("sparse,extra,msg", [
