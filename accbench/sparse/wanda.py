@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from accbench.quant.blockwise import BlockInputs, forward_block, run_blockwise
+from accbench.quant.blockwise import BlockInputs, each_linear_input, run_blockwise
 from accbench.sparse.masks import prune_
 from accbench.sparse.spec import SparseOutcome, SparseSpec
 
@@ -23,19 +23,13 @@ from accbench.sparse.spec import SparseOutcome, SparseSpec
 def input_sq_norms(block: nn.Module, inputs: BlockInputs) -> dict[str, torch.Tensor]:
     """For every linear of the block: Σ over calibration tokens of x_j², per input feature j (float32)."""
     sums: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, mod in block.named_modules():
-        if isinstance(mod, nn.Linear):
-            def hook(m: Any, args: tuple, key: str = name) -> None:
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-                s = (x * x).sum(0)
-                sums[key] = s if key not in sums else sums[key] + s
-            handles.append(mod.register_forward_pre_hook(hook))
-    try:
-        forward_block(block, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+
+    def visit(name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        s = (x * x).sum(0)
+        sums[name] = s if name not in sums else sums[name] + s
+
+    each_linear_input(block, inputs, visit)
     return sums
 
 
