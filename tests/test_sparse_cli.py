@@ -103,3 +103,12 @@ def test_shortgpt_config_runs_saves_and_resumes(tmp_path, tiny_model_dir, eval_t
     code = main(["run", str(cfg), "-o", str(tmp_path / "run"), "--resume", *over])
     out = capsys.readouterr()
     assert code == 0 and "sparsification skipped" in out.out + out.err
+
+
+def test_n_m_that_does_not_fit_the_model_fails_validation(tmp_path, tiny_model_dir, eval_txt, eval_dir, capsys):
+    cfg = _config(tmp_path, "Wanda/wanda.yml", tiny_model_dir, eval_txt, eval_dir)
+    over = ["eval.seq_len=64", "sparse.weight.sparsity_type='3:7'", "sparse.weight.sparsity=null"]
+    assert main(["validate", str(cfg), *over]) == 2
+    err = capsys.readouterr().err
+    assert "sparsity_type 3:7: the input dimension of model.layers.0.self_attn.q_proj (64) is not a multiple of 7" in err
+    assert main(["validate", str(cfg), "eval.seq_len=64"]) == 0
