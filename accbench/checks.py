@@ -101,13 +101,24 @@ def max_positions(model_dir: str, trust_remote_code: bool = False) -> int | None
 def check_window_lengths(model_dir: str, windows: list[tuple[str, int, bool]], trust_remote_code: bool = False) -> None:
     """Every perplexity window fits the model's positions, unless its block opts in (allow_beyond_max_positions):
     past them a model computes numbers for positions it never learned, a silently different perplexity."""
-    too_long = [(k, n) for k, n, allowed in windows if not allowed]
-    if not too_long:
-        return
-    limit = max_positions(model_dir, trust_remote_code)
-    bad = [(k, n) for k, n in too_long if limit is not None and n > limit]
+    if any(not allowed for _, _, allowed in windows):
+        _check_limit(windows, max_positions(model_dir, trust_remote_code),
+                     f"max_position_embeddings in {model_dir}/config.json")
+
+
+def check_builtin_window_lengths(path: str, windows: list[tuple[str, int, bool]]) -> None:
+    """As `check_window_lengths` for a `builtin:NAME` model, from its definition (BUILTIN_MODELS), so that
+    `validate` (which never builds it) and `run` (which does) give the same answer."""
+    from accbench.builtin import BUILTIN_MODELS
+
+    spec = BUILTIN_MODELS.get(path.removeprefix("builtin:"))
+    if spec is not None:  # an unknown name is reported when the model loads
+        _check_limit(windows, spec["max_position_embeddings"], f"max_position_embeddings of the built-in {path}")
+
+
+def _check_limit(windows: list[tuple[str, int, bool]], limit: int | None, where: str) -> None:
+    bad = [(k, n) for k, n, allowed in windows if not allowed and limit is not None and n > limit]
     if bad:
         keys = ", ".join(f"{k}: {n}" for k, n in bad)
-        raise AccbenchError(f"{keys} exceeds the model's {limit} positions (max_position_embeddings in "
-                            f"{model_dir}/config.json)", f"set seq_len to at most {limit}, or set "
-                            "allow_beyond_max_positions: true in that block if you mean it")
+        raise AccbenchError(f"{keys} exceeds the model's {limit} positions ({where})", f"set seq_len to at most "
+                            f"{limit}, or set allow_beyond_max_positions: true in that block if you mean it")

@@ -50,6 +50,14 @@ class RunConfig(Section):
     runner: RunnerCfg = Field(default_factory=RunnerCfg)
     compare: CompareCfg = Field(default_factory=CompareCfg)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _llmc_generate_evals(cls, data: Any) -> Any:
+        """llmc's `eval.type: generate_only` blocks run as generate_only tasks (llmc_evals.py)."""
+        from accbench.llmc_evals import move_generate_evals
+
+        return move_generate_evals(data) if isinstance(data, dict) else data
+
     @field_validator("eval", mode="before")
     @classmethod
     def _eval_list(cls, v: Any) -> Any:
@@ -72,6 +80,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":
+        if self.calib is not None and "seed" not in self.calib.model_fields_set:
+            self.calib.seed = self.base.seed  # llmc draws calibration samples from the generator base.seed seeds
         problems = []
         needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
         if needs_quant and self.quant is None and self.sparse is None:
@@ -79,6 +89,12 @@ class RunConfig(Section):
         problems += self._sparse_problems()
         if self.quant is not None and self.quant.method != "RTN" and self.calib is None:
             problems.append(f"quant method {self.quant.method} needs calibration data: add a calib section")
+        bad_pos = sorted({p for t in self.tasks for p in t.eval_pos or [] if p not in EVAL_POSITIONS})
+        if bad_pos:
+            problems.append(f"task eval_pos {bad_pos}: valid positions are {', '.join(EVAL_POSITIONS)}")
+        if self.train is not None and any(t.eval_pos is not None for t in self.tasks):
+            problems.append("a task's eval_pos picks quantization positions; a training run evaluates every "
+                            "task on every variant (remove eval_pos)")
         if self.quant is not None and self.train is not None:
             problems.append("a run either quantizes (quant) or trains (train), not both")
         if self.opencompass is not None and not (self.save.save_trans or self.save.save_fake):
@@ -93,6 +109,10 @@ class RunConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def tasks_at(self, position: str) -> list[TaskCfg]:
+        """The tasks evaluated at `position`: those without eval_pos everywhere, the others where they say."""
+        return [t for t in self.tasks if t.eval_pos is None or position in t.eval_pos]
 
     def _sparse_problems(self) -> list[str]:
         if self.sparse is None:
@@ -119,7 +139,7 @@ class RunConfig(Section):
 
     def positions(self) -> list[str]:
         """Model positions evaluated in this run, in pipeline order."""
-        seen = {p for e in self.eval for p in e.eval_pos}
+        seen = {p for e in self.eval for p in e.eval_pos} | {p for t in self.tasks for p in t.eval_pos or []}
         if not seen:
             seen = {"pretrain"}
         return [p for p in EVAL_POSITIONS if p in seen]

@@ -69,7 +69,24 @@ class CalibCfg(TextDataCfg):
     bs: int = -1
     seq_len: int = Field(512, ge=8)
     preproc: str = "txt_general_preproc"
-    seed: int = 42
+    seed: int = 42  # default: base.seed (RunConfig)
+    # llmc's chat calibration data (data/chat.py): custom_txt samples.json, ultrachat conversations
+    apply_chat_template: bool = False
+    add_answer: bool = False
+    padding: bool = False
+
+    @model_validator(mode="after")
+    def _chat_data(self) -> "CalibCfg":
+        """llmc's rules for its chat data: the chat options need custom_txt/custom_mm samples, and ultrachat
+        goes with preproc ultrachat_general (and only it)."""
+        custom, chat = self.name in ("custom_txt", "custom_mm"), self.name == "ultrachat"
+        if (self.apply_chat_template or self.add_answer) and not custom:
+            raise ValueError(f"apply_chat_template / add_answer apply to llmc's custom_txt samples (samples.json "
+                             f"with question/answer), not to calib.name '{self.name}'")
+        if chat != (self.preproc == "ultrachat_general"):
+            raise ValueError("calib.name ultrachat goes with preproc: ultrachat_general (and that preproc with "
+                             "ultrachat conversations)")
+        return self
 
 
 class FidelityCfg(Section):

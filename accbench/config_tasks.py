@@ -18,6 +18,7 @@ class TaskBase(Section):
     seed: int = 1234
     batch_size: int | Literal["auto"] = "auto"
     chat_template: bool = False
+    eval_pos: list[str] | None = None  # the quantization positions it runs at; default: every evaluated one
 
     @field_validator("limit")
     @classmethod
@@ -83,6 +84,16 @@ class HumanEvalTask(TaskBase):
         return self
 
 
+class CustomGenerateTask(TaskBase):
+    """llmc's `eval.type: generate_only` (its CustomGenerate): greedy answers to llmc's custom samples
+    (`path`/samples.json), `max_new_tokens` each, no score; with `chat_template` the question goes in llmc's
+    system + user turns."""
+
+    type: Literal["generate_only"]
+    max_new_tokens: int = Field(32, ge=1)
+    system_prompt: str = "You are a helpful assistant."
+
+
 class JudgeCfg(Section):
     type: Literal["openai", "hf"] = "openai"
     model: str | None = None
@@ -141,10 +152,12 @@ class MTBenchTask(TaskBase):
 
 
 TaskCfg = Annotated[
-    Union[MultipleChoiceTask, GenerateTask, PerplexityTask, LmEvalTask, HumanEvalTask, MTBenchTask],
+    Union[MultipleChoiceTask, GenerateTask, PerplexityTask, LmEvalTask, HumanEvalTask, MTBenchTask,
+          CustomGenerateTask],
     Field(discriminator="type"),
 ]
 
 
 TASK_MODELS = {"multiple_choice": MultipleChoiceTask, "generate": GenerateTask, "perplexity": PerplexityTask,
-               "lm_eval": LmEvalTask, "humaneval": HumanEvalTask, "mtbench": MTBenchTask}
+               "lm_eval": LmEvalTask, "humaneval": HumanEvalTask, "mtbench": MTBenchTask,
+               "generate_only": CustomGenerateTask}

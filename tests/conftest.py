@@ -59,6 +59,16 @@ def eval_txt(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def pydoc_eval_txt(tmp_path_factory) -> Path:
+    """The built-in test text as a file: an llmc config's `eval.path` then reads what `builtin:pydoc` evaluates."""
+    from accbench.builtin import builtin_texts
+
+    out = tmp_path_factory.mktemp("pydoc") / "test.txt"
+    out.write_text("\n\n".join(builtin_texts("pydoc", "test")))
+    return out
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors on a shared 2-core machine: one torch thread avoids oversubscription stalls."""

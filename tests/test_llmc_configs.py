@@ -5,6 +5,7 @@ no typo suggestion, no traceback. The counts and the feature table in docs/confi
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import re
 from pathlib import Path
@@ -15,9 +16,10 @@ import yaml
 from accbench.cli import main
 from accbench.llmc_features import feature_table
 
-from llmc_fixtures import LLMC, with_paths
+from llmc_fixtures import LLMC, with_paths, write_chat_data
 
 REPO = Path(__file__).resolve().parents[1]
+FAKE_QUANT_2048 = 52.2249  # RTN w4 g128 asym on the built-in model at 2048-token windows
 pytestmark = pytest.mark.skipif(LLMC is None, reason="../shared/data/llmc_configs is absent")
 
 # problems of llmc's own configs that are not llmc features: llmc itself skips an eval_pos it does not know,
@@ -26,6 +28,9 @@ LLMC_SLIPS = {
     "quantization/backend/vllm/fp8/gptq_fp8.yml": "unknown eval_pos 'fake-quant'",
     "quantization/backend/vllm/tesseraq_w4a16.yml": "unknown eval_pos 'nahh'",
     "quantization/methods/Awq/awq_w_only_opencompass.yml": "the opencompass section evaluates a saved model",
+    # not a slip, a model too small for it: llmc's ShortGPT config removes 9 blocks, the built-in model has 4
+    # (validate reads the built-in model's shapes from its definition, as run does once it is built)
+    "sparsification/methods/ShortGPT/shortgpt.yml": "would remove every decoder block (model.layers has 4)",
 }
 
 
@@ -40,9 +45,10 @@ def _validate(path: Path) -> tuple[int, str]:
 def walked(tmp_path_factory, eval_txt) -> dict[str, tuple[int, str]]:
     """Exit code and stderr of `accbench validate` for every shipped llmc config, paths changed."""
     tmp = tmp_path_factory.mktemp("llmc")
+    chat = write_chat_data(tmp / "chat")
     out = {}
     for f in sorted(LLMC.rglob("*.y*ml")):
-        cfg = with_paths(yaml.safe_load(f.read_text()), "builtin:tiny-llama", eval_txt, tmp / "save")
+        cfg = with_paths(yaml.safe_load(f.read_text()), "builtin:tiny-llama", eval_txt, tmp / "save", chat)
         p = tmp / "cfg.yaml"
         p.write_text(yaml.safe_dump(cfg, sort_keys=False))
         out[f.relative_to(LLMC).as_posix()] = _validate(p)
@@ -94,11 +100,16 @@ def test_refused_by_name_with_line(walked, name, feature):
 
 
 @pytest.mark.parametrize("name", ["sparsification/methods/Magnitude/magnitude.yml",
-                                  "sparsification/methods/Wanda/wanda.yml",
-                                  "sparsification/methods/ShortGPT/shortgpt.yml"])
+                                  "sparsification/methods/Wanda/wanda.yml"])
 def test_sparsity_configs_validate(walked, name):
     code, err = walked[name]
     assert code == 0, err
+
+
+def test_shortgpt_config_is_too_deep_for_the_builtin_model(walked):
+    """llmc's ShortGPT config removes 9 blocks; validate refuses it on the 4-block built-in model, as run does."""
+    code, err = walked["sparsification/methods/ShortGPT/shortgpt.yml"]
+    assert code == 2 and "n_prune_layers 9 would remove every decoder block (model.layers has 4)" in err
 
 
 def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):
@@ -113,3 +124,33 @@ def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):
     p.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(p)]) == 2
     assert "save.save_vllm: llmc's real-quant exports" in capsys.readouterr().err
+
+
+def test_shipped_config_runs_on_builtin_with_only_paths_changed(tmp_path, pydoc_eval_txt, capsys, one_thread):
+    """llmc's RTN example, paths changed and nothing else (eval.seq_len 2048, bs 1): validate says valid and
+    run runs it on the built-in model (2048 positions), pretrain and fake_quant at 13 windows of 2048."""
+    cfg = with_paths(yaml.safe_load((LLMC / "quantization/methods/RTN/rtn_w_only.yml").read_text()),
+                     "builtin:tiny-llama", pydoc_eval_txt, tmp_path / "save")
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert _validate(p)[0] == 0
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 0, capsys.readouterr().err[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    ppl = {e["position"]: e for e in res["ppl"]}
+    assert {e["seq_len"] for e in ppl.values()} == {2048} and {e["windows"] for e in ppl.values()} == {13}
+    assert ppl["pretrain"]["ppl"] == pytest.approx(49.616, rel=1e-3)  # 43.8 at the quickstart's 256 windows
+    assert ppl["fake_quant"]["ppl"] == pytest.approx(FAKE_QUANT_2048, rel=1e-3)
+
+
+def test_validate_and_run_agree_on_builtin_positions(tmp_path, pydoc_eval_txt, capsys):
+    """A window beyond the built-in model's positions: validate (which never builds it) and run both refuse it,
+    with the same message, before anything loads."""
+    cfg = with_paths(yaml.safe_load((LLMC / "quantization/methods/RTN/rtn_w_only.yml").read_text()),
+                     "builtin:tiny-llama", pydoc_eval_txt, tmp_path / "save")
+    cfg["eval"]["seq_len"] = 4096
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, err = _validate(p)
+    assert code == 2 and "eval.0.seq_len: 4096 exceeds the model's 2048 positions" in err
+    assert main(["run", str(p), "-o", str(tmp_path / "run")]) == 2
+    assert "eval.0.seq_len: 4096 exceeds the model's 2048 positions" in capsys.readouterr().err

@@ -149,24 +149,43 @@ def test_mix_precision_config_keeps_ignored_layers_float(tmp_path, tiny_model_di
     assert ppl["fake_quant"] != ppl["pretrain"]
 
 
-@needs_llmc
-def test_two_step_combination_runs_in_sequence(tmp_path, tiny_model_dir, eval_txt, capsys):
-    """llmc's combination configs run as two `accbench run`s: step 1 saves the transformed model under
-    save_path/transformed_model, step 2's model.path points there. Step 1 is llmc's AWQ step (its save_trans is
-    switched on: llmc ships it off); llmc's own step 2s (OmniQuant; GPTQ with QuaRot's online rotation) are
-    refused by name, so step 2 here is llmc's GPTQ config."""
+STEP1 = ["quantization/combination/awq_comb_omni/w2a16g64/step_1_awq.yml",
+         "quantization/combination/awq_comb_omni/w3a16g128/step_1_awq.yml",
+         "quantization/combination/awq_comb_omni/w4a16g128/step_1_awq.yml",
+         *(f"quantization/backend/{b}/w4a16_combin/step_1_awq.yml" for b in ("autoawq", "mlcllm", "sglang", "vllm"))]
+
+
+def _step1(tmp_path: Path, name: str, model: Path, data: Path, capsys) -> tuple[Path, dict]:
+    """Run an llmc step-1 config (paths changed, sizes shrunk); its transformed model is at
+    save_path/transformed_model. llmc ships w4a16g128's step 1 with save_trans off: switched on there."""
     (tmp_path / "s1").mkdir()
-    (tmp_path / "s2").mkdir()
-    step1 = _llmc_config(tmp_path / "s1", "quantization/combination/awq_comb_omni/w4a16g128/step_1_awq.yml",
-                         tiny_model_dir, eval_txt)
-    code, err, res1 = _run(step1, tmp_path / "run1", capsys, *SMALL, "save.save_trans=true",
-                           "quant.weight.group_size=32")
+    step1 = _llmc_config(tmp_path / "s1", name, model, data)
+    on = [] if yaml.safe_load(step1.read_text())["save"]["save_trans"] else ["save.save_trans=true"]
+    code, err, res = _run(step1, tmp_path / "run1", capsys, *SMALL, "quant.weight.group_size=32", *on)
     assert code == 0, err[-3000:]
     trans = tmp_path / "s1" / "save" / "transformed_model"
-    assert res1["models"]["transformed"] == str(trans) and (trans / "config.json").is_file()
+    assert res["models"]["transformed"] == str(trans) and (trans / "config.json").is_file()
+    return trans, res
 
-    llmc_step2 = _llmc_config(tmp_path / "s2", "quantization/combination/awq_comb_omni/w4a16g128/step_2_omniq.yml",
+
+@needs_llmc
+def test_two_step_combination_runs_in_sequence(tmp_path, tiny_model_dir, eval_txt, capsys):
+    """llmc's combination configs run as two `accbench run`s: step 1 (llmc's AWQ step, as shipped with
+    save_trans: True) saves the transformed model under save_path/transformed_model, step 2's model.path points
+    there. llmc's own step 2s (OmniQuant; GPTQ with QuaRot's online rotation) are refused by name, so step 2 here
+    is llmc's GPTQ config; it quantizes step 1's model, not the original."""
+    import torch
+    from safetensors.torch import load_file
+
+    trans, res1 = _step1(tmp_path, STEP1[1], tiny_model_dir, eval_txt, capsys)
+    orig = load_file(str(tiny_model_dir / "model.safetensors"))
+    scaled = load_file(str(trans / "model.safetensors"))
+    assert not torch.equal(orig["model.layers.0.input_layernorm.weight"], scaled["model.layers.0.input_layernorm.weight"])
+
+    (tmp_path / "s2").mkdir()
+    llmc_step2 = _llmc_config(tmp_path / "s2", "quantization/combination/awq_comb_omni/w3a16g128/step_2_omniq.yml",
                               trans, eval_txt)
+    assert yaml.safe_load(llmc_step2.read_text())["model"]["path"] == str(trans)
     assert main(["validate", str(llmc_step2)]) == 2
     assert "llmc's OmniQuant method is not supported yet" in capsys.readouterr().err
     step2 = _llmc_config(tmp_path / "s2", "quantization/methods/GPTQ/gptq_w_only.yml", trans, eval_txt)
@@ -177,3 +196,40 @@ def test_two_step_combination_runs_in_sequence(tmp_path, tiny_model_dir, eval_tx
     ppl1 = {p["position"]: p["ppl"] for p in res1["ppl"]}
     ppl2 = {p["position"]: p["ppl"] for p in res2["ppl"]}
     assert "fake_quant" in ppl1 and ppl2["fake_quant"] != ppl2["pretrain"]
+
+
+@needs_llmc
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STEP1)
+def test_every_step1_config_writes_its_transformed_model(tmp_path, tiny_model_dir, eval_txt, capsys, name):
+    """Each llmc step-1 config that validates runs and writes save_path/transformed_model, which an RTN step 2
+    then loads and quantizes."""
+    trans, _ = _step1(tmp_path, name, tiny_model_dir, eval_txt, capsys)
+    (tmp_path / "s2").mkdir()
+    step2 = _llmc_config(tmp_path / "s2", "quantization/methods/RTN/rtn_w_only.yml", trans, eval_txt)
+    code, err, res = _run(step2, tmp_path / "run2", capsys, "eval.seq_len=64", "eval.bs=4",
+                          "quant.weight.group_size=32")
+    assert code == 0 and res["models"]["pretrain"] == str(trans), err[-3000:]
+
+
+def test_base_seed_decides_calibration_and_runs_repeat(tmp_path, tiny_model_dir, eval_txt, capsys):
+    """base.seed seeds the calibration draw (calib.seed unset): the same seed gives the same results.json
+    numbers, bit for bit; another seed draws other GPTQ windows and so another fake_quant perplexity."""
+    cfg = {"base": {"seed": 42}, "model": {"path": str(tiny_model_dir), "torch_dtype": "float32"},
+           "calib": {"name": "custom", "path": str(eval_txt), "n_samples": 4, "seq_len": 32,
+                     "preproc": "wikitext2_gptq"},
+           "quant": {"method": "GPTQ", "weight": {"bit": 3, "group_size": 32}},
+           "eval": {"name": "custom", "path": str(eval_txt), "seq_len": 64, "bs": 4,
+                    "eval_pos": ["pretrain", "fake_quant"]}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+
+    def numbers(run: str, *overrides: str) -> dict:
+        code, err, res = _run(p, tmp_path / run, capsys, *overrides)
+        assert code == 0, err[-3000:]
+        return {e["position"]: (e["ppl"], e["window_losses"]) for e in res["ppl"]}
+
+    a, b, c = numbers("a"), numbers("b"), numbers("c", "base.seed=7")
+    assert a == b
+    assert c["pretrain"] == a["pretrain"] and c["fake_quant"][0] != a["fake_quant"][0]
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["calib"]["seed"] == 7

@@ -41,7 +41,8 @@ def quant_cfg(tmp_path, tiny_model_dir, eval_txt) -> str:
     ("quant.special.percdamp=5", "quant.special.percdamp must be in (0, 1]"),
     ("quant.weight.int_range=[0,7]", "quant.weight.int_range: llmc's int_range is not supported yet"),
     ("calib.preproc=pileval_smoth", "unknown calib.preproc 'pileval_smoth'"),
-    ("calib.preproc=ultrachat_general", "llmc's calibration preprocessing ultrachat_general"),
+    ("calib.preproc=vlm_general", "llmc's calibration preprocessing vlm_general / img_general"),
+    ("calib.preproc=ultrachat_general", "calib.name ultrachat goes with preproc: ultrachat_general"),
     ("quant.special.owq=true", "llmc's outlier-aware GPTQ (owq) is not supported yet"),
     ("quant.weight.group_size=48", "group_size 48 does not divide the input dimension 64"),
 ])

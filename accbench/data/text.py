@@ -2,7 +2,8 @@
 
 Sources: `builtin:NAME` (shipped with accbench, no download), llmc's names (`wikitext2`, `c4`, `ptb`) read
 with `datasets.load_from_disk(path)` or from the hub with `download: true`, or a local `.txt`, `.jsonl`
-or `.parquet` file (`name: custom`). Every failure is a `DataError` that names the file and the fix.
+or `.parquet` file (`name: custom`), or llmc's samples.json (`name: custom_ppl`). Every failure is a `DataError`
+that names the file and the fix.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def load_texts(name: str, path: str | None = None, download: bool = False, text_
             return builtin_texts(name[len(BUILTIN_PREFIX):], split or builtin_split)
         except ValueError as exc:
             raise DataError(str(exc), "use builtin:pydoc or a dataset on disk") from None
+    if name == "custom_ppl":  # llmc's custom samples.json: each question followed by its answer
+        from accbench.data.chat import load_custom_samples
+
+        return [q.question + q.answer for q in load_custom_samples(path)]
     column = DEFAULT_COLUMN.get(name, text_column) if text_column == "text" else text_column
     if download and not path:
         return _from_hub(name, column)
@@ -136,7 +141,10 @@ def _from_parquet(p: Path, column: str) -> list[str]:
 
 
 def join_texts(name: str, texts: list[str]) -> str:
-    """llmc's join: ptb and c4 sentences with ' ', everything else with blank lines; c4 keeps 1100 docs."""
+    """llmc's join: ptb and c4 sentences with ' ', custom_ppl samples with '\n', everything else with blank
+    lines; c4 keeps 1100 docs."""
+    if name == "custom_ppl":
+        return "\n".join(texts)
     if name == "c4":
         return " ".join(texts[:1100])
     if name == "ptb":
@@ -157,6 +165,7 @@ def ppl_token_stream(name: str, texts: list[str], tokenizer: Any, seq_len: int, 
 
 
 def recipe_description(name: str) -> str:
-    join = {"c4": "first 1100 docs joined with ' ', cut to 256*seq_len tokens", "ptb": "joined with ' '"}
+    join = {"c4": "first 1100 docs joined with ' ', cut to 256*seq_len tokens", "ptb": "joined with ' '",
+            "custom_ppl": "samples.json's question+answer joined with newlines"}
     return (f"llmc: {join.get(name, 'joined with blank lines')}; tokenized once; non-overlapping windows "
             "of seq_len, tail dropped; ppl = exp(mean window loss)")

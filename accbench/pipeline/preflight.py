@@ -39,11 +39,11 @@ class Checked:
     opencompass: OpenCompassReady | None = None
 
 
-def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchError]:
-    """Every problem of `cfg` that shows without weights. A built-in model that is not built yet is only
-    built (to read its shapes) when `build_builtin`; `validate` never builds it."""
-    model_config = _model_config(cfg.model, build_builtin) if (cfg.quant or cfg.sparse or cfg.train) else None
-    checks: list[Callable[[], None]] = [lambda: _check_inputs(cfg, build_builtin)]
+def find_problems(cfg: RunConfig) -> list[AccbenchError]:
+    """Every problem of `cfg` that shows without weights. A built-in model is checked from its definition
+    (BUILTIN_MODELS), never built here, so `validate` and `run` always give the same answer."""
+    model_config = _model_config(cfg.model) if (cfg.quant or cfg.sparse or cfg.train) else None
+    checks: list[Callable[[], None]] = [lambda: _check_inputs(cfg)]
     checks += [lambda d=d: _check_text_file(d) for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]]
     if cfg.quant is not None:
         checks += [lambda: _check_quant(cfg, model_config), lambda: _check_calib(cfg)]
@@ -67,7 +67,7 @@ def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchE
 
 def check_run(cfg: RunConfig, run_dir: Path) -> Checked:
     """Raise every problem `find_problems` sees (one error listing them all); then prepare OpenCompass."""
-    problems = find_problems(cfg, build_builtin=True)
+    problems = find_problems(cfg)
     if len(problems) == 1:
         raise problems[0]
     if problems:
@@ -77,13 +77,15 @@ def check_run(cfg: RunConfig, run_dir: Path) -> Checked:
     return Checked(prepare_opencompass(cfg.opencompass, cfg.save, run_dir))
 
 
-def _model_config(m: ModelCfg, build_builtin: bool) -> Any:
-    """The model's transformers config (config.json only), or None when it cannot be read without loading
-    (a hub id, a built-in model not built yet, an unreadable folder: loading the model reports those)."""
+def _model_config(m: ModelCfg) -> Any:
+    """The model's transformers config (config.json only; a built-in model's from its definition), or None when
+    it cannot be read without loading (a hub id, an unreadable folder: loading the model reports those)."""
     from accbench.models import BUILTIN_PREFIX, resolve_model_path
 
-    if m.path.startswith(BUILTIN_PREFIX) and not build_builtin:
-        return None
+    if m.path.startswith(BUILTIN_PREFIX):
+        from accbench.builtin import builtin_config
+
+        return builtin_config(m.path[len(BUILTIN_PREFIX):])
     try:
         path = resolve_model_path(m.path)
     except AccbenchError:
@@ -98,16 +100,17 @@ def _model_config(m: ModelCfg, build_builtin: bool) -> Any:
         return None
 
 
-def _check_inputs(cfg: RunConfig, build_builtin: bool) -> None:
+def _check_inputs(cfg: RunConfig) -> None:
     """The device, the model folder (a tokenizer, complete safetensors files) and every perplexity window
     against the model's positions (checks.py)."""
-    from accbench.checks import check_device, check_model_dir, check_window_lengths
+    from accbench.checks import check_builtin_window_lengths, check_device, check_model_dir, check_window_lengths
     from accbench.models import BUILTIN_PREFIX, resolve_model_path
 
     m = cfg.model
     check_device(m.device)
     check_model_dir(m.path, m.tokenizer_path)
-    if m.path.startswith(BUILTIN_PREFIX) and not build_builtin:
+    if m.path.startswith(BUILTIN_PREFIX):  # from its definition: validate never builds it, run must agree
+        check_builtin_window_lengths(m.path, cfg.window_lengths())
         return
     try:
         path = resolve_model_path(m.path)
@@ -121,6 +124,13 @@ def _check_text_file(d: Any) -> None:
     """A local data file (eval or calib) is readable text."""
     from accbench.data.text import load_texts
 
+    from accbench.data.chat import CHAT_NAMES, CUSTOM_NAMES
+
+    if d.name in CHAT_NAMES + CUSTOM_NAMES:
+        return  # llmc's chat data: _check_calib reads it
+    if d.name == "custom_ppl":
+        load_texts(d.name, d.path)
+        return
     if d.path and not d.download and Path(d.path).expanduser().is_file():
         load_texts(d.name, d.path, False, d.text_column, d.split)
 
@@ -162,11 +172,28 @@ def _check_sparse(cfg: RunConfig, model_config: Any) -> None:
 
 
 def _check_calib(cfg: RunConfig) -> None:
+    """The preprocessing name, and llmc's chat data (samples.json, conversations) readable."""
+    from accbench.data import chat
     from accbench.data.calib import PREPROC
     from accbench.errors import DataError
 
-    if cfg.calib is not None and cfg.calib.preproc not in PREPROC:
-        raise DataError(f"unknown calib.preproc '{cfg.calib.preproc}'", f"use one of: {', '.join(PREPROC)}")
+    c = cfg.calib
+    if c is None:
+        return
+    where = cfg.model.tokenizer_path or cfg.model.path
+    if chat.needs_chat_template(c.name, c.apply_chat_template) and chat.has_chat_template(where) is False:
+        raise DataError(f"calib: llmc's chat data is rendered by the chat template, and the tokenizer in {where} "
+                        "has none", "set model.tokenizer_path to a chat model's tokenizer, or set "
+                        "calib.apply_chat_template: false")
+    if c.name in chat.CHAT_NAMES:
+        chat.load_conversations(c.path, c.split)
+        return
+    if c.name in chat.CUSTOM_NAMES:
+        chat.load_custom_samples(c.path)
+        if c.padding:
+            return  # padded samples go whole, no preprocessing (llmc)
+    if c.preproc not in PREPROC:
+        raise DataError(f"unknown calib.preproc '{c.preproc}'", f"use one of: {', '.join(PREPROC)}")
 
 
 def _check_baseline(cfg: RunConfig) -> None:

@@ -53,13 +53,25 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None, ignored: IgnoredLayersCfg | 
                      frozenset(ignored.layer_names), frozenset(ignored.speical_names))
 
 
-def build_calib_batches(c: CalibCfg, tok: Any) -> list:
-    """Calibration token batches from the calib section (llmc's preprocessing and grouping)."""
+def build_calib_batches(c: CalibCfg, tok: Any, model_type: str | None = None) -> list:
+    """Calibration token batches from the calib section (llmc's preprocessing and grouping); llmc's chat data
+    (custom_txt samples, ultrachat conversations, padding) as data/chat.py builds it."""
+    from accbench.data import chat
     from accbench.data.calib import calib_batches, calib_samples
     from accbench.data.text import load_texts
 
-    texts = load_texts(c.name, c.path, c.download, c.text_column, c.split, builtin_split="calib")
-    return calib_batches(calib_samples(texts, tok, c.preproc, c.n_samples, c.seq_len, c.seed), c.bs)
+    if c.name in chat.CHAT_NAMES:
+        rows = chat.ultrachat_general(chat.load_conversations(c.path, c.split), tok, c.n_samples, c.seq_len)
+        return chat.padded_batches(rows, tok, c.bs) if c.padding else calib_batches(rows, c.bs)
+    if c.name in chat.CUSTOM_NAMES:
+        texts = chat.custom_texts(chat.load_custom_samples(c.path), tok, c.apply_chat_template, c.add_answer,
+                                  model_type)
+        if c.padding:
+            return chat.padded_batches(texts, tok, c.bs)
+    else:
+        texts = load_texts(c.name, c.path, c.download, c.text_column, c.split, builtin_split="calib")
+    samples = calib_samples(texts, tok, c.preproc, c.n_samples, c.seq_len, c.seed)
+    return chat.padded_batches(samples, tok, c.bs) if c.padding else calib_batches(samples, c.bs)
 
 
 @dataclass
@@ -85,8 +97,12 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
 
     check_quant(loaded.model, spec, calib is not None)
     if calib is not None and batches is not None:
+        from accbench.data.chat import PaddedBatch
+
         n = sum(len(b) for b in batches)
-        console.print(f"calibration: {n} samples x {calib.seq_len} tokens ({calib.preproc}, "
+        tokens = sum(int(b.attention_mask.sum()) if isinstance(b, PaddedBatch) else b.numel() for b in batches)
+        how = "padded" if isinstance(batches[0], PaddedBatch) else calib.preproc
+        console.print(f"calibration: {n} samples, {tokens} tokens ({how}, "
                       f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
     info = QuantInfo(method=spec.method, weight=q.weight.model_dump(), act=q.act.model_dump() if q.act else None,
                      special=spec.special, quant_out=spec.quant_out,

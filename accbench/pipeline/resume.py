@@ -45,10 +45,19 @@ def check_config_change(cfg: RunConfig, run_dir: Path, console: "Console", stric
                       "with the old settings are recomputed", markup=False)
 
 
+def _batch_id(batch: Any) -> str:
+    """A calibration batch's identity: its token ids (and, padded, its attention mask)."""
+    from accbench.data.chat import PaddedBatch
+    from accbench.fingerprints import tokens_id
+
+    if isinstance(batch, PaddedBatch):
+        return tokens_id(batch.input_ids) + tokens_id(batch.attention_mask)
+    return tokens_id(batch)
+
+
 def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = None) -> dict[str, str]:
     """The fingerprint of the model at each position: its weights, dtype, tokenizer, and what transformed it
     (the quant or sparse section; for a calibrated method also the calib section and the calibration tokens)."""
-    from accbench.fingerprints import tokens_id
     from accbench.models import model_fingerprint
 
     m = cfg.model
@@ -56,7 +65,7 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
                "tokenizer": [m.tokenizer_path and model_fingerprint(m.tokenizer_path, ""), m.tokenizer_mode],
                "attn_implementation": m.attn_implementation, "trust_remote_code": m.trust_remote_code}
     out = {"pretrain": fingerprint(weights, "pretrain")}
-    calib = [cfg.calib.model_dump(mode="json"), [tokens_id(b) for b in calib_batches]] if (
+    calib = [cfg.calib.model_dump(mode="json"), [_batch_id(b) for b in calib_batches]] if (
         cfg.calib is not None and calib_batches is not None) else None
     if cfg.quant is not None:
         for p in ("transformed", "fake_quant"):

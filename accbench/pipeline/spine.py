@@ -112,7 +112,7 @@ def _prepare_inputs(ctx: "RunContext") -> list | None:
     if not needs_calibration(q.method, q.act is not None and q.act.static):
         return None
     with timed(ctx.record, "calib_data"):
-        return quantize.build_calib_batches(cfg.calib, tokenizer)
+        return quantize.build_calib_batches(cfg.calib, tokenizer, m.type)
 
 
 def _transform_resume(ctx: "RunContext", loaded: "LoadedModel") -> quantize.QuantResume:
@@ -124,7 +124,8 @@ def _transform_resume(ctx: "RunContext", loaded: "LoadedModel") -> quantize.Quan
     evals = {p: [e for e in ctx.evals if p in e.cfg.eval_pos] for p in wanted}
     return quantize.QuantResume(
         ctx.fps, ctx.resumed, wanted=wanted,
-        pending=lambda p: position_pending(p, evals[p], cfg.tasks, ctx.fps, ctx.baseline, r.ppl, r.fidelity, r.tasks),
+        pending=lambda p: position_pending(p, evals[p], cfg.tasks_at(p), ctx.fps, ctx.baseline, r.ppl, r.fidelity,
+                                           r.tasks),
         load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p))
 
 
@@ -219,7 +220,7 @@ def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> 
     evals = ctx.evals if cfg.train is not None else [e for e in ctx.evals if position in e.cfg.eval_pos]
     positions.evaluate_perplexity(evals, position, loaded, ctx.baseline, ctx.run_dir, ctx.results.ppl,
                                   ctx.results.fidelity, ctx.record, ctx.console, ctx.fps, ctx.resumed)
-    todo = tasks.pending(cfg.tasks, ctx.results.tasks, position, ctx.fps.get(position), ctx.resumed)
+    todo = tasks.pending(cfg.tasks_at(position), ctx.results.tasks, position, ctx.fps.get(position), ctx.resumed)
     if not todo:
         return
     if ctx.store is None:

@@ -81,8 +81,10 @@ def _weight_mean(layers: list[nn.Linear], spec: QuantSpec) -> torch.Tensor:
 
 
 @torch.no_grad()
-def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: QuantSpec) -> torch.Tensor:
-    """Grid-search AWQ's per-channel scale for one subset; return the best scale (float32)."""
+def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: QuantSpec,
+                 masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Grid-search AWQ's per-channel scale for one subset; return the best scale (float32). Padded calibration
+    batches (`masks`, 1 at real tokens) leave their padding out of the output error, as llmc does."""
     opts = AwqOptions.of(spec)
     layers = [modules[n] for n in s.layers]
     xs = calls[s.layers[0]].inputs
@@ -110,7 +112,11 @@ def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: 
                 if spec.act is not None:
                     xt = fake_quantize_act_dynamic(xt, spec.act)
                 out = _subset_output(modules, s, calls, i, xt, use_inspect)
-                loss += x.shape[0] / n_samples * (org_out[i] - out).float().pow(2).mean().item()
+                diff = org_out[i] - out
+                mask = masks[i] if masks else None
+                if mask is not None and diff.shape[1] == mask.shape[-1]:
+                    diff = diff * mask.unsqueeze(-1).to(diff.dtype)
+                loss += x.shape[0] / n_samples * diff.float().pow(2).mean().item()
         finally:
             for lin, w in zip(layers, saved):
                 lin.weight.data = w
@@ -120,14 +126,24 @@ def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: 
     return best_scale
 
 
+def _real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of `x` ([tokens, channels]) at real tokens of a padded batch (all rows when unpadded)."""
+    if mask is None or mask.numel() != x.shape[0]:
+        return x
+    return x[mask.flatten().bool().to(x.device)]
+
+
 @torch.no_grad()
 def search_clip(w: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec, n_sample_token: int,
-                n_grid: int = 20, max_shrink: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best (lo, hi) per output row and group, shaped as the rows of `to_rows(w)` ([rows, 1])."""
+                n_grid: int = 20, max_shrink: float = 0.5,
+                masks: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best (lo, hi) per output row and group, shaped as the rows of `to_rows(w)` ([rows, 1]); the padding of
+    padded batches (`masks`) is left out of the tokens searched on, as llmc does."""
     oc, ic = w.shape
     gs = spec.weight.group_size if spec.weight.granularity == "per_group" else ic
     clip_sym = AwqOptions.of(spec).clip_sym
-    x = torch.cat([t.reshape(-1, ic) for t in xs], dim=0).float()
+    x = torch.cat([_real_tokens(t.reshape(-1, ic), masks[i] if masks else None) for i, t in enumerate(xs)],
+                  dim=0).float()
     x = x[0:: max(1, x.shape[0] // n_sample_token)]
     if spec.act is not None:
         x = fake_quantize_act_dynamic(x, spec.act)
@@ -170,7 +186,7 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
         for s in subsets:
             if s.prev is None:
                 continue
-            scale = search_scale(modules, s, calls, spec)
+            scale = search_scale(modules, s, calls, spec, inputs.token_masks)
             apply_scale(modules[s.prev], [modules[n] for n in s.layers], scale)
             state.scales[prefix + s.prev] = scale.cpu()
             old = calls[s.layers[0]].inputs
@@ -185,7 +201,8 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
                 if any(k in leaf for k in ("q_", "k_", "query", "key", "qkv")):
                     continue
                 lin = modules[name]
-                lo, hi = search_clip(lin.weight.data, calls[name].inputs, spec, spec.clip_tokens)
+                lo, hi = search_clip(lin.weight.data, calls[name].inputs, spec, spec.clip_tokens,
+                                     masks=inputs.token_masks)
                 if opts.clip_version == "v1":
                     rows = to_rows(lin.weight.data.float(), spec.weight.granularity
                                    if spec.weight.granularity == "per_group" else "per_channel", spec.weight.group_size)

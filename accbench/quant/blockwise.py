@@ -39,6 +39,8 @@ class BlockInputs:
 
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
+    # per batch, [B, T] with 1 at real tokens and 0 at padding (llmc's padding_mask), None for unpadded batches
+    token_masks: list[torch.Tensor | None] = field(default_factory=list)
 
     @property
     def n_samples(self) -> int:
@@ -56,8 +58,9 @@ def to_device(obj: Any, device: Any) -> Any:
     return obj
 
 
-def catch_block_inputs(model: Any, blocks: Any, batches: list[torch.Tensor], device: str) -> BlockInputs:
-    """Run the model up to its first block for each batch of token ids and keep what the block receives."""
+def catch_block_inputs(model: Any, blocks: Any, batches: list[Any], device: str) -> BlockInputs:
+    """Run the model up to its first block for each batch of token ids (or a PaddedBatch, with its attention
+    mask) and keep what the block receives."""
     hidden: list[torch.Tensor] = []
     kwargs: list[dict[str, Any]] = []
 
@@ -73,9 +76,12 @@ def catch_block_inputs(model: Any, blocks: Any, batches: list[torch.Tensor], dev
     handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            for ids in batches:
+            for b in batches:
+                mask = getattr(b, "attention_mask", None)
+                ids = b if mask is None else b.input_ids
+                extra = {} if mask is None else {"attention_mask": mask.to(embed_device)}
                 try:
-                    model(input_ids=ids.to(embed_device), use_cache=False)
+                    model(input_ids=ids.to(embed_device), use_cache=False, **extra)
                 except _Caught:
                     pass
     finally:
@@ -83,7 +89,8 @@ def catch_block_inputs(model: Any, blocks: Any, batches: list[torch.Tensor], dev
     if len(hidden) != len(batches):
         raise AccbenchError(f"could not catch the inputs of the first decoder block of {type(model).__name__}",
                             "the model's forward must call its decoder blocks in order")
-    return BlockInputs(hidden, kwargs)
+    masks = [None if getattr(b, "attention_mask", None) is None else b.attention_mask.to(device) for b in batches]
+    return BlockInputs(hidden, kwargs, masks)
 
 
 def block_output(out: Any) -> torch.Tensor:

@@ -48,6 +48,10 @@ def check_tasks(cfgs: list[Any]) -> None:
             from accbench.evaluate.tasks.mtbench import check
 
             check(cfg)
+        elif cfg.type == "generate_only":
+            from accbench.evaluate.tasks.custom_generate import check as check_custom
+
+            check_custom(cfg)
 
 
 # task types where a chat template has no defined meaning: refused rather than silently ignored
@@ -86,6 +90,12 @@ def _run_mtbench(cfg: "MTBenchTask", answerer: Answerer, ctx: TaskContext) -> Ta
                             baseline_name=ctx.baseline, model_key=f"{ctx.position}@{ctx.model_fingerprint}")
 
 
+def _run_custom_generate(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
+    from accbench.evaluate.tasks.custom_generate import run
+
+    return run(cfg, answerer, ctx.tokenizer)
+
+
 def _run_lm_eval(cfg: Any, answerer: Answerer, ctx: TaskContext) -> TaskResult:
     from accbench.evaluate.tasks.lmeval import run
 
@@ -97,6 +107,7 @@ CONTEXT_TASKS: dict[str, Callable[[Any, Answerer, TaskContext], TaskResult]] = {
     "humaneval": _run_humaneval,
     "mtbench": _run_mtbench,
     "lm_eval": _run_lm_eval,  # the tokenizer, for chat_template
+    "generate_only": _run_custom_generate,  # the tokenizer, for llmc's apply_chat_template
 }
 
 
