@@ -71,7 +71,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":
         problems = []
-        needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
+        needs_quant = {p for e in self.eval for p in e.eval_pos if p != "pretrain"}
         if needs_quant and self.quant is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
         if self.quant is not None and self.quant.method != "RTN" and self.calib is None:
@@ -93,7 +93,8 @@ class RunConfig(Section):
 
     def window_lengths(self) -> list[tuple[str, int, bool]]:
         """(key, seq_len, allowed beyond the model's positions) of every perplexity window this run uses."""
-        out = [(f"eval.{i}.seq_len", e.seq_len, e.allow_beyond_max_positions) for i, e in enumerate(self.eval)]
+        out = [(f"eval.{i}.seq_len", e.seq_len, e.allow_beyond_max_positions) for i, e in enumerate(self.eval)
+               if e.type != "decode_ppl"]  # decode_ppl decodes whole samples; it has no windows
         out += [(f"tasks.{i}.seq_len", t.seq_len, t.allow_beyond_max_positions)
                 for i, t in enumerate(self.tasks) if isinstance(t, PerplexityTask)]
         return out
