@@ -200,9 +200,12 @@ def calibrate_kv_ranges(model: Any, batches: list[torch.Tensor], device: str) ->
     def make(i: int) -> CacheLayerMixin:
         return RangeRecorderLayer(found.setdefault(i, [None, None]))
 
+    from accbench.evaluate.backends.hf import cache_kwarg
+
+    key = cache_kwarg(model)
     with torch.inference_mode():
         for batch in batches:
-            model(input_ids=batch.to(device), past_key_values=LayerwiseCache(make), use_cache=True)
+            model(input_ids=batch.to(device), use_cache=True, **{key: LayerwiseCache(make)})
     if not found or any(r[0] is None or r[1] is None for r in found.values()):
         raise RuntimeError("static KV-cache calibration saw no keys/values (no calibration batches?)")
     return {i: (r[0], r[1]) for i, r in found.items()}  # type: ignore[misc]
