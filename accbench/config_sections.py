@@ -105,6 +105,13 @@ class EvalCfg(TextDataCfg):
                 raise ValueError(f"unknown eval_pos '{p}'; valid: {', '.join(EVAL_POSITIONS)}")
         return v
 
+    @model_validator(mode="after")
+    def _decode_alone(self) -> "EvalCfg":
+        if self.type == "decode_ppl" and (self.fidelity or self.eval_token_consist):
+            raise ValueError("fidelity / eval_token_consist compare window distributions; decode_ppl has no "
+                             "windows: set them on a block with type ppl (or token_acc)")
+        return self
+
     def fidelity_top_k(self) -> int | None:
         if isinstance(self.fidelity, FidelityCfg):
             return self.fidelity.top_k
