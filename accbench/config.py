@@ -83,7 +83,8 @@ class RunConfig(Section):
         if self.calib is not None and "seed" not in self.calib.model_fields_set:
             self.calib.seed = self.base.seed  # llmc draws calibration samples from the generator base.seed seeds
         problems = []
-        needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
+        needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("fake_quant", "fake_quant_wo_kv")
+                       or (p == "transformed" and self.sparse is None)}
         if needs_quant and self.quant is None and self.sparse is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
         problems += self._sparse_problems()
@@ -132,7 +133,8 @@ class RunConfig(Section):
 
     def window_lengths(self) -> list[tuple[str, int, bool]]:
         """(key, seq_len, allowed beyond the model's positions) of every perplexity window this run uses."""
-        out = [(f"eval.{i}.seq_len", e.seq_len, e.allow_beyond_max_positions) for i, e in enumerate(self.eval)]
+        out = [(f"eval.{i}.seq_len", e.seq_len, e.allow_beyond_max_positions) for i, e in enumerate(self.eval)
+               if e.type != "decode_ppl"]  # decode_ppl decodes whole samples; it has no windows
         out += [(f"tasks.{i}.seq_len", t.seq_len, t.allow_beyond_max_positions)
                 for i, t in enumerate(self.tasks) if isinstance(t, PerplexityTask)]
         return out

@@ -93,7 +93,8 @@ class FidelityCfg(Section):
     top_k: int = Field(64, ge=1)
 
 
-EVAL_POSITIONS = ("pretrain", "transformed", "fake_quant")
+EVAL_POSITIONS = ("pretrain", "transformed", "fake_quant", "fake_quant_wo_kv")
+EVAL_TYPES = ("ppl", "decode_ppl", "token_acc")  # llmc's eval.type values accbench computes
 
 
 class EvalCfg(TextDataCfg):
@@ -103,7 +104,9 @@ class EvalCfg(TextDataCfg):
     inference_per_block: bool = False
     fidelity: bool | FidelityCfg = False
     eval_token_consist: bool = False  # llmc's token-consistency check; served by `fidelity` (top-1 agreement)
-    num_samples: int | None = Field(None, ge=1)  # cap on windows, for quick looks
+    num_samples: int | None = Field(None, ge=1)  # cap on windows, for quick looks; decode_ppl: rows (default 1)
+    type: Literal["ppl", "decode_ppl", "token_acc"] = "ppl"  # llmc's eval types (docs/config.md)
+    num_eval_tokens: int | None = Field(None, ge=1)  # decode_ppl: stop after this many decoded tokens (llmc)
     allow_beyond_max_positions: bool = False  # seq_len longer than the model's positions is an error unless set
 
     @field_validator("eval_pos", mode="before")
@@ -119,10 +122,17 @@ class EvalCfg(TextDataCfg):
                 raise ValueError(f"unknown eval_pos '{p}'; valid: {', '.join(EVAL_POSITIONS)}")
         return v
 
+    @model_validator(mode="after")
+    def _decode_alone(self) -> "EvalCfg":
+        if self.type == "decode_ppl" and (self.fidelity or self.eval_token_consist):
+            raise ValueError("fidelity / eval_token_consist compare window distributions; decode_ppl has no "
+                             "windows: set them on a block with type ppl (or token_acc)")
+        return self
+
     def fidelity_top_k(self) -> int | None:
         if isinstance(self.fidelity, FidelityCfg):
             return self.fidelity.top_k
-        return 64 if (self.fidelity or self.eval_token_consist) else None
+        return 64 if (self.fidelity or self.eval_token_consist or self.type == "token_acc") else None
 
 
 def _bit_and_type(bit: "int | str", quant_type: str) -> None:
@@ -193,10 +203,24 @@ def _quant_methods() -> dict[str, Any]:
     return METHODS
 
 
+class KVCacheCfg(Section):
+    """llmc's `quant.kvcache`: KV-cache quantization (quant/kvcache.py). llmc makes it static when
+    quant.act.static is set, so it has no `static` key of its own."""
+
+    method: Literal["Naive", "Kivi"]
+    bit: int = Field(8, ge=2, le=16)
+    symmetric: bool = True
+    granularity: Literal["per_token", "per_tensor", "per_group"] = "per_token"
+    group_size: int = Field(128, ge=1)
+    residual_length: int = Field(128, ge=1)  # Kivi: tokens kept in full precision before they are quantized
+    quant_type: Literal["int-quant"] = "int-quant"
+
+
 class QuantCfg(Section):
     method: str
     weight: WeightQuantCfg = Field(default_factory=WeightQuantCfg)
     act: ActQuantCfg | None = None
+    kvcache: KVCacheCfg | None = None
     special: dict[str, Any] = Field(default_factory=dict)
     quant_out: bool = False
 
@@ -222,6 +246,15 @@ class QuantCfg(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return v
+
+    @model_validator(mode="after")
+    def _kv_static(self) -> "QuantCfg":
+        kv = self.kvcache
+        if kv is not None and self.act is not None and self.act.static and (kv.method != "Naive"
+                                                                            or kv.granularity != "per_tensor"):
+            raise ValueError("quant.act.static makes the KV cache static too (as in llmc), which needs "
+                             "kvcache method Naive with granularity per_tensor (llmc's Kivi is dynamic only)")
+        return self
 
     def special_with_defaults(self) -> dict[str, Any]:
         """The method's options with its defaults filled in (as a plain mapping, for QuantSpec)."""

@@ -36,10 +36,6 @@ def _in(*values: Any) -> Callable[[Any], bool]:
     return lambda v: v in values
 
 
-def _any_in(*values: str) -> Callable[[Any], bool]:
-    return lambda v: any(x in values for x in (v if isinstance(v, list) else [v]))
-
-
 @dataclass(frozen=True)
 class Feature:
     """One llmc feature: the keys that ask for it, when they do (`when(value)`), and accbench's status.
@@ -72,7 +68,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature("activation calibration minmax (quant.act.calib_algo: minmax)", ("quant.act.calib_algo",), "no-op",
             _in("minmax"), "minmax is how static ranges are calibrated"),
     Feature("perplexity evaluation (eval.type: ppl)", ("eval.type",), "no-op", _in("ppl"), "llmc's default"),
-    Feature("eval positions pretrain, transformed, fake_quant", ("eval.eval_pos",), "supported"),
+    Feature("decode perplexity and token agreement (eval.type: decode_ppl, token_acc; eval.num_eval_tokens)",
+            ("eval.type",), "supported", _in("decode_ppl", "token_acc"),
+            "token_acc is fidelity's top-1 agreement with the baseline"),
+    Feature("eval positions pretrain, transformed, fake_quant, fake_quant_wo_kv", ("eval.eval_pos",), "supported"),
+    Feature("KV-cache quantization (quant.kvcache: Naive, Kivi; bit, symmetric, per_token/per_tensor/per_group, "
+            "group_size, residual_length; static with quant.act.static)", ("quant.kvcache",), "supported"),
     Feature("eval.num_samples, eval.inference_per_block, eval.eval_token_consist", ("eval.num_samples",),
             "supported"),
     Feature("calibration preprocessing wikitext2_gptq, c4_gptq, ptb_gptq, pileval_awq, pileval_smooth, "
@@ -132,7 +133,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("multimodal quant objects (quant.quant_objects, quant.language/vision/video_gen)",
             ("quant.quant_objects", "quant.language", "quant.vision", "quant.video_gen"),
             when=lambda v: v != ["language"]),
-    Feature("KV-cache quantization (quant.kvcache)", ("quant.kvcache",)),
+    Feature("float KV-cache quantization (quant.kvcache.quant_type: float-quant)", ("quant.kvcache.quant_type",),
+            when=_in("float-quant")),
     Feature("mixed precision (quant.mix_bits)", ("quant.mix_bits",),
             note="llmc itself stopped reading mix_bits in b0bf39e (May 2025); its MixPrecision configs use "
                  "ignored_layers"),
@@ -151,10 +153,8 @@ FEATURES: tuple[Feature, ...] = (
             when=_in("learnable")),
     Feature("static histogram activation calibration (calib_algo: static_hist)", ("quant.act.calib_algo",),
             when=_not_in("minmax")),
-    Feature("eval types other than ppl and generate_only (decode_ppl, token_acc, acc, code, vqa, video_gen)",
-            ("eval.type",), when=_not_in("ppl", "generate_only")),
-    Feature("eval positions without KV quantization (*_wo_kv)", ("eval.eval_pos",),
-            when=_any_in("fake_quant_wo_kv", "transformed_wo_kv", "pretrain_wo_kv")),
+    Feature("eval types acc, code, vqa, video_gen", ("eval.type",),
+            when=_not_in("ppl", "decode_ppl", "token_acc", "generate_only")),
     Feature("lm-eval tasks in the eval section (eval.tasks)", ("eval.tasks",)),
     Feature("video generation options", tuple(f"{s}.{k}" for s in ("eval", "calib") for k in VIDEO_KEYS),
             when=_always),
@@ -248,10 +248,7 @@ def llmc_problems(data: dict, built: list[str], lines: dict, source: str | None)
                     continue
                 if f.status == "not yet":
                     problems.append(_problem(path, f.name, lines, source, "remove it (or set it off)"))
-                    if path[-1] == "eval_pos":  # keep the positions accbench has
-                        _set(data, path, [p for p in value if not str(p).endswith("_wo_kv")])
-                    else:
-                        _drop(data, path)
+                    _drop(data, path)
                     if path[-1] == "bit":  # the stand-in integer bit goes without float-quant
                         _drop(data, path[:-1] + ("quant_type",))
                 elif f.status == "no-op":

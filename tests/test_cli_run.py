@@ -22,7 +22,7 @@ def test_run_writes_output_contract(tmp_path, tiny_model_dir, eval_txt, capsys):
     run = tmp_path / "run"
     assert main(["run", _config(tmp_path, tiny_model_dir, eval_txt), "-o", str(run), "eval.bs=4"]) == 0
     res = json.loads((run / "results.json").read_text())
-    assert res["schema_version"] == 2 and res["status"] == "complete"
+    assert res["schema_version"] == 3 and res["status"] == "complete"
     (entry,) = res["ppl"]
     assert entry["position"] == "pretrain" and entry["dataset"] == "custom" and entry["seq_len"] == 64
     assert entry["tokens"] == entry["windows"] * 64 and entry["ppl"] > 1

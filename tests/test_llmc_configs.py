@@ -90,7 +90,6 @@ def test_docs_counts_and_feature_table_are_true(walked):
     ("sparsification/methods/FastV/fastv.yml", "llmc's TokenReduction sparse method"),
     ("sparsification/methods/Kvsparse/sinkkv.yml", "llmc's KV-cache sparsity (sparse.kvcache"),
     ("sparsification/methods/ToMe/tome.yml", "llmc's multimodal sparse sections"),
-    ("quantization/methods/KVQuant/rtn_w_a_kivi_quant_kv.yml", "llmc's KV-cache quantization (quant.kvcache)"),
     ("quantization/backend/vllm/awq_w4a16.yml", "llmc's real-quant exports"),
 ])
 def test_refused_by_name_with_line(walked, name, feature):

@@ -36,26 +36,36 @@ def _can_split_head(model: Any) -> bool:
     return not any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
 
 
-def forward_logit_chunks(model: Any, input_ids: Any, chunk_tokens: int = HEAD_CHUNK_TOKENS):
+def forward_logit_chunks(model: Any, input_ids: Any, chunk_tokens: int = HEAD_CHUNK_TOKENS,
+                         new_cache: Callable[[], Any] | None = None):
     """Yield (start, logits[n, V]) over the flattened predicting positions of a batch, chunk by chunk.
 
     Position p of the flattened stream is row p // (T-1), offset p % (T-1); its label is token offset+1.
+    `new_cache`: a fresh KV cache for the batch (KV-cache quantization: attention reads the keys and values
+    the cache hands back, quant/kvcache.py); None runs without a cache.
     """
+    kw: dict[str, Any] = {"use_cache": False}
+    if new_cache is not None:
+        from accbench.evaluate.backends.hf import cache_kwarg
+
+        kw = {"use_cache": True, cache_kwarg(model): new_cache()}
     if _can_split_head(model):
-        hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = model.base_model(input_ids=input_ids, **kw).last_hidden_state
         head = model.get_output_embeddings()
         flat = hidden[:, :-1].to(head.weight.device).reshape(-1, hidden.shape[-1])
         for s in range(0, flat.shape[0], chunk_tokens):
             yield s, head(flat[s : s + chunk_tokens])
     else:
-        logits = model(input_ids=input_ids, use_cache=False).logits
+        logits = model(input_ids=input_ids, **kw).logits
         yield 0, logits[:, :-1].reshape(-1, logits.shape[-1])
 
 
 def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str = "cpu",
                max_windows: int | None = None, on_logits: LogitsHook | None = None,
-               progress: bool = True, desc: str = "perplexity") -> PerplexityResult:
-    """Evaluate perplexity of `model` on a 1-D token tensor `stream` (llmc's recipe)."""
+               progress: bool = True, desc: str = "perplexity",
+               new_cache: Callable[[], Any] | None = None) -> PerplexityResult:
+    """Evaluate perplexity of `model` on a 1-D token tensor `stream` (llmc's recipe); `new_cache` gives each
+    batch a fresh (quantized) KV cache."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -73,7 +83,7 @@ def perplexity(model: Any, stream: Any, seq_len: int, bs: int = 1, device: str =
             batch = windows[i : i + bs].to(device)
             all_labels = batch[:, 1:].reshape(-1)
             token_losses = torch.empty(all_labels.numel(), dtype=torch.float32)
-            for s, logits in forward_logit_chunks(model, batch):
+            for s, logits in forward_logit_chunks(model, batch, new_cache=new_cache):
                 labels = all_labels[s : s + logits.shape[0]].to(logits.device)
                 # cross_entropy is exactly nll_loss(log_softmax): computed once, shared with the hook
                 logp = F.log_softmax(logits.float(), -1)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from accbench.models import LoadedModel
+    from accbench.quant.kvcache import KVCacheQuantizer
     from accbench.quant.spec import QuantSpec
 
 log = logging.getLogger("accbench")
@@ -51,6 +52,22 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None, ignored: IgnoredLayersCfg | 
         return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens)
     return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens, frozenset(ignored.blocks()),
                      frozenset(ignored.layer_names), frozenset(ignored.speical_names))
+
+
+def kv_quantizer(q: QuantCfg) -> "KVCacheQuantizer | None":
+    """quant.kvcache as the KV-cache quantizer the evaluations at fake_quant use (static when quant.act.static,
+    as llmc makes it); None without a kvcache section."""
+    if q.kvcache is None:
+        return None
+    from accbench.quant.kvcache import KVCacheQuantizer, KVQuantSpec
+
+    k = q.kvcache
+    try:
+        spec = KVQuantSpec(k.method, k.bit, k.symmetric, k.granularity, k.group_size, k.residual_length,
+                           static=q.act is not None and q.act.static)
+    except ValueError as exc:
+        raise AccbenchError(f"quant.kvcache: {exc}", "see docs/quantization.md (KV-cache quantization)") from None
+    return KVCacheQuantizer(spec)
 
 
 def build_calib_batches(c: CalibCfg, tok: Any, model_type: str | None = None) -> list:
@@ -88,10 +105,11 @@ class QuantResume:
 
 def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, save: SaveCfg, loaded: "LoadedModel",
                      run_dir: Path, record: Record, evaluate: Evaluate, console: "Console", batches: list | None,
-                     resume: QuantResume) -> None:
+                     resume: QuantResume, kv: "KVCacheQuantizer | None" = None) -> None:
     """Quantize block by block with the calibration `batches` (built before the model loaded; None: the method
-    needs none); hand `transformed` and `fake_quant` to `evaluate`; save as asked (with each saved model's
-    fingerprint). On resume a saved model whose fingerprint matches is loaded instead of quantizing again."""
+    needs none); hand `transformed`, `fake_quant` and `fake_quant_wo_kv` to `evaluate`; save as asked (with
+    each saved model's fingerprint). A static `kv` quantizer is calibrated on the transformed model. On resume
+    a saved model whose fingerprint matches is loaded instead of quantizing again."""
     from accbench.quant.methods import METHODS
     from accbench.quant.runner import check_quant, fake_quantize_model, transform_model
 
@@ -108,12 +126,15 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
                      special=spec.special, quant_out=spec.quant_out,
                      calib_samples=sum(len(b) for b in batches) if batches else 0)
     save_root = Path(save.save_path) if save.save_path else run_dir / "models"
-    if resume.log.active and _resume_from_disk(spec, save, save_root, record, evaluate, console, resume):
+    if resume.log.active and not (kv is not None and kv.spec.static) \
+            and _resume_from_disk(spec, save, save_root, record, evaluate, console, resume):
         return
 
     with timed(record, "quant_transform"):
         state = transform_model(loaded.model, spec, batches, loaded.device)
     record(info)
+    if kv is not None and kv.spec.static:
+        _calibrate_kv(kv, loaded, batches or [], record, console)
     evaluate("transformed", loaded)
     if save.save_trans:
         _save_position(loaded, "transformed", save_root, "transformed model", record, console,
@@ -125,6 +146,7 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
         info = info.model_copy(update={"gptq_error_sum": sum(state.losses.values())})
     record(info)
     evaluate("fake_quant", loaded)
+    evaluate("fake_quant_wo_kv", loaded)
     if save.save_fake:
         _save_position(loaded, "fake_quant", save_root, "fake-quantized model"
                        + (" (weights only: activation quantization is applied at run time, not saved)"
@@ -138,6 +160,17 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
             torch.save(state.scales, save_root / "scales.pt")
         if "clips" in saved:
             torch.save(state.clips, save_root / "clips.pt")
+
+
+def _calibrate_kv(kv: "KVCacheQuantizer", loaded: "LoadedModel", batches: list, record: Record,
+                  console: "Console") -> None:
+    """Static KV-cache ranges from the calibration batches run through the (transformed) model."""
+    from accbench.quant.kvcache import calibrate_kv_ranges
+
+    with timed(record, "kv_calibration"):
+        kv.ranges = calibrate_kv_ranges(loaded.model, batches, loaded.device)
+    console.print(f"KV cache: static per-tensor ranges of {len(kv.ranges)} layers calibrated on "
+                  f"{sum(len(b) for b in batches)} samples")
 
 
 LLMC_SAVE_FOLDERS = {"transformed": "transformed_model", "fake_quant": "fake_quant_model"}
@@ -157,6 +190,8 @@ def _resume_from_disk(spec: "QuantSpec", save: SaveCfg, save_root: Path, record:
     folder = {p: save_root / LLMC_SAVE_FOLDERS[p] for p in saves}
     saved_ok = {p: saved_model_matches(folder[p], resume.fps[p]) for p in saves}
     saved_ok["fake_quant"] = saved_ok["fake_quant"] and spec.act is None
+    if "fake_quant_wo_kv" in resume.wanted and resume.pending("fake_quant_wo_kv"):
+        return False  # a saved fake_quant model would serve it too, but quantizing again keeps this simple
     pending = {p: p in resume.wanted and resume.pending(p) for p in saves}
     if any((pending[p] or saves[p]) and not saved_ok[p] for p in saves):
         return False

@@ -70,6 +70,9 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
     if cfg.quant is not None:
         for p in ("transformed", "fake_quant"):
             out[p] = fingerprint(weights, p, cfg.quant.model_dump(mode="json"), calib)
+        # the fake-quantized model without the KV-cache quantization: what it is does not depend on kvcache
+        out["fake_quant_wo_kv"] = fingerprint(weights, "fake_quant_wo_kv",
+                                              cfg.quant.model_dump(mode="json", exclude={"kvcache"}), calib)
     elif cfg.sparse is not None:
         out["transformed"] = fingerprint(weights, "transformed", {"sparse": cfg.sparse.model_dump(mode="json")}, calib)
     return out
@@ -97,10 +100,10 @@ def position_pending(position: str, evals: list["EvalData"], tasks: list[TaskCfg
     model_fp = fps.get(position)
     for ev in evals:
         want = ppl_fingerprint(model_fp, ev)
-        if not any(p.position == position and p.dataset == ev.name and p.seq_len == ev.cfg.seq_len
+        if not any(p.position == position and p.dataset == ev.name and p.seq_len == ev.seq_len
                    and p.fingerprint == want for p in ppl):
             return True
-        top_k = ev.cfg.fidelity_top_k()
+        top_k = ev.cfg.fidelity_top_k() if ev.cfg.type != "decode_ppl" else None
         if top_k is not None and position != baseline:
             want = fingerprint(model_fp, recording_fingerprint(fps.get(baseline), ev, top_k))
             if not any(f.position == position and f.dataset == ev.name and f.fingerprint == want for f in fidelity):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from accbench.models import LoadedModel
+    from accbench.quant.kvcache import KVCacheQuantizer
     from accbench.store import SampleStore
 
 log = logging.getLogger("accbench")
@@ -124,8 +125,8 @@ def _transform_resume(ctx: "RunContext", loaded: "LoadedModel") -> quantize.Quan
     evals = {p: [e for e in ctx.evals if p in e.cfg.eval_pos] for p in wanted}
     return quantize.QuantResume(
         ctx.fps, ctx.resumed, wanted=wanted,
-        pending=lambda p: position_pending(p, evals[p], cfg.tasks_at(p), ctx.fps, ctx.baseline, r.ppl, r.fidelity,
-                                           r.tasks),
+        pending=lambda p: position_pending(p, evals[p], position_tasks(cfg, p), ctx.fps, ctx.baseline, r.ppl,
+                                           r.fidelity, r.tasks),
         load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p))
 
 
@@ -144,10 +145,16 @@ def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | No
     """The quantization stage, with what a resume needs to skip it (pipeline/resume.py)."""
     cfg = ctx.cfg
     wanted = cfg.positions()
+    kv = quantize.kv_quantizer(cfg.quant)
+    if kv is not None and cfg.tasks:
+        ctx.console.print("[yellow]quant.kvcache applies to the eval section's perplexities (ppl, decode_ppl, "
+                          "token_acc); the downstream tasks at fake_quant run without KV-cache quantization[/]")
     quantize.run_quantization(
         quantize.quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save, loaded,
-        ctx.run_dir, ctx.record, lambda pos, model: evaluate_position(ctx, pos, model) if pos in wanted else None,
-        ctx.console, calib_batches, _transform_resume(ctx, loaded))
+        ctx.run_dir, ctx.record,
+        lambda pos, model: evaluate_position(ctx, pos, model, kv if pos == "fake_quant" else None)
+        if pos in wanted else None,
+        ctx.console, calib_batches, _transform_resume(ctx, loaded), kv)
 
 
 @dataclass
@@ -214,13 +221,16 @@ def _replace(entries: list[E], new: E, key: Callable[[E], tuple]) -> list[E]:
     return entries
 
 
-def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> None:
-    """Perplexity (and fidelity) on every eval dataset that lists this position, then the downstream tasks."""
+def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel",
+                      kv: "KVCacheQuantizer | None" = None) -> None:
+    """Perplexity (and fidelity) on every eval dataset that lists this position, then the downstream tasks;
+    `kv`: the KV-cache quantization the eval section's perplexities run with here (quant.kvcache at fake_quant)."""
     cfg = ctx.cfg
     evals = ctx.evals if cfg.train is not None else [e for e in ctx.evals if position in e.cfg.eval_pos]
     positions.evaluate_perplexity(evals, position, loaded, ctx.baseline, ctx.run_dir, ctx.results.ppl,
-                                  ctx.results.fidelity, ctx.record, ctx.console, ctx.fps, ctx.resumed)
-    todo = tasks.pending(cfg.tasks_at(position), ctx.results.tasks, position, ctx.fps.get(position), ctx.resumed)
+                                  ctx.results.fidelity, ctx.record, ctx.console, ctx.fps, ctx.resumed, kv)
+    todo = tasks.pending(position_tasks(cfg, position), ctx.results.tasks, position, ctx.fps.get(position),
+                         ctx.resumed)
     if not todo:
         return
     if ctx.store is None:
@@ -231,6 +241,12 @@ def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> 
     transform = change.model_dump(mode="json") if change is not None and position != "pretrain" else None
     tasks.run_tasks(todo, [t.name for t in cfg.tasks], position, pairwise_baseline(cfg, position), loaded, cfg.model,
                     cfg.runner, ctx.store, transform, ctx.run_dir, ctx.record, ctx.console, ctx.fps.get(position))
+
+
+def position_tasks(cfg: RunConfig, position: str) -> list:
+    """The downstream tasks run at `position`: none at fake_quant_wo_kv, since tasks do not apply the KV-cache
+    quantization (so there they would only repeat fake_quant's numbers)."""
+    return [] if position == "fake_quant_wo_kv" else cfg.tasks_at(position)
 
 
 def pairwise_baseline(cfg: RunConfig, position: str) -> str:

@@ -61,7 +61,7 @@ def ppl_chart(results: Results) -> bytes | None:
         ax.set_xticks(range(len(models)), models, fontsize=8)
         ax.set_xlim(-0.5, len(models) - 0.2)
         ax.margins(y=0.25)
-        ax.set_title(f"{ds} (seq_len {sl})", fontsize=10)
+        ax.set_title(f"{ds} (decode_ppl)" if sl == 0 else f"{ds} (seq_len {sl})", fontsize=10)
         ax.set_ylabel("perplexity (lower is better)")
     fig.suptitle("Perplexity per position", fontsize=11)
     fig.tight_layout()

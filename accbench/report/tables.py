@@ -75,12 +75,14 @@ def ppl_table(results: Results) -> Table:
     failed = _failed_targets(results)
     for p in results.ppl:
         c = comp.get((p.position, p.dataset, p.seq_len))
+        # decode_ppl: whole samples decoded token by token; its "windows" are the decoded tokens
+        row = [p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl)] if p.type == "ppl" else \
+            [p.position, f"{p.dataset} (decode_ppl)", "–", f"{p.windows} tokens", fmt(p.ppl)]
         if c is None:
-            t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), "", "", "", ""])
+            t.add(row + ["", "", "", ""])
             continue
         ci = f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]" if c.ci_low is not None else "–"
-        t.add([p.position, p.dataset, p.seq_len, p.windows, fmt(p.ppl), fmt_pct(c.relative_delta), ci,
-               fmt_p(c.p_value), significance(c)], _mark(c, failed))
+        t.add(row + [fmt_pct(c.relative_delta), ci, fmt_p(c.p_value), significance(c)], _mark(c, failed))
     return t
 
 
