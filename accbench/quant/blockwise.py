@@ -287,20 +287,39 @@ def swapped_weights(linears: dict[str, nn.Linear], new: Callable[[str, torch.Ten
 
 
 def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
-                         ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Record the min and max over all calibration tokens of every linear's input (static act quant)."""
+                         ranges: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                         hist_bits: Callable[[str], int | None] | None = None) -> None:
+    """Record the range of every linear's input over all calibration tokens (static act quant): min and max,
+    or for the linears `hist_bits(name)` gives a bit width, llmc's static_hist range (quant/histogram.py), fed
+    one calibration sequence at a time when the calibration is one batch, else one batch at a time."""
+    from accbench.quant.histogram import HistogramRange
+
     handles = []
+    hists: dict[str, tuple[HistogramRange, int]] = {}
+    per_sample = len(inputs.hidden) == 1
     for n, m in block.named_modules():
-        if isinstance(m, nn.Linear):
+        if not isinstance(m, nn.Linear):
+            continue
+        bits = hist_bits(n) if hist_bits is not None else None
+        if bits is not None:
+            hists[n] = (HistogramRange(), bits)
+
+            def hook(mod: Any, args: tuple, h: HistogramRange = hists[n][0]) -> None:
+                x = args[0].detach()
+                for unit in (x.unbind(0) if per_sample else [x]):
+                    h.add(unit)
+        else:
             def hook(mod: Any, args: tuple, key: str = f"{prefix}{n}") -> None:
                 x = args[0].detach()
                 lo, hi = x.min().float().cpu(), x.max().float().cpu()
                 if key in ranges:
                     lo, hi = torch.minimum(lo, ranges[key][0]), torch.maximum(hi, ranges[key][1])
                 ranges[key] = (lo, hi)
-            handles.append(m.register_forward_pre_hook(hook))
+        handles.append(m.register_forward_pre_hook(hook))
     try:
         forward_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
+    for n, (h, bits) in hists.items():
+        ranges[f"{prefix}{n}"] = h.range(bits)

@@ -264,20 +264,22 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float("inf") if noise == 0 else float(10 * torch.log10(x.pow(2).sum() / noise))
 
 
-def install_act_quant(linears: dict[str, Any], spec: ActQuantSpec,
+def install_act_quant(linears: dict[str, Any], spec: "ActQuantSpec | dict[str, ActQuantSpec]",
                       static_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list:
-    """Quantize every input of these linears at run time (forward pre-hooks; the state dict is untouched)."""
+    """Quantize every input of these linears at run time (forward pre-hooks; the state dict is untouched);
+    `spec` is one for all or one per linear name."""
     handles = []
     for name, lin in linears.items():
-        if spec.static:
+        a = spec[name] if isinstance(spec, dict) else spec
+        if a.static:
             if not static_ranges or name not in static_ranges:
                 raise ValueError(f"no calibrated activation range for {name}")
             lo, hi = static_ranges[name]
 
-            def hook(mod: Any, args: tuple, lo: torch.Tensor = lo, hi: torch.Tensor = hi) -> tuple:
-                return (fake_quantize_act_static(args[0], spec, lo, hi),) + tuple(args[1:])
+            def hook(mod: Any, args: tuple, lo: torch.Tensor = lo, hi: torch.Tensor = hi, a: ActQuantSpec = a) -> tuple:
+                return (fake_quantize_act_static(args[0], a, lo, hi),) + tuple(args[1:])
         else:
-            def hook(mod: Any, args: tuple) -> tuple:
-                return (fake_quantize_act_dynamic(args[0], spec),) + tuple(args[1:])
+            def hook(mod: Any, args: tuple, a: ActQuantSpec = a) -> tuple:
+                return (fake_quantize_act_dynamic(args[0], a),) + tuple(args[1:])
         handles.append(lin.register_forward_pre_hook(hook))
     return handles
