@@ -83,7 +83,7 @@ def test_mix_bits_config_runs_and_rounds_each_layer_as_named(tmp_path, tiny_mode
                *SMALL, *CALIB, "calib.preproc=wikitext2_gptq", "quant.weight.group_size=32",
                "quant.mix_bits.setting_0.weight.group_size=32",
                "quant.special.trans=false", "quant.special.weight_clip=false")
-    assert _ppl(res)["fake_quant"] > 0
+    assert _ppl(res)["fake_quant"] > 0 and res["quant"]["mix_bits"]["setting_1"]["do_quant"] is False
     fq, orig = _weights(tmp_path / "save" / "fake_quant_model"), _weights(tiny_model_dir)
     key = "model.layers.{}.{}.weight"
     assert torch.equal(fq[key.format(0, "self_attn.o_proj")], orig[key.format(0, "self_attn.o_proj")])

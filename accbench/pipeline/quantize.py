@@ -123,6 +123,7 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
                       f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
     info = QuantInfo(method=spec.method, weight=q.weight.model_dump(), act=q.act.model_dump() if q.act else None,
                      special=spec.special, quant_out=spec.quant_out,
+                     mix_bits={k: v.model_dump() for k, v in q.mix_bits.items()} if q.mix_bits else None,
                      calib_samples=sum(len(b) for b in batches) if batches else 0)
     save_root = Path(save.save_path) if save.save_path else run_dir / "models"
     if resume.log.active and _resume_from_disk(spec, save, save_root, record, evaluate, console, resume):

@@ -34,12 +34,14 @@ activation ranges (`calib_algo: static_hist`): histogram.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from accbench.quant.floats import FLOAT_FORMATS, check_float_format, float_quant_dequant
-from accbench.quant.w48 import Weight48Spec, fake_quantize_weight48
+from accbench.quant.floats import check_float_format, float_quant_dequant
+
+if TYPE_CHECKING:
+    from accbench.quant.w48 import Weight48Spec
 
 WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_block")
 ACT_GRANULARITIES = ("per_token", "per_tensor", "per_group")
@@ -210,6 +212,8 @@ def fake_quantize_weight(w: torch.Tensor, spec: WeightQuantSpec,
                          clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The [out, in] weight rounded to `spec` and dequantized, in the weight's dtype."""
     if spec.w48 is not None:
+        from accbench.quant.w48 import fake_quantize_weight48
+
         return fake_quantize_weight48(w, spec.w48)
     if spec.granularity == "per_block":
         rows = _blocks(w.float(), spec.block_size)

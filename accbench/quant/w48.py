@@ -26,11 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from accbench.quant.quantizer import int_range as _bits_range
+
 LEVEL_GRANULARITIES = ("per_channel", "per_group")
-
-
-def _bits_range(bit: int, symmetric: bool) -> tuple[int, int]:
-    return (-(2 ** (bit - 1)), 2 ** (bit - 1) - 1) if symmetric else (0, 2**bit - 1)
 
 
 @dataclass(frozen=True)
