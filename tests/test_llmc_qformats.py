@@ -131,3 +131,38 @@ def test_mix_bits_lookup_follows_llmc():
 def test_bad_weight_specs(bad):
     with pytest.raises(ValueError):
         WeightQuantSpec(**{"bit": 4, **bad})
+
+
+def test_mix_bits_gives_each_linear_its_weight_and_act_specs():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from accbench.quant.runner import fake_quantize_model
+    from accbench.quant.spec import QuantSpec, QuantState
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    orig = {n: p.detach().clone() for n, p in model.named_parameters()}
+    w4, w8 = WeightQuantSpec(4, False, "per_channel"), WeightQuantSpec(8, False, "per_channel")
+    a4, a8 = ActQuantSpec(4, False, "per_token"), ActQuantSpec(8, False, "per_token")
+    mix = (MixSetting(MixSetting.parse_layer_names(["down_proj"]), True, w8, a8),
+           MixSetting(MixSetting.parse_layer_names(["o_proj#1"]), False),
+           MixSetting(MixSetting.parse_layer_names(["up_proj#0"]), True, w8))  # no act: inputs stay float
+    handles = fake_quantize_model(model, QuantSpec("RTN", w4, a4, mix_bits=mix), None, "cpu", QuantState())
+    layers = model.model.layers
+    for i, name, wspec in [(0, "mlp.down_proj", w8), (1, "mlp.up_proj", w4), (0, "mlp.up_proj", w8),
+                           (0, "self_attn.o_proj", w4)]:
+        key = f"model.layers.{i}.{name}.weight"
+        assert torch.equal(dict(model.named_parameters())[key], fake_quantize_weight(orig[key], wspec)), key
+    assert torch.equal(layers[1].self_attn.o_proj.weight, orig["model.layers.1.self_attn.o_proj.weight"])
+    x = torch.randn(1, 3, 64)
+    seen = {}
+    for i, name, lin in [(0, "down", layers[0].mlp.down_proj), (1, "gate", layers[1].mlp.gate_proj),
+                         (0, "up", layers[0].mlp.up_proj), (1, "o", layers[1].self_attn.o_proj)]:
+        h = lin.register_forward_pre_hook(lambda m, args, k=f"{name}{i}": seen.__setitem__(k, args[0]), prepend=False)
+        lin(x[..., : lin.in_features])
+        h.remove()
+    assert torch.equal(seen["down0"], fake_quantize_act_dynamic(x, a8))
+    assert torch.equal(seen["gate1"], fake_quantize_act_dynamic(x[..., :32], a4))
+    assert torch.equal(seen["up0"], x[..., :32]) and torch.equal(seen["o1"], x[..., :32])
+    assert len(handles) == 2 * 7 - 2  # every linear but layer 0's up_proj and layer 1's o_proj

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -163,7 +163,7 @@ def _install_acts(spec: QuantSpec, state: QuantState, block_prefix: str, lins: d
                              ranges)
 
 
-def _hist_bits(spec: QuantSpec, block_prefix: str) -> Any:
+def _hist_bits(spec: QuantSpec, block_prefix: str) -> Callable[[str], int | None]:
     """name -> bits of the histogram search for linears whose inputs take llmc's static_hist range."""
     from accbench.quant.floats import float_bits
 
