@@ -286,6 +286,21 @@ def swapped_weights(linears: dict[str, nn.Linear], new: Callable[[str, torch.Ten
             m.weight.data = saved[n]
 
 
+def each_linear_input(block: nn.Module, inputs: BlockInputs, visit: Callable[[str, torch.Tensor], None]) -> None:
+    """Forward the block over every calibration batch, calling `visit(name, input)` for each linear it runs."""
+    handles = []
+    for n, m in block.named_modules():
+        if isinstance(m, nn.Linear):
+            def hook(mod: Any, args: tuple, name: str = n) -> None:
+                visit(name, args[0].detach())
+            handles.append(m.register_forward_pre_hook(hook))
+    try:
+        forward_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
                          ranges: dict[str, tuple[torch.Tensor, torch.Tensor]],
                          hist_bits: Callable[[str], int | None] | None = None) -> None:
@@ -294,32 +309,22 @@ def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
     one calibration sequence at a time when the calibration is one batch, else one batch at a time."""
     from accbench.quant.histogram import HistogramRange
 
-    handles = []
     hists: dict[str, tuple[HistogramRange, int]] = {}
     per_sample = len(inputs.hidden) == 1
-    for n, m in block.named_modules():
-        if not isinstance(m, nn.Linear):
-            continue
-        bits = hist_bits(n) if hist_bits is not None else None
-        if bits is not None:
-            hists[n] = (HistogramRange(), bits)
 
-            def hook(mod: Any, args: tuple, h: HistogramRange = hists[n][0]) -> None:
-                x = args[0].detach()
-                for unit in (x.unbind(0) if per_sample else [x]):
-                    h.add(unit)
-        else:
-            def hook(mod: Any, args: tuple, key: str = f"{prefix}{n}") -> None:
-                x = args[0].detach()
-                lo, hi = x.min().float().cpu(), x.max().float().cpu()
-                if key in ranges:
-                    lo, hi = torch.minimum(lo, ranges[key][0]), torch.maximum(hi, ranges[key][1])
-                ranges[key] = (lo, hi)
-        handles.append(m.register_forward_pre_hook(hook))
-    try:
-        forward_block(block, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    def visit(name: str, x: torch.Tensor) -> None:
+        bits = hist_bits(name) if hist_bits is not None else None
+        if bits is not None:
+            h = hists.setdefault(name, (HistogramRange(), bits))[0]
+            for unit in (x.unbind(0) if per_sample else [x]):
+                h.add(unit)
+            return
+        key = f"{prefix}{name}"
+        lo, hi = x.min().float().cpu(), x.max().float().cpu()
+        if key in ranges:
+            lo, hi = torch.minimum(lo, ranges[key][0]), torch.maximum(hi, ranges[key][1])
+        ranges[key] = (lo, hi)
+
+    each_linear_input(block, inputs, visit)
     for n, (h, bits) in hists.items():
         ranges[f"{prefix}{n}"] = h.range(bits)
