@@ -135,20 +135,29 @@ class EvalCfg(TextDataCfg):
         return 64 if (self.fidelity or self.eval_token_consist or self.type == "token_acc") else None
 
 
+FLOAT_BITS = ("e4m3", "e5m2", "e2m1", "e3m2", "e4m7")  # llmc's float formats (quant/floats.py implements them)
+
+
 def _bit_and_type(bit: "int | str", quant_type: str) -> None:
-    """llmc: integer bits with int-quant, a float format (e4m3, e5m2) with quant_type: float-quant."""
+    """llmc: integer bits with int-quant, a float format (e4m3, e2m1, ...) with quant_type: float-quant."""
     if isinstance(bit, str) and quant_type != "float-quant":
         raise ValueError(f"bit '{bit}' is a float format: set quant_type: float-quant")
     if isinstance(bit, int) and quant_type == "float-quant":
-        raise ValueError("quant_type float-quant takes a float format as bit: e4m3 or e5m2")
+        raise ValueError(f"quant_type float-quant takes a float format as bit: {', '.join(FLOAT_BITS)}")
 
 
 def _bit_value(bit: "int | str") -> "int | str":
-    if isinstance(bit, int) and not 2 <= bit <= 8:
-        raise ValueError(f"Input should be less than or equal to 8 and at least 2 (got {bit})")
-    if isinstance(bit, str) and bit not in ("e4m3", "e5m2"):
-        raise ValueError(f"float format '{bit}' is not supported; valid: e4m3, e5m2")
+    if isinstance(bit, int) and not 2 <= bit <= 8 and bit != 48:
+        raise ValueError(f"Input should be less than or equal to 8 and at least 2, or 48 (two-level W4A8) (got {bit})")
+    if isinstance(bit, str) and bit not in FLOAT_BITS:
+        raise ValueError(f"float format '{bit}' is not supported; valid: {', '.join(FLOAT_BITS)}")
     return bit
+
+
+def _int_range(v: list[int] | None) -> list[int] | None:
+    if v is not None and (len(v) != 2 or v[0] >= v[1]):
+        raise ValueError(f"int_range must be [qmin, qmax] with qmin < qmax (got {v})")
+    return v
 
 
 class _QuantBits(Section):
@@ -168,6 +177,21 @@ class _QuantBits(Section):
         return self
 
 
+class W48LevelCfg(Section):
+    """One level of llmc's two-level W4A8 weights (`bit4:` / `bit8:` under `quant.weight` with `bit: 48`)."""
+
+    symmetric: bool
+    granularity: Literal["per_channel", "per_group"] = "per_channel"
+    group_size: int = Field(128, ge=1)
+    int_range: list[int] | None = None
+    scales_bit: int | None = Field(None, ge=2, le=16)
+    scales_symmetric: bool = True
+    zeros_bit: int | None = Field(None, ge=2, le=16)
+    zeros_symmetric: bool = True
+
+    _range = field_validator("int_range")(classmethod(lambda cls, v: _int_range(v)))
+
+
 class WeightQuantCfg(_QuantBits):
     bit: int | str = 4
     symmetric: bool = False
@@ -176,19 +200,66 @@ class WeightQuantCfg(_QuantBits):
     block_size: int = Field(128, ge=1)
     calib_algo: Literal["minmax", "mse"] = "minmax"
     int_range: list[int] | None = None
+    round_zp: bool = True
+    bit4: W48LevelCfg | None = None  # bit: 48 (two-level W4A8): the int4 level of the int8 codes
+    bit8: W48LevelCfg | None = None  # bit: 48: the int8 level
+
+    _range = field_validator("int_range")(classmethod(lambda cls, v: _int_range(v)))
 
     @model_validator(mode="after")
     def _group(self) -> "WeightQuantCfg":
-        if self.granularity == "per_group" and self.group_size <= 0:
+        if self.granularity == "per_group" and self.group_size <= 0 and self.bit != 48:
             raise ValueError("granularity per_group needs a positive group_size")
+        if (self.bit == 48) != (self.bit4 is not None and self.bit8 is not None):
+            raise ValueError("bit: 48 (llmc's two-level W4A8 weights) needs both bit4 and bit8 settings, and "
+                             "bit4/bit8 need bit: 48")
+        if self.int_range is not None and self.quant_type == "float-quant":
+            raise ValueError("int_range is an integer grid; float formats have their own range")
         return self
 
 
 class ActQuantCfg(_QuantBits):
     bit: int | str = 8
     symmetric: bool = True
-    granularity: Literal["per_token", "per_tensor"] = "per_token"
+    granularity: Literal["per_token", "per_tensor", "per_group"] = "per_token"
+    group_size: int | None = Field(None, ge=1)
     static: bool = False
+    calib_algo: Literal["minmax", "static_hist"] = "minmax"
+
+    @model_validator(mode="after")
+    def _checks(self) -> "ActQuantCfg":
+        if self.granularity == "per_group" and self.group_size is None:
+            raise ValueError("granularity per_group needs group_size (the features of a token sharing one scale)")
+        if self.calib_algo == "static_hist" and not (self.static and self.symmetric and self.granularity == "per_tensor"):
+            raise ValueError("calib_algo static_hist calibrates a static symmetric per_tensor range (as llmc): set "
+                             "static: true, symmetric: true, granularity: per_tensor")
+        return self
+
+
+class MixBitsSettingCfg(Section):
+    """One `quant.mix_bits.setting_<i>`: linears by name (`down_proj`, or `down_proj#0-1-31` for those block
+    indices) quantized with their own weight (and act) settings, or left in float with `do_quant: false`."""
+
+    layer_name: list[str]
+    do_quant: bool = True
+    weight: WeightQuantCfg | None = None
+    act: ActQuantCfg | None = None
+
+    @field_validator("layer_name")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for item in v:
+            name, _, blocks = item.partition("#")
+            if not name or (blocks and not re.fullmatch(r"\d+(-\d+)*", blocks)):
+                raise ValueError(f"layer_name '{item}' is neither a layer name nor name#i-j-k (block indices "
+                                 "joined by '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _weight(self) -> "MixBitsSettingCfg":
+        if self.do_quant and self.weight is None:
+            raise ValueError("a setting with do_quant: true needs its weight settings")
+        return self
 
 
 def built_methods() -> list[str]:
@@ -223,6 +294,16 @@ class QuantCfg(Section):
     kvcache: KVCacheCfg | None = None
     special: dict[str, Any] = Field(default_factory=dict)
     quant_out: bool = False
+    mix_bits: dict[str, MixBitsSettingCfg] | None = None  # llmc's per-layer bits (see quant/mixbits.py)
+
+    @field_validator("mix_bits")
+    @classmethod
+    def _settings_in_order(cls, v: dict[str, MixBitsSettingCfg] | None) -> dict[str, MixBitsSettingCfg] | None:
+        want = [f"setting_{i}" for i in range(len(v or {}))]
+        if v is not None and sorted(v) != sorted(want):
+            raise ValueError(f"mix_bits settings are named setting_0 .. setting_{len(v) - 1} (llmc reads them in that "
+                             f"order); got {', '.join(v)}")
+        return v
 
     @field_validator("method")
     @classmethod

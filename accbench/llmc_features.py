@@ -91,6 +91,24 @@ FEATURES: tuple[Feature, ...] = (
             ("quant.weight.block_size",), "supported"),
     Feature("FP8 weights and activations (quant_type: float-quant, bit: e4m3 / e5m2; RTN, AWQ, SmoothQuant)",
             ("quant.weight.quant_type", "quant.act.quant_type"), "supported"),
+    Feature("small float formats, weights and activations (bit: e2m1 / e3m2 / e4m7, QPyTorch's rounding; RTN, AWQ, "
+            "GPTQ, SmoothQuant)", ("quant.weight.bit", "quant.act.bit"), "supported",
+            lambda v: isinstance(v, str) and v not in ("e4m3", "e5m2")),
+    Feature("float quantization named in quant.special (quant_type: float-quant)", ("quant.special.quant_type",),
+            "no-op", _always, "llmc at the configs' commit does not read it: the format comes from quant.weight"),
+    Feature("explicit integer grid (int_range: [qmin, qmax])", ("quant.weight.int_range",), "supported", _always),
+    Feature("unrounded asymmetric zero point (round_zp: False)", ("quant.weight.round_zp",), "supported", _always),
+    Feature("W4A8 two-level weights (bit: 48 with bit4 / bit8; RTN, SmoothQuant)",
+            ("quant.weight.bit4", "quant.weight.bit8"), "supported", _always),
+    Feature("W4A8 two-level weights (bit: 48)", ("quant.weight.bit",), "supported", _in(48)),
+    Feature("per_group activation quantization (granularity: per_group, group_size)",
+            ("quant.act.group_size",), "supported", _always),
+    Feature("static histogram activation calibration (calib_algo: static_hist)", ("quant.act.calib_algo",),
+            "supported", _in("static_hist")),
+    Feature("mixed precision by layer (quant.mix_bits: setting_<i> with layer_name, do_quant, weight, act)",
+            ("quant.mix_bits",), "supported", _always,
+            "llmc stopped reading mix_bits in b0bf39e (May 2025), before the configs' commit; accbench applies the "
+            "meaning it had until then"),
     Feature("sparsity: Magnitude and Wanda (sparse.weight.sparsity; accbench adds sparsity_type N:M) and ShortGPT "
             "(sparse.weight.n_prune_layers); sparse.sparsity_out", ("sparse.method", "sparse.weight",
                                                                    "sparse.sparsity_out"), "supported"),
@@ -135,24 +153,13 @@ FEATURES: tuple[Feature, ...] = (
             when=lambda v: v != ["language"]),
     Feature("float KV-cache quantization (quant.kvcache.quant_type: float-quant)", ("quant.kvcache.quant_type",),
             when=_in("float-quant")),
-    Feature("mixed precision (quant.mix_bits)", ("quant.mix_bits",),
-            note="llmc itself stopped reading mix_bits in b0bf39e (May 2025); its MixPrecision configs use "
-                 "ignored_layers"),
-    Feature("float quantization in quant.special (quant_type: float-quant)", ("quant.special.quant_type",),
-            when=_in("float-quant")),
-    Feature("small float formats (bit: e2m1, e3m2, ...)", ("quant.weight.bit", "quant.act.bit"),
-            when=lambda v: isinstance(v, str) and v not in ("e4m3", "e5m2")),
-    Feature("W4A8 two-level weights (bit: 48, bit4/bit8, w_1/w_2)",
-            ("quant.weight.bit4", "quant.weight.bit8", "quant.weight.w_1", "quant.weight.w_2")),
-    Feature("W4A8 two-level weights (bit: 48)", ("quant.weight.bit",), when=_in(48)),
-    Feature("per_group activation quantization", ("quant.act.granularity",), when=_in("per_group")),
-    Feature("activation group_size", ("quant.act.group_size",), when=_always),
-    Feature("int_range", ("quant.weight.int_range",), when=_always),
-    Feature("round_zp", ("quant.weight.round_zp",), when=_always),
+    Feature("float formats other than e4m3, e5m2, e2m1, e3m2, e4m7", ("quant.weight.bit", "quant.act.bit"),
+            when=lambda v: isinstance(v, str) and v not in ("e4m3", "e5m2", "e2m1", "e3m2", "e4m7")),
+    Feature("DGQ's two-level weights (w_1 / w_2)", ("quant.weight.w_1", "quant.weight.w_2")),
     Feature("learnable weight clipping (calib_algo: learnable)", ("quant.weight.calib_algo",),
             when=_in("learnable")),
-    Feature("static histogram activation calibration (calib_algo: static_hist)", ("quant.act.calib_algo",),
-            when=_not_in("minmax")),
+    Feature("activation calibration static_minmax / static_moving_minmax", ("quant.act.calib_algo",),
+            when=_not_in("minmax", "static_hist")),
     Feature("eval types acc, code, vqa, video_gen", ("eval.type",),
             when=_not_in("ppl", "decode_ppl", "token_acc", "generate_only")),
     Feature("lm-eval tasks in the eval section (eval.tasks)", ("eval.tasks",)),
@@ -184,7 +191,7 @@ LLMC_SPECIAL: dict[str, str] = {
     "chunk_num": "chunked GPTQ (chunk_num)", "scale_path": "loading AWQ scales (scale_path)",
     "clip_path": "loading AWQ clips (clip_path)", "load_clip": "loading clips (load_clip)",
     "load_transform": "loading transforms (load_transform)", "save_mem": "AWQ's save_mem",
-    "quant_type": "float quantization (quant_type: float-quant)", "search_clip_init": "search_clip_init",
+    "search_clip_init": "search_clip_init",
     "search_scale_init": "search_scale_init",
 }
 # special keys that only matter to an option above, accepted when that option is off
@@ -297,7 +304,7 @@ def _method_problems(data: dict, built: list[str], lines: dict, source: str | No
             if key not in special:
                 continue
             follows = _FOLLOWS.get(key)
-            if _on(special[key]) and not (follows and not _on(special.get(follows))) and key != "quant_type":
+            if _on(special[key]) and not (follows and not _on(special.get(follows))):
                 out.append(_problem(("quant", "special", key), what, lines, source, "remove it (or set it off)"))
             special.pop(key)
     return out

@@ -124,6 +124,7 @@ class QuantInfo(Entry):
     quant_out: bool = False
     calib_samples: int = 0
     gptq_error_sum: float | None = None  # GPTQ: the summed per-layer reconstruction error
+    mix_bits: dict[str, Any] | None = None  # llmc's per-layer settings (quant.mix_bits), when given
 
 
 class SparseInfo(Entry):

@@ -39,7 +39,7 @@ def quant_cfg(tmp_path, tiny_model_dir, eval_txt) -> str:
 
 @pytest.mark.parametrize("override,message", [
     ("quant.special.percdamp=5", "quant.special.percdamp must be in (0, 1]"),
-    ("quant.weight.int_range=[0,7]", "quant.weight.int_range: llmc's int_range is not supported yet"),
+    ("quant.weight.int_range=[7,0]", "int_range must be [qmin, qmax] with qmin < qmax"),
     ("calib.preproc=pileval_smoth", "unknown calib.preproc 'pileval_smoth'"),
     ("calib.preproc=vlm_general", "llmc's calibration preprocessing vlm_general / img_general"),
     ("calib.preproc=ultrachat_general", "calib.name ultrachat goes with preproc: ultrachat_general"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from accbench.config import CalibCfg, IgnoredLayersCfg, QuantCfg, SaveCfg
+from accbench.config_sections import ActQuantCfg, W48LevelCfg, WeightQuantCfg
 from accbench.errors import AccbenchError
 from accbench.fingerprints import ResumeLog
 from accbench.pipeline.records import Evaluate, ModelPath, Record, timed
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from accbench.models import LoadedModel
     from accbench.quant.kvcache import KVCacheQuantizer
+    from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
     from accbench.quant.spec import QuantSpec
 
 log = logging.getLogger("accbench")
@@ -29,29 +31,60 @@ log = logging.getLogger("accbench")
 
 def quant_spec(q: QuantCfg, calib: CalibCfg | None, ignored: IgnoredLayersCfg | None = None) -> "QuantSpec":
     """The quant section as the plain spec the quantizer takes (method options with their defaults)."""
-    from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
+    from accbench.quant.mixbits import MixSetting
     from accbench.quant.spec import QuantSpec
 
-    if q.weight.int_range is not None:
-        raise AccbenchError("quant.weight.int_range is an llmc option accbench does not support yet",
-                            "remove it; the integer range follows from bit and symmetric")
-    if q.weight.granularity == "per_block" and q.method not in ("RTN", "SmoothQuant"):
-        raise AccbenchError(f"llmc's per_block granularity with {q.method} is not supported yet",
-                            "use per_block with RTN or SmoothQuant, or per_group / per_channel")
-    if q.method == "GPTQ" and (q.weight.quant_type == "float-quant"):
-        raise AccbenchError("llmc's float quantization (quant_type: float-quant) with GPTQ is not supported yet",
-                            "use RTN, Awq or SmoothQuant for float formats, or integer bits with GPTQ")
+    _method_format_problems(q)
     try:
-        w = WeightQuantSpec(q.weight.bit, q.weight.symmetric, q.weight.granularity, q.weight.group_size,
-                            q.weight.calib_algo, q.weight.block_size)
-        a = ActQuantSpec(q.act.bit, q.act.symmetric, q.act.granularity, q.act.static) if q.act else None
+        w, a = weight_spec(q.weight), act_spec(q.act)
+        mix = tuple(MixSetting(MixSetting.parse_layer_names(m.layer_name), m.do_quant,
+                               weight_spec(m.weight) if m.weight else None, act_spec(m.act))
+                    for _, m in sorted((q.mix_bits or {}).items(), key=lambda kv: int(kv[0].split("_")[1])))
     except ValueError as exc:
         raise AccbenchError(f"quant section: {exc}", "see docs/quantization.md for the valid settings") from None
     clip_tokens = calib.seq_len if calib is not None else 512
+    special = q.special_with_defaults()
     if ignored is None:
-        return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens)
-    return QuantSpec(q.method, w, a, q.special_with_defaults(), q.quant_out, clip_tokens, frozenset(ignored.blocks()),
-                     frozenset(ignored.layer_names), frozenset(ignored.speical_names))
+        return QuantSpec(q.method, w, a, special, q.quant_out, clip_tokens, mix_bits=mix)
+    return QuantSpec(q.method, w, a, special, q.quant_out, clip_tokens, frozenset(ignored.blocks()),
+                     frozenset(ignored.layer_names), frozenset(ignored.speical_names), mix)
+
+
+def _method_format_problems(q: QuantCfg) -> None:
+    """Weight formats a method cannot take (yet), as an AccbenchError."""
+    if q.weight.granularity == "per_block" and q.method not in ("RTN", "SmoothQuant"):
+        raise AccbenchError(f"llmc's per_block granularity with {q.method} is not supported yet",
+                            "use per_block with RTN or SmoothQuant, or per_group / per_channel")
+    if q.weight.bit == 48 and q.method not in ("RTN", "SmoothQuant"):
+        raise AccbenchError(f"llmc's two-level W4A8 weights (bit: 48) with {q.method} are not supported yet",
+                            "use bit: 48 with RTN (as llmc's rtn_w_a_wint4aint8.yml) or SmoothQuant")
+    if q.method == "GPTQ" and q.weight.bit in ("e4m3", "e5m2"):
+        raise AccbenchError("llmc's FP8 weights (e4m3 / e5m2) with GPTQ are not supported yet",
+                            "use RTN, Awq or SmoothQuant for FP8, or a small float format (e2m1) or integers with GPTQ")
+
+
+def weight_spec(c: WeightQuantCfg) -> "WeightQuantSpec":
+    """A weight section (quant.weight, or a mix_bits setting's weight) as the quantizer's spec."""
+    from accbench.quant.quantizer import WeightQuantSpec
+    from accbench.quant.w48 import LevelSpec, Weight48Spec
+
+    def level(bit: int, lv: W48LevelCfg) -> LevelSpec:
+        return LevelSpec(bit, lv.symmetric, lv.granularity, lv.group_size,
+                         tuple(lv.int_range) if lv.int_range else None, lv.scales_bit, lv.scales_symmetric,
+                         lv.zeros_bit, lv.zeros_symmetric)
+
+    w48 = Weight48Spec(level(8, c.bit8), level(4, c.bit4)) if c.bit8 is not None and c.bit4 is not None else None
+    return WeightQuantSpec(c.bit, c.symmetric, "per_channel" if w48 else c.granularity, c.group_size,
+                           c.calib_algo, c.block_size, tuple(c.int_range) if c.int_range else None, c.round_zp, w48)
+
+
+def act_spec(c: ActQuantCfg | None) -> "ActQuantSpec | None":
+    """An act section as the quantizer's spec (None when activations stay in float)."""
+    from accbench.quant.quantizer import ActQuantSpec
+
+    if c is None:
+        return None
+    return ActQuantSpec(c.bit, c.symmetric, c.granularity, c.static, c.group_size or 128, c.calib_algo)
 
 
 def kv_quantizer(q: QuantCfg) -> "KVCacheQuantizer | None":
@@ -124,6 +157,7 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
                       f"{len(batches)} batch{'es' if len(batches) != 1 else ''})")
     info = QuantInfo(method=spec.method, weight=q.weight.model_dump(), act=q.act.model_dump() if q.act else None,
                      special=spec.special, quant_out=spec.quant_out,
+                     mix_bits={k: v.model_dump() for k, v in q.mix_bits.items()} if q.mix_bits else None,
                      calib_samples=sum(len(b) for b in batches) if batches else 0)
     save_root = Path(save.save_path) if save.save_path else run_dir / "models"
     if resume.log.active and not (kv is not None and kv.spec.static) \

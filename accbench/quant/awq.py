@@ -28,7 +28,8 @@ from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, ModuleCalls, Subset, capture_calls, replay, trace_block
 from accbench.quant.options import MethodOptions
-from accbench.quant.quantizer import WeightQuantSpec, fake_quantize_act_dynamic, fake_quantize_weight, to_rows
+from accbench.quant.quantizer import (ActQuantSpec, WeightQuantSpec, fake_quantize_act_dynamic, fake_quantize_weight,
+                                      to_rows)
 from accbench.quant.scaling import apply_scale
 from accbench.quant.spec import QuantSpec, QuantState
 
@@ -71,10 +72,10 @@ def _subset_output(modules: dict, s: Subset, calls: dict[str, ModuleCalls], i: i
     return torch.cat([modules[n](x) for n in s.layers], dim=-1)
 
 
-def _weight_mean(layers: list[nn.Linear], spec: QuantSpec) -> torch.Tensor:
+def _weight_mean(layers: list[nn.Linear], weight: WeightQuantSpec) -> torch.Tensor:
     """AWQ v1's weight term: |W| normalised by its group max, averaged over all output rows."""
     w = torch.cat([lin.weight.float() for lin in layers], dim=0)
-    wspec = spec.weight if spec.weight.granularity == "per_group" else replace(spec.weight, granularity="per_channel")
+    wspec = weight if weight.granularity == "per_group" else replace(weight, granularity="per_channel")
     rows = to_rows(w, wspec.granularity, wspec.group_size).abs()
     rows = rows / rows.amax(dim=1, keepdim=True).clamp(min=1e-8)
     return rows.reshape(w.shape).mean(0)
@@ -82,16 +83,20 @@ def _weight_mean(layers: list[nn.Linear], spec: QuantSpec) -> torch.Tensor:
 
 @torch.no_grad()
 def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: QuantSpec,
-                 masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-    """Grid-search AWQ's per-channel scale for one subset; return the best scale (float32). Padded calibration
-    batches (`masks`, 1 at real tokens) leave their padding out of the output error, as llmc does."""
+                 block_prefix: str = "blocks.0.", masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Grid-search AWQ's per-channel scale for one subset; return the best scale (float32). Each linear is
+    rounded with its own spec (mix_bits; a float one is left as is), the input with the first linear's act.
+    Padded calibration batches (`masks`, 1 at real tokens) leave their padding out of the output error, as llmc
+    does."""
     opts = AwqOptions.of(spec)
     layers = [modules[n] for n in s.layers]
+    wspecs = [spec.mix_weight(block_prefix, n) for n in s.layers]
+    act = spec.mix_act(block_prefix, s.layers[0])
     xs = calls[s.layers[0]].inputs
     use_inspect = s.inspect in calls and calls[s.inspect].inputs and calls[s.inspect].inputs[0] is xs[0]
     n_tok = sum(x.reshape(-1, x.shape[-1]).shape[0] for x in xs)
     x_mean = sum(x.abs().reshape(-1, x.shape[-1]).float().sum(0) for x in xs) / n_tok
-    w_mean = _weight_mean(layers, spec) if opts.trans_version == "v1" else None
+    w_mean = _weight_mean(layers, wspecs[0] or spec.weight) if opts.trans_version == "v1" else None
     org_out = [_subset_output(modules, s, calls, i, x, use_inspect) for i, x in enumerate(xs)]
     n_samples = sum(x.shape[0] for x in xs)
     n_grid = opts.n_grid
@@ -103,14 +108,14 @@ def search_scale(modules: dict, s: Subset, calls: dict[str, ModuleCalls], spec: 
         scale = scale / (scale.max() * scale.min()).sqrt()
         saved = [lin.weight.data for lin in layers]
         try:
-            for lin in layers:
-                lin.weight.data = fake_quantize_weight(
-                    (lin.weight.float() * scale.view(1, -1)).to(lin.weight.dtype), spec.weight)
+            for lin, wspec in zip(layers, wspecs):
+                scaled = (lin.weight.float() * scale.view(1, -1)).to(lin.weight.dtype)
+                lin.weight.data = scaled if wspec is None else fake_quantize_weight(scaled, wspec)
             loss = 0.0
             for i, x in enumerate(xs):
                 xt = (x.float() / scale).to(x.dtype)
-                if spec.act is not None:
-                    xt = fake_quantize_act_dynamic(xt, spec.act)
+                if act is not None:
+                    xt = fake_quantize_act_dynamic(xt, act)
                 out = _subset_output(modules, s, calls, i, xt, use_inspect)
                 diff = org_out[i] - out
                 mask = masks[i] if masks else None
@@ -135,20 +140,24 @@ def _real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 @torch.no_grad()
 def search_clip(w: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec, n_sample_token: int,
-                n_grid: int = 20, max_shrink: float = 0.5,
+                n_grid: int = 20, max_shrink: float = 0.5, weight: WeightQuantSpec | None = None,
+                act: ActQuantSpec | None | bool = True,
                 masks: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best (lo, hi) per output row and group, shaped as the rows of `to_rows(w)` ([rows, 1]); the padding of
-    padded batches (`masks`) is left out of the tokens searched on, as llmc does."""
+    """Best (lo, hi) per output row and group, shaped as the rows of `to_rows(w)` ([rows, 1]); `weight` / `act`
+    (this linear's, under mix_bits) default to spec.weight / spec.act; the padding of padded batches (`masks`) is
+    left out of the tokens searched on, as llmc does."""
+    weight = weight or spec.weight
+    act = spec.act if act is True else act
     oc, ic = w.shape
-    gs = spec.weight.group_size if spec.weight.granularity == "per_group" else ic
+    gs = weight.group_size if weight.granularity == "per_group" else ic
     clip_sym = AwqOptions.of(spec).clip_sym
     x = torch.cat([_real_tokens(t.reshape(-1, ic), masks[i] if masks else None) for i, t in enumerate(xs)],
                   dim=0).float()
     x = x[0:: max(1, x.shape[0] // n_sample_token)]
-    if spec.act is not None:
-        x = fake_quantize_act_dynamic(x, spec.act)
+    if act is not None:
+        x = fake_quantize_act_dynamic(x, act)
     x = x.reshape(x.shape[0], -1, gs)  # [tokens, groups, gs]
-    per_row = replace(spec.weight, granularity="per_channel")
+    per_row = replace(weight, granularity="per_channel")
     best_lo, best_hi = [], []
     step = 256
     for o in range(0, oc, step):
@@ -184,9 +193,9 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
     calls = capture_calls(block, inputs, wanted)
     if opts.trans:
         for s in subsets:
-            if s.prev is None:
-                continue
-            scale = search_scale(modules, s, calls, spec, inputs.token_masks)
+            if s.prev is None or spec.mix_weight(prefix, s.layers[0]) is None:
+                continue  # mix_bits: a subset whose first linear stays float is not scaled (llmc)
+            scale = search_scale(modules, s, calls, spec, prefix, inputs.token_masks)
             apply_scale(modules[s.prev], [modules[n] for n in s.layers], scale)
             state.scales[prefix + s.prev] = scale.cpu()
             old = calls[s.layers[0]].inputs
@@ -201,11 +210,14 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
                 if any(k in leaf for k in ("q_", "k_", "query", "key", "qkv")):
                     continue
                 lin = modules[name]
-                lo, hi = search_clip(lin.weight.data, calls[name].inputs, spec, spec.clip_tokens,
-                                     masks=inputs.token_masks)
+                wspec = spec.mix_weight(prefix, name)
+                if wspec is None:
+                    continue  # mix_bits: a float linear is not clipped (llmc)
+                lo, hi = search_clip(lin.weight.data, calls[name].inputs, spec, spec.clip_tokens, weight=wspec,
+                                     act=spec.mix_act(prefix, name), masks=inputs.token_masks)
                 if opts.clip_version == "v1":
-                    rows = to_rows(lin.weight.data.float(), spec.weight.granularity
-                                   if spec.weight.granularity == "per_group" else "per_channel", spec.weight.group_size)
+                    rows = to_rows(lin.weight.data.float(), wspec.granularity
+                                   if wspec.granularity == "per_group" else "per_channel", wspec.group_size)
                     lin.weight.data = torch.clamp(rows, lo, hi).reshape(lin.weight.shape).to(lin.weight.dtype)
                 else:
                     state.clips[prefix + name] = (lo.cpu(), hi.cpu())

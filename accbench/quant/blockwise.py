@@ -309,9 +309,23 @@ def each_linear_input(block: nn.Module, inputs: BlockInputs, visit: Callable[[st
 
 
 def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
-                         ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Record the min and max over all calibration tokens of every linear's input (static act quant)."""
+                         ranges: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                         hist_bits: Callable[[str], int | None] | None = None) -> None:
+    """Record the range of every linear's input over all calibration tokens (static act quant): min and max,
+    or for the linears `hist_bits(name)` gives a bit width, llmc's static_hist range (quant/histogram.py), fed
+    one calibration sequence at a time when the calibration is one batch, else one batch at a time."""
+    from accbench.quant.histogram import HistogramRange
+
+    hists: dict[str, tuple[HistogramRange, int]] = {}
+    per_sample = len(inputs.hidden) == 1
+
     def visit(name: str, x: torch.Tensor) -> None:
+        bits = hist_bits(name) if hist_bits is not None else None
+        if bits is not None:
+            h = hists.setdefault(name, (HistogramRange(), bits))[0]
+            for unit in (x.unbind(0) if per_sample else [x]):
+                h.add(unit)
+            return
         key = f"{prefix}{name}"
         lo, hi = x.min().float().cpu(), x.max().float().cpu()
         if key in ranges:
@@ -319,3 +333,5 @@ def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
         ranges[key] = (lo, hi)
 
     each_linear_input(block, inputs, visit)
+    for n, (h, bits) in hists.items():
+        ranges[f"{prefix}{n}"] = h.range(bits)

@@ -26,7 +26,8 @@ from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, forward_block, trace_block
 from accbench.quant.options import MethodOptions
-from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, weight_qparams
+from accbench.quant.floats import float_quant_dequant
+from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, row_range, to_rows, weight_qparams
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
@@ -86,6 +87,21 @@ class HessianAccumulator:
         return H
 
 
+def _column_params(W: torch.Tensor, spec: WeightQuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (scale, zero) of an integer grid, or the (lo, hi) range a float format scales from."""
+    if isinstance(spec.bit, str):
+        return row_range(to_rows(W.float(), spec.granularity, spec.group_size), spec.granularity == "per_tensor")
+    return weight_qparams(W, spec)
+
+
+def _column_qdq(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spec: WeightQuantSpec) -> torch.Tensor:
+    """One column rounded with its row's parameters (`_column_params`); float formats saturate at their max,
+    as QPyTorch does when the error feedback pushes a value past the group's range."""
+    if isinstance(spec.bit, str):
+        return float_quant_dequant(w, a, b, spec.bit)
+    return quant_dequant(w, a, b, spec.bit, spec.symmetric, spec.grid(), spec.round_zp)
+
+
 @torch.no_grad()
 def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator", spec: WeightQuantSpec,
                          blocksize: int = 128, percdamp: float = 0.01, actorder: bool = False,
@@ -111,9 +127,9 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
     col_spec = replace(spec, granularity="per_channel")
     groups: list[tuple[torch.Tensor, torch.Tensor]] = []
     if per_group and static_groups:
-        groups = [weight_qparams(W[:, g : g + gs], col_spec) for g in range(0, cols, gs)]
+        groups = [_column_params(W[:, g : g + gs], col_spec) for g in range(0, cols, gs)]
     elif not per_group:
-        scale, zero = weight_qparams(W, spec)  # [rows, 1] or [1, 1], from the original weight
+        scale, zero = _column_params(W, spec)  # [rows, 1] or [1, 1], from the original weight
     perm = None
     if actorder:
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -142,9 +158,9 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
                 elif col % gs == 0:
                     # as the GPTQ reference: read from W, whose columns inside the current block do not yet
                     # hold this block's updates (identical when group_size divides blocksize)
-                    scale, zero = weight_qparams(W[:, col : col + gs], col_spec)
+                    scale, zero = _column_params(W[:, col : col + gs], col_spec)
             w, d = W1[:, i].clone(), Hinv1[i, i]
-            q = quant_dequant(w.unsqueeze(1), scale, zero, spec.bit, spec.symmetric).squeeze(1)
+            q = _column_qdq(w.unsqueeze(1), scale, zero, spec).squeeze(1)
             W1[:, i] = q  # W1's column i is not read again: it holds the result from here on
             loss += ((w - q) ** 2 / d**2 / 2).sum()
             err = (w - q) / d
@@ -177,7 +193,11 @@ def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qua
                 h.remove()
         for n in names:
             lin = linears[n]
-            q, loss = gptq_quantize_weight(lin.weight.data, acc.pop(n), spec.weight, opts.blocksize, opts.percdamp,
+            wspec = spec.weight_for(prefix, n)  # None: ignored_layers / mix_bits keep it in float
+            if wspec is None:
+                acc.pop(n)
+                continue
+            q, loss = gptq_quantize_weight(lin.weight.data, acc.pop(n), wspec, opts.blocksize, opts.percdamp,
                                            opts.actorder, opts.static_groups)
             lin.weight.data.copy_(q)
             state.losses[prefix + n] = loss

@@ -22,7 +22,10 @@ def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantS
     """Fake-quantize the block's linear weights in place, using clip ranges a method left in `state`."""
     for name, lin in block.named_modules():
         if isinstance(lin, nn.Linear):
+            wspec = spec.weight_for(prefix, name)  # None: ignored_layers / mix_bits keep it in float
+            if wspec is None:
+                continue
             clip = state.clips.get(prefix + name)
             if clip is not None:
                 clip = (clip[0].to(lin.weight.device), clip[1].to(lin.weight.device))
-            lin.weight.data.copy_(fake_quantize_weight(lin.weight.data, spec.weight, clip))  # in place: no 2nd copy
+            lin.weight.data.copy_(fake_quantize_weight(lin.weight.data, wspec, clip))  # in place: no 2nd copy

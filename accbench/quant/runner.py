@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -47,26 +47,13 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
                if isinstance(m, nn.Linear)}
     if not linears:
         problems.append(f"the decoder blocks ({prefix}) hold no nn.Linear layers to quantize")
-    if spec.weight.granularity == "per_group":
-        gs = spec.weight.group_size
-        bad = {n: m.in_features for n, m in linears.items() if m.in_features % gs}
-        if bad:
-            n, dim = next(iter(bad.items()))
-            common = sorted({d for d in (16, 32, 64, 128, 256) if all(m.in_features % d == 0 for m in linears.values())})
-            problems.append(f"quant.weight.group_size {gs} does not divide the input dimension {dim} of {n} "
-                            f"({len(bad)} layers affected); group sizes that fit every layer: {common or 'none'}")
-    if spec.weight.granularity == "per_block":
-        bs = spec.weight.block_size
-        bad_block = [n for n, m in linears.items() if m.in_features % bs or m.out_features % bs]
-        if bad_block:
-            problems.append(f"quant.weight.block_size {bs} does not divide the shape of {bad_block[0]} "
-                            f"({len(bad_block)} layers affected)")
+    problems += _shape_problems(spec, blocks, prefix)
     if (spec.ignored_names or spec.ignored_full) and not any(
             spec.is_ignored(prefix, i, n) for i, b in enumerate(blocks) for n, m in b.named_modules()
             if isinstance(m, nn.Linear)):
         problems.append("ignored_layers matches no linear layer of the model: check block_ids, layer_names (names "
                         f"inside a block, e.g. self_attn.q_proj) and speical_names (full names, e.g. {prefix}.0.mlp.down_proj)")
-    if spec.act is not None and spec.act.static and not has_calib:
+    if spec.static_acts() and not has_calib:
         problems.append("static activation quantization (quant.act.static: true) needs calibration data: add a calib section")
     if needs_calibration(spec.method, False) and not has_calib:
         problems.append(f"quant method {spec.method} needs calibration data: add a calib section")
@@ -76,6 +63,51 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
     if problems:
         raise AccbenchError("cannot quantize:\n" + "\n".join(f"  - {p}" for p in problems),
                             "fix the quant section (see docs/quantization.md)")
+
+
+def _shape_problems(spec: QuantSpec, blocks: Any, prefix: str) -> list[str]:
+    """group_size / block_size that do not divide the shapes of the linears they apply to."""
+    groups: dict[int, list[tuple[str, int]]] = {}
+    tiles: dict[int, list[str]] = {}
+    all_linears, acts = [], []
+    for i, b in enumerate(blocks):
+        for n, m in b.named_modules():
+            if not isinstance(m, nn.Linear):
+                continue
+            all_linears.append(m)
+            w = spec.weight_for(f"{prefix}.{i}.", n)
+            full = f"{prefix}.{i}.{n}"
+            a = spec.act_for(f"{prefix}.{i}.", n)
+            if a is not None and a.granularity == "per_group" and m.in_features >= a.group_size \
+                    and m.in_features % a.group_size:
+                acts.append(f"quant.act.group_size {a.group_size} does not divide the input dimension "
+                            f"{m.in_features} of {full}")
+            if w is None:
+                continue
+            if w.w48 is not None:
+                for level in (w.w48.bit8, w.w48.bit4):
+                    if level.granularity == "per_group" and m.in_features % level.group_size:
+                        groups.setdefault(level.group_size, []).append((full, m.in_features))
+            elif w.granularity == "per_group" and m.in_features % w.group_size:
+                groups.setdefault(w.group_size, []).append((full, m.in_features))
+            elif w.granularity == "per_block" and (m.in_features % w.block_size or m.out_features % w.block_size):
+                tiles.setdefault(w.block_size, []).append(full)
+    out = []
+    for gs, bad in groups.items():
+        n, dim = bad[0]
+        common = sorted({d for d in (16, 32, 64, 128, 256) if all(m.in_features % d == 0 for m in all_linears)})
+        out.append(f"quant.weight.group_size {gs} does not divide the input dimension {dim} of {n} "
+                   f"({len(bad)} layers affected); group sizes that fit every layer: {common or 'none'}")
+    for bs, bad_block in tiles.items():
+        out.append(f"quant.weight.block_size {bs} does not divide the shape of {bad_block[0]} "
+                   f"({len(bad_block)} layers affected)")
+    from accbench.quant.mixbits import named_blocks
+
+    beyond = sorted(b for b in named_blocks(spec.mix_bits) if b >= len(blocks))
+    if beyond:  # a config written for a deeper model: those entries match nothing here
+        log.warning("quant.mix_bits names block(s) %s but the model has %d decoder blocks; those entries match no "
+                    "linear", beyond, len(blocks))
+    return out + acts[:1]
 
 
 @contextlib.contextmanager
@@ -98,19 +130,20 @@ def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too
 
     @contextlib.contextmanager
     def ctx(i: int, block: nn.Module) -> Iterator[None]:
-        lins = {n: m for n, m in block.named_modules()
-                if isinstance(m, nn.Linear) and not spec.is_ignored(prefix, i, n)}
+        bp = f"{prefix}.{i}."
+        lins = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
         saved = {n: m.weight.data for n, m in lins.items()}
         handles = []
         try:
             if weights_too:
                 for n, m in lins.items():
-                    clip = state.clips.get(f"{prefix}.{i}.{n}")
+                    wspec = spec.weight_for(bp, n)
+                    if wspec is None:
+                        continue
+                    clip = state.clips.get(bp + n)
                     clip = None if clip is None else (clip[0].to(m.weight.device), clip[1].to(m.weight.device))
-                    m.weight.data = fake_quantize_weight(m.weight.data, spec.weight, clip)
-            if spec.act is not None:
-                ranges = {n: state.act_ranges[f"{prefix}.{i}.{n}"] for n in lins} if spec.act.static else None
-                handles = install_act_quant(lins, spec.act, ranges)
+                    m.weight.data = fake_quantize_weight(m.weight.data, wspec, clip)
+            handles = _install_acts(spec, state, bp, lins)
             yield
         finally:
             for h in handles:
@@ -119,6 +152,27 @@ def _quantized_view(spec: QuantSpec, state: QuantState, prefix: str, weights_too
                 m.weight.data = saved[n]
 
     return ctx
+
+
+def _install_acts(spec: QuantSpec, state: QuantState, block_prefix: str, lins: dict[str, nn.Module]) -> list:
+    """Activation fake quantization on the block's linears, each with its own spec (mix_bits) or none."""
+    acts = {n: spec.act_for(block_prefix, n) for n in lins}
+    acts = {n: a for n, a in acts.items() if a is not None}
+    ranges = {block_prefix + n: state.act_ranges[block_prefix + n] for n, a in acts.items() if a.static}
+    return install_act_quant({block_prefix + n: lins[n] for n in acts}, {block_prefix + n: a for n, a in acts.items()},
+                             ranges)
+
+
+def _hist_bits(spec: QuantSpec, block_prefix: str) -> Callable[[str], int | None]:
+    """name -> bits of the histogram search for linears whose inputs take llmc's static_hist range."""
+    from accbench.quant.floats import float_bits
+
+    def bits(name: str) -> int | None:
+        a = spec.act_for(block_prefix, name)
+        if a is None or not a.static or a.calib_algo != "static_hist":
+            return None
+        return float_bits(a.bit) if isinstance(a.bit, str) else a.bit
+    return bits
 
 
 @contextlib.contextmanager
@@ -136,7 +190,7 @@ def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | N
     """Run the method's equivalent transform (if any) block by block; collect static act ranges if needed."""
     method = METHODS[spec.method]
     state = QuantState()
-    act_static = spec.act is not None and spec.act.static
+    act_static = bool(spec.static_acts())
     collect_here = act_static and not method.quantize_calibrated
     if method.transform is None and not collect_here:
         return state
@@ -146,7 +200,7 @@ def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | N
         if method.transform is not None:
             method.transform(f"{prefix}.{i}.", block, inputs, spec, state)
         if collect_here:
-            collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges)
+            collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges, _hist_bits(spec, f"{prefix}.{i}."))
 
     with _no_offload(model, device), torch.no_grad():
         inputs = catch_block_inputs(model, blocks, batches or [], device)
@@ -162,13 +216,14 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
     blocks, prefix = _blocks(model)
     with _no_offload(model, device), torch.no_grad():
         if method.quantize_calibrated:
-            act_static = spec.act is not None and spec.act.static
+            act_static = bool(spec.static_acts())
 
             def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
                 with _keep_ignored(spec, prefix, i, block):
                     method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
                 if act_static:
-                    collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges)
+                    collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges,
+                                         _hist_bits(spec, f"{prefix}.{i}."))
 
             inputs = catch_block_inputs(model, blocks, batches or [], device)
             run_blockwise(blocks, inputs, device, process, spec.quant_out, _quantized_view(spec, state, prefix, False),
@@ -178,9 +233,9 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
                 with _keep_ignored(spec, prefix, i, block):
                     method.quantize(f"{prefix}.{i}.", block, spec, state)
     handles: list = []
-    if spec.act is not None:
-        lins = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules()
-                if isinstance(m, nn.Linear) and not spec.is_ignored(prefix, i, n)}
-        handles = install_act_quant(lins, spec.act, state.act_ranges if spec.act.static else None)
+    for i, b in enumerate(blocks):
+        handles += _install_acts(spec, state, f"{prefix}.{i}.",
+                                 {n: m for n, m in b.named_modules() if isinstance(m, nn.Linear)})
+    if handles:
         model._accbench_act_quant_handles = handles
     return handles
