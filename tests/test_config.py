@@ -51,7 +51,7 @@ calib:
     path: /c
     seed: *seed
 eval:
-    type: generate_only
+    type: vqa
     name: wikitext2
     path: /e
     seq_lem: 2048
@@ -75,7 +75,7 @@ def test_all_problems_reported_with_lines_and_suggestions(tmp_path):
     probs = {p.path: p for p in info.value.problems}
     assert probs["eval.seq_lem"].line == 13
     assert "did you mean 'seq_len'" in probs["eval.seq_lem"].message
-    assert "llmc's eval types acc, code, generate_only, vqa, video_gen is not supported yet" in probs["eval.type"].message and probs["eval.type"].line == 10
+    assert "llmc's eval types acc, code, vqa, video_gen is not supported yet" in probs["eval.type"].message and probs["eval.type"].line == 10
     assert probs["quant.weight.bit"].line == 17
     assert "did you mean 'weight_clip'" in probs["quant.special"].message
     assert "required key is missing" in probs["quant.kvcache.method"].message and probs["quant.kvcache.method"].line == 21
