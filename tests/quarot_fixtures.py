@@ -71,3 +71,16 @@ def spec(method: str, wbit: int, abit: int | None, symmetric: bool = False, **sp
     act = ActQuantSpec(abit, symmetric, "per_token") if abit else None
     return QuantSpec(method, WeightQuantSpec(wbit, symmetric, "per_channel"), act,
                      {**METHOD_SPECIAL_KEYS[method], **special})
+
+
+def builtin_setup(n_windows: int = 48) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The built-in model, its first `n_windows` test windows of 256 tokens, and its log-probs on them."""
+    from test_quant_builtin import _log_probs
+
+    from accbench.data.text import load_texts, ppl_token_stream
+    from accbench.models import load_model
+
+    loaded = load_model("builtin:tiny-llama", "float32", device="cpu")
+    stream = ppl_token_stream("builtin:pydoc", load_texts("builtin:pydoc"), loaded.tokenizer, 256)
+    windows = stream[: n_windows * 256].view(n_windows, 256)
+    return loaded.model, windows, _log_probs(loaded.model, windows)

@@ -61,7 +61,8 @@ def test_w4a4_with_rotation_beats_without():
     rtn = kl(ref, logits(quantized(base, spec("RTN", 4, 4)), ids))
     quarot = kl(ref, logits(quantized(base, spec("Quarot", 4, 4)), ids))
     online = kl(ref, logits(quantized(base, spec("Quarot", 4, 4, online_rotate=True, fp32_had=True)), ids))
-    assert quarot < 0.5 * rtn and online < 0.5 * rtn, (rtn, quarot, online)
+    assert quarot < 0.1 * rtn and online < 0.1 * rtn, (rtn, quarot, online)
+    assert (rtn, quarot, online) == pytest.approx((0.018631, 0.0012503, 0.0010011), rel=0.05)
 
 
 def test_gptq_online_rotate_restores_a_saved_rotated_model(tmp_path):
@@ -102,17 +103,19 @@ def test_checks_refuse_what_cannot_be_rotated():
 
 @pytest.mark.slow
 def test_builtin_w4a4_quarot_far_below_rtn():
-    """The built-in model (outlier channels): W4A4 (per-channel weights, per-token activations, asymmetric, as
-    llmc's quarot_comb_gptq w4a4) KL to the float model, pinned; QuaRot cuts RTN's KL by more than half."""
-    from accbench.data.text import load_texts, ppl_token_stream
-    from accbench.models import load_model
+    """The built-in model (outlier channels), 48 test windows of 256 tokens: W4A4 (per-channel weights, per-token
+    activations, asymmetric, as llmc's QuaRot configs at 4 bits) perplexity and KL to the float model, pinned
+    (the numbers in docs/quantization.md). QuaRot with online Hadamards cuts RTN's KL by more than 10x."""
+    from quarot_fixtures import builtin_setup
+    from test_quant_builtin import _log_probs, _ppl_and_kl
 
-    loaded = load_model("builtin:tiny-llama", "float32", device="cpu")
-    stream = ppl_token_stream("builtin:pydoc", load_texts("builtin:pydoc"), loaded.tokenizer, 256)
-    ids = stream[: 16 * 256].view(16, 256)
-    ref = logits(loaded.model, ids)
-    torch.manual_seed(42)
-    got = {m: kl(ref, logits(quantized(loaded.model, spec(m, 4, 4, **o)), ids))
-           for m, o in (("RTN", {}), ("Quarot", {"online_rotate": True, "fp32_had": True}))}
+    model, windows, ref = builtin_setup()
+    torch.manual_seed(42)  # base.seed: the rotation's signs
+    got = {name: _ppl_and_kl(_log_probs(quantized(model, spec(m, 4, 4, **o)), windows), ref, windows)
+           for name, m, o in (("RTN", "RTN", {}), ("Quarot", "Quarot", {}),
+                              ("Quarot online", "Quarot", {"online_rotate": True, "fp32_had": True}))}
     print(got)
-    assert got["Quarot"] < 0.5 * got["RTN"], got
+    pinned = {"RTN": (185.0029, 1.07761), "Quarot": (92.6843, 0.43833), "Quarot online": (63.2145, 0.08719)}
+    for name, (ppl, kld) in pinned.items():
+        assert got[name][0] == pytest.approx(ppl, rel=2e-3) and got[name][1] == pytest.approx(kld, rel=0.03), got
+    assert got["Quarot online"][1] < 0.1 * got["RTN"][1]
