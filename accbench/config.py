@@ -88,7 +88,7 @@ class RunConfig(Section):
         if needs_quant and self.quant is None and self.sparse is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
         problems += self._sparse_problems()
-        if self.quant is not None and self.quant.method != "RTN" and self.calib is None:
+        if self.quant is not None and self.calib is None and _needs_calibration(self.quant):
             problems.append(f"quant method {self.quant.method} needs calibration data: add a calib section")
         bad_pos = sorted({p for t in self.tasks for p in t.eval_pos or [] if p not in EVAL_POSITIONS})
         if bad_pos:
@@ -315,3 +315,10 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
     if overrides:
         run = apply_overrides(run, overrides)
     return validate_config(run, config)
+
+
+def _needs_calibration(q: QuantCfg) -> bool:
+    """Whether the method calibrates (the method table says; RTN, QuaRot and LLM.int8() do not)."""
+    from accbench.quant.methods import needs_calibration
+
+    return needs_calibration(q.method, q.act is not None and q.act.static)

@@ -61,6 +61,10 @@ REAL_QUANT_EXPORTS = ("save_vllm", "save_sgl", "save_autoawq", "save_autogptq", 
 FEATURES: tuple[Feature, ...] = (
     # ------------------------------------------------------------------ supported
     Feature("RTN, AWQ, GPTQ and SmoothQuant (quant.method)", ("quant.method",), "supported"),
+    Feature("QuaRot (quant.method: Quarot; rotate_mode, online_rotate, fp32_had) and GPTQ's online_rotate / fp32_had "
+            "(quarot_comb_gptq); GPTQ's chunk_num (the same Hessian)",
+            ("quant.special.rotate_mode", "quant.special.online_rotate", "quant.special.chunk_num"), "supported"),
+    Feature("LLM.int8() (quant.method: LlmInt8; threshold)", ("quant.special.threshold",), "supported"),
     Feature("integer weight quantization: bit 2-8, symmetric, per_tensor/per_channel/per_group, calib_algo minmax/mse",
             ("quant.weight",), "supported"),
     Feature("integer activation quantization: per_token/per_tensor, dynamic or static (minmax)", ("quant.act",),
@@ -187,15 +191,14 @@ _SPARSE_STAND_IN = {"method": "Magnitude", "weight": {"sparsity": 0.5}}  # so th
 # method options llmc defines (quant.special) that accbench's methods lack: refused by name when on
 LLMC_SPECIAL: dict[str, str] = {
     "owq": "outlier-aware GPTQ (owq)", "n_outs": "outlier-aware GPTQ (n_outs)",
-    "online_rotate": "online Hadamard rotation (online_rotate)", "fp32_had": "online Hadamard rotation (fp32_had)",
-    "chunk_num": "chunked GPTQ (chunk_num)", "scale_path": "loading AWQ scales (scale_path)",
+    "scale_path": "loading AWQ scales (scale_path)",
     "clip_path": "loading AWQ clips (clip_path)", "load_clip": "loading clips (load_clip)",
     "load_transform": "loading transforms (load_transform)", "save_mem": "AWQ's save_mem",
     "search_clip_init": "search_clip_init",
     "search_scale_init": "search_scale_init",
 }
 # special keys that only matter to an option above, accepted when that option is off
-_FOLLOWS = {"fp32_had": "online_rotate", "n_outs": "owq"}
+_FOLLOWS = {"n_outs": "owq"}
 
 
 def _entries(node: Any, parts: list[str], path: Path_) -> Iterator[tuple[Path_, Any]]:
@@ -328,4 +331,4 @@ def feature_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant")
+_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant", "Quarot", "LlmInt8")

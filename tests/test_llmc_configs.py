@@ -81,9 +81,7 @@ def test_docs_counts_and_feature_table_are_true(walked):
 
 @pytest.mark.parametrize("name,feature", [
     ("quantization/methods/OmniQuant/omniq_w_a.yml", "llmc's OmniQuant method"),
-    ("quantization/methods/QuaRot/quarot_w_a.yml", "llmc's Quarot method"),
     ("quantization/methods/HQQ/hqq_w_only.yml", "llmc's HQQ method"),
-    ("quantization/methods/LlmInt8/llmint8_w_only.yml", "llmc's LlmInt8 method"),
     ("quantization/methods/RTN/rtn_w_a_vlm.yml", "llmc's multimodal quant objects"),
     ("quantization/video_gen/wan_t2v/rtn_w_a.yaml", "llmc's video generation models"),
     ("quantization/deepseekv3/rtn_w_a_dsv3.yml", "llmc's DeepSeek-V3 MoE-specific configs"),

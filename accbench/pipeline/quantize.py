@@ -218,8 +218,8 @@ def _resume_from_disk(spec: "QuantSpec", save: SaveCfg, save_root: Path, record:
     quantization is not (that is applied at run time, not saved)."""
     from accbench.fingerprints import saved_model_matches
 
-    if spec.special.get("save_scale") or spec.special.get("save_clip"):
-        return False
+    if spec.special.get("save_scale") or spec.special.get("save_clip") or spec.special.get("online_rotate"):
+        return False  # a saved model lacks what the run adds at run time (QuaRot's online Hadamards)
     saves = {"transformed": save.save_trans, "fake_quant": save.save_fake}
     folder = {p: save_root / LLMC_SAVE_FOLDERS[p] for p in saves}
     saved_ok = {p: saved_model_matches(folder[p], resume.fps[p]) for p in saves}

@@ -7,6 +7,9 @@ Options (`special`, llmc's names): `blocksize` columns updated together (lazy ba
 is taken from the partially updated weight when the group's first column is reached), and
 `true_sequential` (within a block, quantize q/k/v, then o, then gate/up, then down, each on inputs
 produced by the already-quantized earlier layers; otherwise every layer sees the float block's inputs).
+`online_rotate` / `fp32_had` (QuaRot's run-time Hadamards, for a model QuaRot transformed and saved) are
+installed before the first block, so the Hessians see rotated inputs; `chunk_num` (llmc's memory option for
+the Hessian accumulation) changes nothing computed and is accepted as such.
 
 The result is the dequantized weight, written into the layer. GPTQ has no equivalent transform: the
 `transformed` position of a GPTQ run is the unchanged pretrained model (llmc instead reports the
@@ -42,6 +45,16 @@ class GptqOptions(MethodOptions):
     blocksize: int = 128
     true_sequential: bool = True
     owq: bool = False
+    online_rotate: bool = False  # QuaRot's run-time Hadamards on o_proj / down_proj inputs (quarot_comb_gptq)
+    fp32_had: bool = False
+    chunk_num: int = 1  # llmc accumulates the Hessian in this many token chunks: the same H, less memory
+
+    @field_validator("chunk_num")
+    @classmethod
+    def _chunk_num(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"quant.special.chunk_num must be a positive integer, got {v!r}")
+        return v
 
     @field_validator("percdamp")
     @classmethod
@@ -171,6 +184,23 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
     if perm is not None:
         W = W[:, torch.argsort(perm)]
     return W.to(dtype), float(loss)
+
+
+def check(model: Any, spec: QuantSpec) -> list[str]:
+    """With online_rotate, the model must be one QuaRot rotates (its sizes need Hadamard matrices)."""
+    from accbench.quant.quarot import layout_problems
+
+    return layout_problems(model, True, False) if GptqOptions.of(spec).online_rotate else []
+
+
+def prepare(model: Any, spec: QuantSpec, state: QuantState) -> None:
+    """llmc's online_rotate for GPTQ (step 2 of quarot_comb_gptq): the QuaRot-transformed checkpoint's o_proj
+    and down_proj read Hadamard-rotated inputs; install those rotations, so the Hessians see them too."""
+    opts = GptqOptions.of(spec)
+    if opts.online_rotate:
+        from accbench.quant.quarot import install_online_rotation
+
+        install_online_rotation(model, opts.fp32_had)
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 `check_quant` runs before calibration (and works on a meta-device model built from config.json, so
 the pipeline can call it before any weights load). `transform_model` applies the method's
-function-preserving transform block by block (AWQ, SmoothQuant; nothing for RTN and GPTQ) and returns
+function-preserving transform (QuaRot's rotation of the whole model; AWQ, SmoothQuant block by block; nothing
+for RTN and GPTQ) and returns
 the state the fake-quant step needs; the caller evaluates/saves the `transformed` model in between;
 `fake_quantize_model` then rounds every decoder-block linear (GPTQ with its own calibration pass) and,
 when `act` is set, quantizes every such linear's input at run time (forward pre-hooks).
@@ -60,6 +61,8 @@ def check_quant(model: Any, spec: QuantSpec, has_calib: bool) -> None:
     options = METHODS[spec.method].options
     bad_options = option_problems(spec.method, options, spec.special)
     problems += bad_options or options.of(spec).problems(spec.weight)
+    if not bad_options and METHODS[spec.method].check is not None:
+        problems += METHODS[spec.method].check(model, spec)
     if problems:
         raise AccbenchError("cannot quantize:\n" + "\n".join(f"  - {p}" for p in problems),
                             "fix the quant section (see docs/quantization.md)")
@@ -192,6 +195,9 @@ def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | N
     state = QuantState()
     act_static = bool(spec.static_acts())
     collect_here = act_static and not method.quantize_calibrated
+    if method.prepare is not None:
+        with _no_offload(model, device), torch.no_grad():
+            method.prepare(model, spec, state)
     if method.transform is None and not collect_here:
         return state
     blocks, prefix = _blocks(model)
@@ -233,7 +239,7 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
                 with _keep_ignored(spec, prefix, i, block):
                     method.quantize(f"{prefix}.{i}.", block, spec, state)
     handles: list = []
-    for i, b in enumerate(blocks):
+    for i, b in enumerate(blocks if not method.quantizes_act else []):
         handles += _install_acts(spec, state, f"{prefix}.{i}.",
                                  {n: m for n, m in b.named_modules() if isinstance(m, nn.Linear)})
     if handles:
