@@ -74,7 +74,7 @@ class RunConfig(Section):
         needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
         if needs_quant and self.quant is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
-        if self.quant is not None and self.quant.method != "RTN" and self.calib is None:
+        if self.quant is not None and self.calib is None and _needs_calibration(self.quant.method):
             problems.append(f"quant method {self.quant.method} needs calibration data: add a calib section")
         if self.quant is not None and self.train is not None:
             problems.append("a run either quantizes (quant) or trains (train), not both")
@@ -274,3 +274,10 @@ def eval_config(model: str, tasks: str | None, config: str | None, dtype: str = 
     if overrides:
         run = apply_overrides(run, overrides)
     return validate_config(run, config)
+
+
+def _needs_calibration(method: str) -> bool:
+    """Whether the quant method needs calibration data (RTN and HQQ do not). Imports torch."""
+    from accbench.quant.methods import needs_calibration
+
+    return needs_calibration(method, False)

@@ -147,8 +147,9 @@ class WeightQuantCfg(_QuantBits):
     granularity: Literal["per_tensor", "per_channel", "per_group", "per_block"] = "per_group"
     group_size: int = 128
     block_size: int = Field(128, ge=1)
-    calib_algo: Literal["minmax", "mse"] = "minmax"
+    calib_algo: Literal["minmax", "mse", "learnable"] = "minmax"
     int_range: list[int] | None = None
+    round_zp: bool = True
 
     @model_validator(mode="after")
     def _group(self) -> "WeightQuantCfg":

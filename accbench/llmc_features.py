@@ -64,9 +64,9 @@ REAL_QUANT_EXPORTS = ("save_vllm", "save_sgl", "save_autoawq", "save_autogptq", 
 
 FEATURES: tuple[Feature, ...] = (
     # ------------------------------------------------------------------ supported
-    Feature("RTN, AWQ, GPTQ and SmoothQuant (quant.method)", ("quant.method",), "supported"),
-    Feature("integer weight quantization: bit 2-8, symmetric, per_tensor/per_channel/per_group, calib_algo minmax/mse",
-            ("quant.weight",), "supported"),
+    Feature("RTN, AWQ, GPTQ, SmoothQuant, OmniQuant and HQQ (quant.method)", ("quant.method",), "supported"),
+    Feature("integer weight quantization: bit 2-8, symmetric, per_tensor/per_channel/per_group, calib_algo "
+            "minmax/mse/learnable (learnable: OmniQuant's LWC, AWQ's clip_version v2)", ("quant.weight",), "supported"),
     Feature("integer activation quantization: per_token/per_tensor, dynamic or static (minmax)", ("quant.act",),
             "supported"),
     Feature("activation calibration minmax (quant.act.calib_algo: minmax)", ("quant.act.calib_algo",), "no-op",
@@ -134,9 +134,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("per_group activation quantization", ("quant.act.granularity",), when=_in("per_group")),
     Feature("activation group_size", ("quant.act.group_size",), when=_always),
     Feature("int_range", ("quant.weight.int_range",), when=_always),
-    Feature("round_zp", ("quant.weight.round_zp",), when=_always),
-    Feature("learnable weight clipping (calib_algo: learnable)", ("quant.weight.calib_algo",),
-            when=_in("learnable")),
+    Feature("round_zp (HQQ; round_zp: False with another method is refused)", ("quant.weight.round_zp",),
+            "supported"),
     Feature("static histogram activation calibration (calib_algo: static_hist)", ("quant.act.calib_algo",),
             when=_not_in("minmax")),
     Feature("eval types other than ppl (decode_ppl, token_acc, acc, generate_only, vqa, video_gen)",
@@ -168,11 +167,9 @@ LLMC_METHODS = ("AdaDim", "Awq", "DGQ", "FP8", "GPTBRECQ", "GPTQ", "HQQ", "LlmIn
 LLMC_SPECIAL: dict[str, str] = {
     "owq": "outlier-aware GPTQ (owq)", "n_outs": "outlier-aware GPTQ (n_outs)",
     "online_rotate": "online Hadamard rotation (online_rotate)", "fp32_had": "online Hadamard rotation (fp32_had)",
-    "chunk_num": "chunked GPTQ (chunk_num)", "scale_path": "loading AWQ scales (scale_path)",
-    "clip_path": "loading AWQ clips (clip_path)", "load_clip": "loading clips (load_clip)",
+    "chunk_num": "chunked GPTQ (chunk_num)",
     "load_transform": "loading transforms (load_transform)", "save_mem": "AWQ's save_mem",
-    "quant_type": "float quantization (quant_type: float-quant)", "search_clip_init": "search_clip_init",
-    "search_scale_init": "search_scale_init",
+    "quant_type": "float quantization (quant_type: float-quant)",
 }
 # special keys that only matter to an option above, accepted when that option is off
 _FOLLOWS = {"fp32_had": "online_rotate", "n_outs": "owq"}
@@ -289,4 +286,4 @@ def feature_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant")
+_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant", "OmniQuant", "HQQ")

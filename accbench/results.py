@@ -119,6 +119,7 @@ class QuantInfo(Entry):
     quant_out: bool = False
     calib_samples: int = 0
     gptq_error_sum: float | None = None  # GPTQ: the summed per-layer reconstruction error
+    epoch_losses: dict[str, list[float]] | None = None  # OmniQuant: per block, the mean training loss per epoch
 
 
 @dataclass

@@ -40,9 +40,12 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None, ignored: IgnoredLayersCfg | 
     if q.method == "GPTQ" and (q.weight.quant_type == "float-quant"):
         raise AccbenchError("llmc's float quantization (quant_type: float-quant) with GPTQ is not supported yet",
                             "use RTN, Awq or SmoothQuant for float formats, or integer bits with GPTQ")
+    if not q.weight.round_zp and q.method != "HQQ":
+        raise AccbenchError(f"llmc's round_zp: False with {q.method} is not supported yet",
+                            "remove quant.weight.round_zp (HQQ takes it)")
     try:
         w = WeightQuantSpec(q.weight.bit, q.weight.symmetric, q.weight.granularity, q.weight.group_size,
-                            q.weight.calib_algo, q.weight.block_size)
+                            q.weight.calib_algo, q.weight.block_size, q.weight.round_zp)
         a = ActQuantSpec(q.act.bit, q.act.symmetric, q.act.granularity, q.act.static) if q.act else None
     except ValueError as exc:
         raise AccbenchError(f"quant section: {exc}", "see docs/quantization.md for the valid settings") from None
@@ -97,6 +100,8 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
 
     with timed(record, "quant_transform"):
         state = transform_model(loaded.model, spec, batches, loaded.device)
+    if state.epoch_losses:
+        info = info.model_copy(update={"epoch_losses": state.epoch_losses})
     record(info)
     evaluate("transformed", loaded)
     if save.save_trans:
@@ -117,11 +122,10 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
     if saved:
         import torch
 
-        save_root.mkdir(parents=True, exist_ok=True)
-        if "scales" in saved:
-            torch.save(state.scales, save_root / "scales.pt")
-        if "clips" in saved:
-            torch.save(state.clips, save_root / "clips.pt")
+        for what, folder in saved.items():  # AWQ's scale_path / clip_path, else the save folder
+            folder = Path(folder) if folder else save_root
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(state.scales if what == "scales" else state.clips, folder / f"{what}.pt")
 
 
 LLMC_SAVE_FOLDERS = {"transformed": "transformed_model", "fake_quant": "fake_quant_model"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from accbench.quant import awq, gptq, rtn, smoothquant
+from accbench.quant import awq, gptq, hqq, omniquant, rtn, smoothquant
 from accbench.quant.options import MethodOptions
 
 
@@ -29,6 +29,8 @@ METHODS: dict[str, QuantMethod] = {
     "Awq": QuantMethod(awq.transform_block, rtn.quantize_block, False, awq.AwqOptions),
     "GPTQ": QuantMethod(None, gptq.quantize_block, True, gptq.GptqOptions),
     "SmoothQuant": QuantMethod(smoothquant.transform_block, rtn.quantize_block, False, smoothquant.SmoothQuantOptions),
+    "OmniQuant": QuantMethod(omniquant.transform_block, rtn.quantize_block, False, omniquant.OmniQuantOptions),
+    "HQQ": QuantMethod(None, hqq.quantize_block, False, hqq.HqqOptions),
 }
 # method -> its `quant.special` options with their defaults (llmc's names)
 METHOD_SPECIAL_KEYS: dict[str, dict] = {name: m.options.defaults() for name, m in METHODS.items()}

@@ -19,7 +19,9 @@ Granularity: `per_tensor` (one scale), `per_channel` (one per output row of a we
 (one per `group_size` consecutive input columns of each row), `per_block` (symmetric, one per
 `block_size` x `block_size` tile of the weight, llmc's absmax per block), and for activations `per_token` (one per
 row of the flattened [tokens, features] input). `calib_algo: mse` searches a shrink factor p of the
-range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid).
+range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid). `calib_algo: learnable`
+(llmc's learnable clipping) is the min/max range here; OmniQuant, and AWQ's clip_version v2, hand the learned or
+searched ranges in as `clip`.
 
 Float formats (llmc's `quant_type: float-quant`, `bit: e4m3` / `e5m2`): always symmetric, llmc's scale rule
 scale = max(|min|, |max|).clamp(1e-5) / fmax (fmax 448 for e4m3, 57344 for e5m2: the largest finite value of
@@ -50,6 +52,7 @@ class WeightQuantSpec:
     group_size: int = 128
     calib_algo: str = "minmax"
     block_size: int = 128
+    round_zp: bool = True  # False: a float zero point (llmc's HQQ config; only HQQ reads it so far)
 
     def __post_init__(self) -> None:
         if self.granularity == "per_block" and (not self.symmetric or self.block_size <= 0):
@@ -64,8 +67,8 @@ class WeightQuantSpec:
             raise ValueError(f"unknown weight granularity {self.granularity!r}; valid: {WEIGHT_GRANULARITIES}")
         if self.granularity == "per_group" and self.group_size <= 0:
             raise ValueError("per_group needs a positive group_size")
-        if self.calib_algo not in ("minmax", "mse"):
-            raise ValueError(f"unknown calib_algo {self.calib_algo!r}; valid: minmax, mse")
+        if self.calib_algo not in ("minmax", "mse", "learnable"):
+            raise ValueError(f"unknown calib_algo {self.calib_algo!r}; valid: minmax, mse, learnable")
 
 
 @dataclass(frozen=True)
