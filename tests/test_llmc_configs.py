@@ -74,9 +74,7 @@ def test_docs_counts_and_feature_table_are_true(walked):
 
 
 @pytest.mark.parametrize("name,feature", [
-    ("quantization/methods/OmniQuant/omniq_w_a.yml", "llmc's OmniQuant method"),
     ("quantization/methods/QuaRot/quarot_w_a.yml", "llmc's Quarot method"),
-    ("quantization/methods/HQQ/hqq_w_only.yml", "llmc's HQQ method"),
     ("quantization/methods/LlmInt8/llmint8_w_only.yml", "llmc's LlmInt8 method"),
     ("sparsification/methods/Wanda/wanda.yml", "llmc's sparsification (sparse)"),
     ("quantization/methods/RTN/rtn_w_a_vlm.yml", "llmc's multimodal quant objects"),
