@@ -16,24 +16,14 @@ from accbench.quant.omniquant import LWC_INIT
 from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec, to_rows
 from accbench.quant.runner import fake_quantize_model, transform_model
 from accbench.quant.spec import QuantSpec
+from test_quant_methods import _llama as _tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _llama(seed: int = 0):
+def _llama():
     """Hidden 128 so that group_size 128 fits every linear (the issue's W3 g128 setting)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norms with a few outlier channels, as trained models have
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.copy_(torch.rand_like(p) + 0.5)
-                p[:3] *= 8
-    return model
+    return _tiny_llama(hidden=128, intermediate=256)
 
 
 @pytest.fixture(scope="module")
