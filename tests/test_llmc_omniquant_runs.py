@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from llmc_fixtures import LLMC, with_paths
 
 from accbench.cli import main
-from llmc_fixtures import LLMC, with_paths
 
 needs_llmc = pytest.mark.skipif(LLMC is None, reason="../shared/data/llmc_configs is absent")
 pytestmark = [needs_llmc, pytest.mark.usefixtures("one_thread")]

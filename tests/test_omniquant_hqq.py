@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_quant_methods import _llama as _tiny_llama
 
 from accbench.quant.hqq import HqqOptions, hqq_fake_quantize, optimize_zero, shrink
 from accbench.quant.methods import METHOD_SPECIAL_KEYS
@@ -16,7 +17,6 @@ from accbench.quant.omniquant import LWC_INIT
 from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec, to_rows
 from accbench.quant.runner import fake_quantize_model, transform_model
 from accbench.quant.spec import QuantSpec
-from test_quant_methods import _llama as _tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,8 +81,8 @@ def test_omniquant_lwc_beats_rtn_at_w3_g128_with_clip_ratios_in_0_1(ids, ref):
 def test_omniquant_let_beats_rtn_at_w4a4_and_stays_close_to_the_float_model(ids, ref):
     a4 = ActQuantSpec(4, False, "per_token")
     rtn, _, _ = _quantize("RTN", WeightQuantSpec(4, False, "per_channel"), ids, a4)
-    omni, state, transformed = _quantize("OmniQuant", WeightQuantSpec(4, False, "per_channel", 128, "learnable"),
-                                         ids, a4, epochs=5, let=True)
+    omni, _, transformed = _quantize("OmniQuant", WeightQuantSpec(4, False, "per_channel", 128, "learnable"),
+                                     ids, a4, epochs=5, let=True)
     assert _kl(omni, ids, ref) < 0.9 * _kl(rtn, ids, ref)
     float_model = _llama()
     float_model.load_state_dict(transformed)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from test_quant_builtin import _log_probs, _ppl_and_kl, setup  # noqa: F401  (setup is a fixture)
 
 pytestmark = pytest.mark.slow

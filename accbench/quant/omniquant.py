@@ -23,8 +23,10 @@ Training always runs in float32 (llmc's `deactive_amp: True`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -264,7 +266,7 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
         let = LetParams.build(prefix, block, BlockInputs(fp_in, inputs.kwargs), opts) if opts.let else None
         lwc: dict[str, list[nn.Parameter | None]] = {}
         if opts.lwc:
-            with torch.no_grad(), _weights_set(block, let_weights(block, let) if let is not None else {}):
+            with torch.no_grad(), _values_set(block, let_weights(block, let) if let is not None else {}):
                 # the clip search and the LWC init see the LET-initialised weights
                 lwc_init = _init_lwc(prefix, block, inputs, spec, opts, lins)
             lwc = {n: [nn.Parameter(u.float()), None if lo is None else nn.Parameter(lo.float())]
@@ -288,19 +290,15 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
             p.requires_grad_(flags.get(n, False))
 
 
-class _weights_set:
+@contextlib.contextmanager
+def _values_set(block: nn.Module, values: dict[str, torch.Tensor]) -> Iterator[None]:
     """Temporarily give the block the parameter values in `values` (parameter name -> tensor)."""
-
-    def __init__(self, block: nn.Module, values: dict[str, torch.Tensor]):
-        self.params = dict(block.named_parameters())
-        self.values = values
-        self.saved: dict[str, torch.Tensor] = {}
-
-    def __enter__(self) -> None:
-        for n, v in self.values.items():
-            self.saved[n] = self.params[n].data
-            self.params[n].data = v.detach()
-
-    def __exit__(self, *exc: Any) -> None:
-        for n, v in self.saved.items():
-            self.params[n].data = v
+    params = dict(block.named_parameters())
+    saved = {n: params[n].data for n in values}
+    try:
+        for n, v in values.items():
+            params[n].data = v.detach()
+        yield
+    finally:
+        for n, v in saved.items():
+            params[n].data = v

@@ -72,7 +72,7 @@ class LetParams:
         return [p.scale for p in self.pairs] + ([self.qk[2]] if self.qk else [])
 
     @classmethod
-    def build(cls, prefix: str, block: nn.Module, fp_inputs: BlockInputs, opts: "OmniQuantOptions") -> "LetParams":
+    def build(cls, prefix: str, block: nn.Module, fp_inputs: BlockInputs, opts: OmniQuantOptions) -> LetParams:
         mods = dict(block.named_modules())
         subsets = [s for s in trace_block(block, fp_inputs.hidden[0], fp_inputs.kwargs[0]) if s.prev is not None
                    and (opts.smooth_up_down or s.layers[0].rsplit(".", 1)[-1] != "down_proj")]
