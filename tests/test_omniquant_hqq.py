@@ -174,3 +174,16 @@ def test_hqq_round_zp_keeps_an_integer_zero_and_float_zero_is_more_accurate():
     k = q_rows / scale  # (q - z): integers when z is
     assert torch.allclose(k, k.round(), atol=1e-4)
     assert err_f < (q_r - w).abs().mean()
+
+
+def test_omniquant_trains_a_bfloat16_model_in_float32_and_gives_it_back_in_bfloat16(ids):
+    model = _llama().to(torch.bfloat16)
+    spec = QuantSpec("OmniQuant", WeightQuantSpec(4, False, "per_channel", 128, "learnable"),
+                     ActQuantSpec(8, True, "per_token"), {**METHOD_SPECIAL_KEYS["OmniQuant"], "epochs": 1,
+                                                          "let": True, "aug_loss": True}, True, 48)
+    state = transform_model(model, spec, list(ids[:2].split(1)), "cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert len(state.clips) == 14 and state.fp_hidden is None and all(len(v) == 1 for v in state.epoch_losses.values())
+    fake_quantize_model(model, spec, [ids], "cpu", state)
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()

@@ -192,11 +192,21 @@ def _init_lwc(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpe
     return params
 
 
-def _targets(block: nn.Module, inputs: BlockInputs, fp_in: list[torch.Tensor],
+def _float(obj: Any) -> Any:
+    """Floating tensors nested in lists/tuples/dicts as float32 (the block trains in float32); others as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _float(v) for k, v in obj.items()}
+    return obj
+
+
+def _targets(block: nn.Module, q_in: BlockInputs, fp_in: BlockInputs,
              aug: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The float block's outputs on the float chain (the targets) and, for aug_loss, on the block's inputs."""
-    fp_out = forward_block(block, BlockInputs(fp_in, inputs.kwargs))
-    return fp_out, (forward_block(block, inputs) if aug else None)
+    return forward_block(block, fp_in), (forward_block(block, q_in) if aug else None)
 
 
 def _train(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, opts: OmniQuantOptions,
@@ -222,9 +232,9 @@ def _train(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, 
             total = 0.0
             for i, h in enumerate(inputs.hidden):
                 out = _quant_forward(block, h, inputs.kwargs[i], spec, lins, lwc, let)
-                loss = torch.nn.functional.mse_loss(out, targets[i].float())
+                loss = torch.nn.functional.mse_loss(out, targets[i])
                 if aug_targets is not None:
-                    loss = loss + torch.nn.functional.mse_loss(out, aug_targets[i].float())
+                    loss = loss + torch.nn.functional.mse_loss(out, aug_targets[i])
                 if not math.isfinite(loss.item()):
                     raise AccbenchError(f"OmniQuant: the loss of block {prefix.rstrip('.')} is not finite "
                                         f"(epoch {epoch})", "lower quant.special.lwc_lr / let_lr")
@@ -247,7 +257,7 @@ def _quant_forward(block: nn.Module, h: torch.Tensor, kwargs: dict, spec: QuantS
     for n in lins:
         up, low = lwc.get(n, (None, None))
         over[f"{n}.weight"] = lwc_fake_quantize(over[f"{n}.weight"], spec.weight, up, low)
-    return block_output(torch.func.functional_call(block, over, (h.float(),), kwargs, strict=False))
+    return block_output(torch.func.functional_call(block, over, (h,), kwargs, strict=False))
 
 
 def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: QuantSpec, state: QuantState) -> None:
@@ -259,20 +269,21 @@ def transform_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qu
     flags = {n: p.requires_grad for n, p in block.named_parameters()}
     block.float().requires_grad_(False)
     try:
-        fp_in = state.fp_hidden if (state.fp_hidden is not None and spec.quant_out) else inputs.hidden
-        targets, aug = _targets(block, inputs, fp_in, opts.aug_loss)
+        q_in = BlockInputs(_float(inputs.hidden), _float(inputs.kwargs))
+        fp_in = BlockInputs(state.fp_hidden, q_in.kwargs) if (state.fp_hidden is not None and spec.quant_out) else q_in
+        targets, aug = _targets(block, q_in, fp_in, opts.aug_loss)
         lins = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)
                 and not spec.is_ignored(model_prefix, block_index, n)}
-        let = LetParams.build(prefix, block, BlockInputs(fp_in, inputs.kwargs), opts) if opts.let else None
+        let = LetParams.build(prefix, block, fp_in, opts) if opts.let else None
         lwc: dict[str, list[nn.Parameter | None]] = {}
         if opts.lwc:
             with torch.no_grad(), _values_set(block, let_weights(block, let) if let is not None else {}):
                 # the clip search and the LWC init see the LET-initialised weights
-                lwc_init = _init_lwc(prefix, block, inputs, spec, opts, lins)
+                lwc_init = _init_lwc(prefix, block, q_in, spec, opts, lins)
             lwc = {n: [nn.Parameter(u.float()), None if lo is None else nn.Parameter(lo.float())]
                    for n, (u, lo) in lwc_init.items()}
         with torch.enable_grad():
-            state.epoch_losses[prefix.rstrip(".")] = _train(prefix, block, inputs, spec, opts, lins, lwc, let,
+            state.epoch_losses[prefix.rstrip(".")] = _train(prefix, block, q_in, spec, opts, lins, lwc, let,
                                                            targets, aug)
         with torch.no_grad():
             if let is not None:
