@@ -198,7 +198,7 @@ class WeightQuantCfg(_QuantBits):
     granularity: Literal["per_tensor", "per_channel", "per_group", "per_block"] = "per_group"
     group_size: int = 128
     block_size: int = Field(128, ge=1)
-    calib_algo: Literal["minmax", "mse"] = "minmax"
+    calib_algo: Literal["minmax", "mse", "learnable"] = "minmax"
     int_range: list[int] | None = None
     round_zp: bool = True
     bit4: W48LevelCfg | None = None  # bit: 48 (two-level W4A8): the int4 level of the int8 codes

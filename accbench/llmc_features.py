@@ -60,13 +60,13 @@ REAL_QUANT_EXPORTS = ("save_vllm", "save_sgl", "save_autoawq", "save_autogptq", 
 
 FEATURES: tuple[Feature, ...] = (
     # ------------------------------------------------------------------ supported
-    Feature("RTN, AWQ, GPTQ and SmoothQuant (quant.method)", ("quant.method",), "supported"),
+    Feature("RTN, AWQ, GPTQ, SmoothQuant, OmniQuant and HQQ (quant.method)", ("quant.method",), "supported"),
     Feature("QuaRot (quant.method: Quarot; rotate_mode, online_rotate, fp32_had) and GPTQ's online_rotate / fp32_had "
             "(quarot_comb_gptq); GPTQ's chunk_num (the same Hessian)",
             ("quant.special.rotate_mode", "quant.special.online_rotate", "quant.special.chunk_num"), "supported"),
     Feature("LLM.int8() (quant.method: LlmInt8; threshold)", ("quant.special.threshold",), "supported"),
-    Feature("integer weight quantization: bit 2-8, symmetric, per_tensor/per_channel/per_group, calib_algo minmax/mse",
-            ("quant.weight",), "supported"),
+    Feature("integer weight quantization: bit 2-8, symmetric, per_tensor/per_channel/per_group, calib_algo "
+            "minmax/mse/learnable (learnable: OmniQuant's LWC, AWQ's clip_version v2)", ("quant.weight",), "supported"),
     Feature("integer activation quantization: per_token/per_tensor, dynamic or static (minmax)", ("quant.act",),
             "supported"),
     Feature("activation calibration minmax (quant.act.calib_algo: minmax)", ("quant.act.calib_algo",), "no-op",
@@ -160,8 +160,6 @@ FEATURES: tuple[Feature, ...] = (
     Feature("float formats other than e4m3, e5m2, e2m1, e3m2, e4m7", ("quant.weight.bit", "quant.act.bit"),
             when=lambda v: isinstance(v, str) and v not in ("e4m3", "e5m2", "e2m1", "e3m2", "e4m7")),
     Feature("DGQ's two-level weights (w_1 / w_2)", ("quant.weight.w_1", "quant.weight.w_2")),
-    Feature("learnable weight clipping (calib_algo: learnable)", ("quant.weight.calib_algo",),
-            when=_in("learnable")),
     Feature("activation calibration static_minmax / static_moving_minmax", ("quant.act.calib_algo",),
             when=_not_in("minmax", "static_hist")),
     Feature("eval types acc, code, vqa, video_gen", ("eval.type",),
@@ -191,11 +189,7 @@ _SPARSE_STAND_IN = {"method": "Magnitude", "weight": {"sparsity": 0.5}}  # so th
 # method options llmc defines (quant.special) that accbench's methods lack: refused by name when on
 LLMC_SPECIAL: dict[str, str] = {
     "owq": "outlier-aware GPTQ (owq)", "n_outs": "outlier-aware GPTQ (n_outs)",
-    "scale_path": "loading AWQ scales (scale_path)",
-    "clip_path": "loading AWQ clips (clip_path)", "load_clip": "loading clips (load_clip)",
     "load_transform": "loading transforms (load_transform)", "save_mem": "AWQ's save_mem",
-    "search_clip_init": "search_clip_init",
-    "search_scale_init": "search_scale_init",
 }
 # special keys that only matter to an option above, accepted when that option is off
 _FOLLOWS = {"n_outs": "owq"}
@@ -331,4 +325,4 @@ def feature_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant", "Quarot", "LlmInt8")
+_BUILT_DOC = ("RTN", "Awq", "AWQ", "GPTQ", "SmoothQuant", "Quarot", "LlmInt8", "OmniQuant", "HQQ")

@@ -125,6 +125,7 @@ class QuantInfo(Entry):
     calib_samples: int = 0
     gptq_error_sum: float | None = None  # GPTQ: the summed per-layer reconstruction error
     mix_bits: dict[str, Any] | None = None  # llmc's per-layer settings (quant.mix_bits), when given
+    epoch_losses: dict[str, list[float]] | None = None  # OmniQuant: per block, the mean training loss per epoch
 
 
 class SparseInfo(Entry):

@@ -95,8 +95,8 @@ def test_cross_section_rules(tmp_path):
 def test_unknown_method_and_unsupported_method(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'GPTQ'"):
         load_config(_write(tmp_path, "model: {path: /m}\nquant: {method: GPTQQ}\n"))
-    with pytest.raises(ConfigError, match="llmc's OmniQuant method is not supported yet"):
-        load_config(_write(tmp_path, "model: {path: /m}\nquant: {method: OmniQuant}\n"))
+    with pytest.raises(ConfigError, match="llmc's SpQR method is not supported yet"):
+        load_config(_write(tmp_path, "model: {path: /m}\nquant: {method: SpQR}\n"))
 
 
 def test_missing_path_without_download(tmp_path):

@@ -80,8 +80,8 @@ def test_docs_counts_and_feature_table_are_true(walked):
 
 
 @pytest.mark.parametrize("name,feature", [
-    ("quantization/methods/OmniQuant/omniq_w_a.yml", "llmc's OmniQuant method"),
-    ("quantization/methods/HQQ/hqq_w_only.yml", "llmc's HQQ method"),
+    ("quantization/methods/SpQR/spqr_w_only.yml", "llmc's SpQR method"),
+    ("quantization/methods/QUIK/quik_w_a.yml", "llmc's QUIK method"),
     ("quantization/methods/RTN/rtn_w_a_vlm.yml", "llmc's multimodal quant objects"),
     ("quantization/video_gen/wan_t2v/rtn_w_a.yaml", "llmc's video generation models"),
     ("quantization/deepseekv3/rtn_w_a_dsv3.yml", "llmc's DeepSeek-V3 MoE-specific configs"),

@@ -18,11 +18,11 @@ from accbench.quant.spec import QuantSpec
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _llama(kv_heads: int = 4, seed: int = 0):
+def _llama(kv_heads: int = 4, seed: int = 0, hidden: int = 64, intermediate: int = 128):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=256, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256)
     model = LlamaForCausalLM(cfg).eval()
     # give the norms non-trivial weights and a few outlier channels, as trained models have

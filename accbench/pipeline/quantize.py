@@ -166,6 +166,8 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
 
     with timed(record, "quant_transform"):
         state = transform_model(loaded.model, spec, batches, loaded.device)
+    if state.epoch_losses:
+        info = info.model_copy(update={"epoch_losses": state.epoch_losses})
     record(info)
     if kv is not None and kv.spec.static:
         _calibrate_kv(kv, loaded, batches or [], record, console)
@@ -189,11 +191,10 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
     if saved:
         import torch
 
-        save_root.mkdir(parents=True, exist_ok=True)
-        if "scales" in saved:
-            torch.save(state.scales, save_root / "scales.pt")
-        if "clips" in saved:
-            torch.save(state.clips, save_root / "clips.pt")
+        for what, folder in saved.items():  # AWQ's scale_path / clip_path, else the save folder
+            folder = Path(folder) if folder else save_root
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(state.scales if what == "scales" else state.clips, folder / f"{what}.pt")
 
 
 def _calibrate_kv(kv: "KVCacheQuantizer", loaded: "LoadedModel", batches: list, record: Record,

@@ -48,6 +48,8 @@ class AwqOptions(MethodOptions):
     save_clip: bool = False
     clip_version: Literal["v1", "v2"] = "v1"
     awq_bs: int | None = None
+    scale_path: str | None = None  # where save_scale writes scales.pt (OmniQuant's search_scale_init reads it)
+    clip_path: str | None = None  # where save_clip writes clips.pt (OmniQuant's load_clip reads it)
 
     @field_validator("n_grid")
     @classmethod
@@ -56,8 +58,9 @@ class AwqOptions(MethodOptions):
             raise ValueError(f"quant.special.n_grid must be a positive integer, got {v!r}")
         return v
 
-    def saved_state(self) -> set[str]:
-        return {name for name, wanted in (("scales", self.save_scale), ("clips", self.save_clip)) if wanted}
+    def saved_state(self) -> dict[str, str | None]:
+        return {name: folder for name, wanted, folder in (("scales", self.save_scale, self.scale_path),
+                                                          ("clips", self.save_clip, self.clip_path)) if wanted}
 
     def problems(self, weight: WeightQuantSpec) -> list[str]:
         if self.weight_clip and weight.granularity == "per_tensor":

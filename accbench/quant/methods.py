@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from accbench.quant import awq, gptq, llmint8, quarot, rtn, smoothquant
+from accbench.quant import awq, gptq, hqq, llmint8, omniquant, quarot, rtn, smoothquant
 from accbench.quant.options import MethodOptions
 
 
@@ -37,6 +37,8 @@ METHODS: dict[str, QuantMethod] = {
     "SmoothQuant": QuantMethod(smoothquant.transform_block, rtn.quantize_block, False, smoothquant.SmoothQuantOptions),
     "Quarot": QuantMethod(None, rtn.quantize_block, False, quarot.QuarotOptions, quarot.prepare, quarot.check),
     "LlmInt8": QuantMethod(None, llmint8.quantize_block, False, llmint8.LlmInt8Options, None, llmint8.check, True),
+    "OmniQuant": QuantMethod(omniquant.transform_block, rtn.quantize_block, False, omniquant.OmniQuantOptions),
+    "HQQ": QuantMethod(None, hqq.quantize_block, False, hqq.HqqOptions),
 }
 # method -> its `quant.special` options with their defaults (llmc's names)
 METHOD_SPECIAL_KEYS: dict[str, dict] = {name: m.options.defaults() for name, m in METHODS.items()}

@@ -37,9 +37,10 @@ class MethodOptions(BaseModel):
         """Problems of these options together with the weight settings (none by default)."""
         return []
 
-    def saved_state(self) -> set[str]:
-        """Which parts of the method's QuantState the run saves next to the models ("scales", "clips")."""
-        return set()
+    def saved_state(self) -> dict[str, str | None]:
+        """Which parts of the method's QuantState the run saves ("scales", "clips"), each to its folder (None:
+        next to the saved models)."""
+        return {}
 
 
 def option_problems(method: str, options: type[MethodOptions], special: dict[str, Any]) -> list[str]:

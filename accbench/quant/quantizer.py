@@ -19,7 +19,9 @@ Granularity: `per_tensor` (one scale), `per_channel` (one per output row of a we
 (one per `group_size` consecutive input columns of each row), `per_block` (symmetric, one per
 `block_size` x `block_size` tile of the weight, llmc's absmax per block), and for activations `per_token` (one per
 row of the flattened [tokens, features] input). `calib_algo: mse` searches a shrink factor p of the
-range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid).
+range per row: p = 1 - i/100 for i < 80, minimising sum |x_hat - x|^2.4 (llmc's grid). `calib_algo: learnable`
+(llmc's learnable clipping) is the min/max range here; OmniQuant, and AWQ's clip_version v2, hand the learned or
+searched ranges in as `clip`.
 
 llmc's explicit integer grid `int_range: [qmin, qmax]` replaces the grid bit and symmetric imply (symmetric:
 scale = absmax / qmax; asymmetric: scale = (max - min) / (qmax - qmin), zero = clamp(qmin - round(min / scale))).
@@ -84,8 +86,8 @@ class WeightQuantSpec:
             raise ValueError(f"unknown weight granularity {self.granularity!r}; valid: {WEIGHT_GRANULARITIES}")
         if self.granularity == "per_group" and self.group_size <= 0:
             raise ValueError("per_group needs a positive group_size")
-        if self.calib_algo not in ("minmax", "mse"):
-            raise ValueError(f"unknown calib_algo {self.calib_algo!r}; valid: minmax, mse")
+        if self.calib_algo not in ("minmax", "mse", "learnable"):
+            raise ValueError(f"unknown calib_algo {self.calib_algo!r}; valid: minmax, mse, learnable")
 
 
 @dataclass(frozen=True)

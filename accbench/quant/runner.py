@@ -212,6 +212,7 @@ def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | N
         inputs = catch_block_inputs(model, blocks, batches or [], device)
         run_blockwise(blocks, inputs, device, process, spec.quant_out, _quantized_view(spec, state, prefix, True),
                       desc=f"{spec.method} transform")
+    state.fp_hidden = None  # OmniQuant's float chain: calibration activations no longer needed
     return state
 
 

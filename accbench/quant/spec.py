@@ -87,3 +87,5 @@ class QuantState:
     act_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # static acts
     scales: dict[str, torch.Tensor] = field(default_factory=dict)  # AWQ / SmoothQuant scales, by subset
     losses: dict[str, float] = field(default_factory=dict)  # GPTQ's per-layer error, for the log
+    epoch_losses: dict[str, list[float]] = field(default_factory=dict)  # OmniQuant: per block, mean loss per epoch
+    fp_hidden: list[torch.Tensor] | None = None  # OmniQuant: the float model's inputs of the current block
