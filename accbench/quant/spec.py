@@ -6,11 +6,14 @@ Both are plain data built by the pipeline from the `quant` config section; metho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
+
+if TYPE_CHECKING:
+    from accbench.quant.codes import WeightCodes
 
 
 @dataclass(frozen=True)
@@ -42,3 +45,5 @@ class QuantState:
     act_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # static acts
     scales: dict[str, torch.Tensor] = field(default_factory=dict)  # AWQ / SmoothQuant scales, by subset
     losses: dict[str, float] = field(default_factory=dict)  # GPTQ's per-layer error, for the log
+    # the integer / FP8 codes of every fake-quantized linear, kept only when a real-quant export is asked for
+    codes: "dict[str, WeightCodes] | None" = None
