@@ -69,9 +69,20 @@ class RunConfig(Section):
         return out
 
     @model_validator(mode="after")
+    def _real_quant_position(self) -> "RunConfig":
+        """An exported real-quant checkpoint is evaluated wherever fake_quant is (real_quant beside fake_quant)."""
+        if self.quant is not None and self.save.real_quant_exports():
+            for e in self.eval:
+                if "fake_quant" in e.eval_pos and "real_quant" not in e.eval_pos:
+                    e.eval_pos.append("real_quant")
+        return self
+
+    @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":
         problems = []
-        needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
+        needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant", "real_quant")}
+        if self.save.real_quant_exports() and self.quant is None:
+            problems.append(f"save.{self.save.real_quant_exports()[0]} exports a quantized model: add a quant section")
         if needs_quant and self.quant is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
         if self.quant is not None and self.quant.method != "RTN" and self.calib is None:

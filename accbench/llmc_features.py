@@ -61,6 +61,7 @@ VIDEO_TYPES = ("WanI2V", "WanT2V", "Wan2T2V")
 VIDEO_KEYS = ("num_frames", "target_height", "target_width", "guidance_scale", "output_video_path", "sample_steps")
 REAL_QUANT_EXPORTS = ("save_vllm", "save_sgl", "save_autoawq", "save_autogptq", "save_mlcllm", "save_lightllm",
                       "save_trtllm", "save_lightx2v")
+BUILT_EXPORTS = ("save_vllm", "save_sgl")  # compressed-tensors checkpoints (accbench/export/)
 
 FEATURES: tuple[Feature, ...] = (
     # ------------------------------------------------------------------ supported
@@ -72,7 +73,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("activation calibration minmax (quant.act.calib_algo: minmax)", ("quant.act.calib_algo",), "no-op",
             _in("minmax"), "minmax is how static ranges are calibrated"),
     Feature("perplexity evaluation (eval.type: ppl)", ("eval.type",), "no-op", _in("ppl"), "llmc's default"),
-    Feature("eval positions pretrain, transformed, fake_quant", ("eval.eval_pos",), "supported"),
+    Feature("eval positions pretrain, transformed, fake_quant, real_quant", ("eval.eval_pos",), "supported"),
+    Feature("real-quant compressed-tensors export for vLLM / SGLang (save_vllm, save_sgl; folders vllm_quant_model, "
+            "sgl_quant_model), evaluated at real_quant", tuple(f"save.{k}" for k in BUILT_EXPORTS), "supported"),
     Feature("eval.num_samples, eval.inference_per_block, eval.eval_token_consist", ("eval.num_samples",),
             "supported"),
     Feature("calibration preprocessing wikitext2_gptq, c4_gptq, ptb_gptq, pileval_awq, pileval_smooth, "
@@ -153,9 +156,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("multimodal calibration data (calib.type)", ("calib.type",), when=_always),
     Feature("calibration preprocessing ultrachat_general / vlm_general / img_general", ("calib.preproc",),
             when=_in("ultrachat_general", "vlm_general", "img_general")),
-    Feature("real-quant exports (save_vllm, save_sgl, save_autoawq, save_autogptq, save_mlcllm, save_lightllm, "
-            "save_trtllm, save_lightx2v)", tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS) + ("save.trtllm_cfg",
-                                                                                         "save.tp_size")),
+    Feature("real-quant exports (save_autoawq, save_autogptq, save_mlcllm, save_lightllm, save_trtllm, save_lightx2v)",
+            tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS if k not in BUILT_EXPORTS) + ("save.trtllm_cfg",
+                                                                                        "save.tp_size")),
     Feature("save_fp", ("save.save_fp",)),
 )
 

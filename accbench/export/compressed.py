@@ -104,10 +104,10 @@ def weight_tensors(name: str, codes: WeightCodes, fmt: str) -> dict[str, torch.T
         out[f"{name}.weight"] = codes.q.contiguous()
         return out
     if fmt == PACK:
-        out[f"{name}.weight_packed"] = pack_to_int32(_signed(codes.q, spec), spec.bit)
+        out[f"{name}.weight_packed"] = pack_to_int32(codes.q, spec.bit)
         out[f"{name}.weight_shape"] = torch.tensor(list(codes.q.shape))
     else:
-        out[f"{name}.weight"] = _signed(codes.q, spec).contiguous()
+        out[f"{name}.weight"] = codes.q.contiguous()
     if codes.zero is not None:
         zp = _signed(codes.zero, spec)
         if fmt == PACK and spec.granularity in ("per_group", "per_channel"):

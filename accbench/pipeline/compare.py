@@ -20,8 +20,13 @@ def compare_positions(results: Results, cfg: CompareCfg, record: Record) -> "Com
     """The compare block of results.json: comparisons with the baseline, gates, the exit code."""
     from accbench.compare import run_comparison
 
+    from accbench.compare import compare_pair
+
     with timed(record, "compare"):
         block = run_comparison(results, cfg)
+        if results.real_quant is not None:  # the deployed checkpoint against the model it was exported from
+            results.real_quant.vs_fake_quant = compare_pair(results, "fake_quant", "real_quant", "real_quant",
+                                                            cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
     log.info("compare: baseline %s, %d comparisons, gates %s", block.baseline, len(block.comparisons),
              "held" if block.all_held else "FAILED")
     return block

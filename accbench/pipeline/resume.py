@@ -60,7 +60,7 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
         q = cfg.quant
         calib = [cfg.calib.model_dump(mode="json"), [tokens_id(b) for b in calib_batches]] if (
             cfg.calib is not None and calib_batches is not None) else None
-        for p in ("transformed", "fake_quant"):
+        for p in ("transformed", "fake_quant", "real_quant"):
             out[p] = fingerprint(weights, p, q.model_dump(mode="json"), calib)
     return out
 

@@ -23,8 +23,9 @@ from accbench.quant.quantizer import (FLOAT_FORMATS, WeightQuantSpec, int_range,
 class WeightCodes:
     """One linear's quantized weight on the method's grid.
 
-    `q`: [out, in] integer codes in llmc's range (int16; 0..2^b-1 asymmetric, -2^(b-1)..2^(b-1)-1 symmetric) or,
-    for a float format, the float8 values. `scale` / `zero`: float32, one per group ([out, in / group_size]),
+    `q`: [out, in] integer codes as int8 in the signed range -2^(b-1)..2^(b-1)-1 (llmc's asymmetric range
+    0..2^b-1 shifted down by `offset()`, compressed-tensors' convention; 1 byte per weight) or, for a float
+    format, the float8 values. `scale` / `zero`: float32, one per group ([out, in / group_size]),
     per row ([out, 1]) or per tensor ([1, 1]); `zero` is None for symmetric and float formats."""
 
     q: torch.Tensor
@@ -32,11 +33,17 @@ class WeightCodes:
     zero: torch.Tensor | None
     spec: WeightQuantSpec
 
+    def offset(self) -> int:
+        """What was subtracted from llmc's codes to store them signed (2^(b-1) for asymmetric integers)."""
+        return 0 if isinstance(self.spec.bit, str) or self.spec.symmetric else 2 ** (self.spec.bit - 1)
+
     def dequantize(self) -> torch.Tensor:
-        """The float32 [out, in] weight: (q - zero) * scale, as fake quantization computes it."""
+        """The float32 [out, in] weight: (q - zero) * scale, as fake quantization computes it (small integers
+        are exact in float32, so the shift of the stored codes changes nothing)."""
         out, cols = self.q.shape
         n = self.scale.shape[-1]
-        rows = self.q.float().reshape(out * n, cols // n) if n > 1 else self.q.float()
+        q = self.q.float() + self.offset() if self.offset() else self.q.float()
+        rows = q.reshape(out * n, cols // n) if n > 1 else q
         scale = self.scale.reshape(-1, 1) if n > 1 else self.scale
         if self.zero is not None:
             zero = self.zero.reshape(-1, 1) if n > 1 else self.zero
@@ -69,8 +76,8 @@ def weight_codes(w: torch.Tensor, spec: WeightQuantSpec,
         return WeightCodes(q.reshape(w.shape), _per_layer(scale, w, spec), None, spec)
     scale, zero = weight_qparams(w, spec, clip)
     qmin, qmax = int_range(spec.bit, spec.symmetric)
-    q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
-    return WeightCodes(q.reshape(w.shape).to(torch.int16), _per_layer(scale, w, spec),
+    q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax) - (0 if spec.symmetric else 2 ** (spec.bit - 1))
+    return WeightCodes(q.reshape(w.shape).to(torch.int8), _per_layer(scale, w, spec),
                        None if spec.symmetric else _per_layer(zero, w, spec), spec)
 
 
@@ -83,6 +90,6 @@ def codes_from_dequantized(w_hat: torch.Tensor, scale: torch.Tensor, zero: torch
     s = scale.reshape(-1, 1) if n > 1 else scale
     z = torch.zeros_like(s) if zero is None else (zero.reshape(-1, 1) if n > 1 else zero)
     qmin, qmax = int_range(spec.bit, spec.symmetric)
-    q = torch.clamp(torch.round(rows / s) + z, qmin, qmax)
-    return WeightCodes(q.reshape(out, cols).to(torch.int16), scale.float(), None if spec.symmetric else zero.float(),
+    q = torch.clamp(torch.round(rows / s) + z, qmin, qmax) - (0 if spec.symmetric else 2 ** (spec.bit - 1))
+    return WeightCodes(q.reshape(out, cols).to(torch.int8), scale.float(), None if spec.symmetric else zero.float(),
                        spec)
