@@ -38,9 +38,6 @@ def quant_spec(q: QuantCfg, calib: CalibCfg | None, ignored: IgnoredLayersCfg | 
     if q.weight.granularity == "per_block" and q.method not in ("RTN", "SmoothQuant"):
         raise AccbenchError(f"llmc's per_block granularity with {q.method} is not supported yet",
                             "use per_block with RTN or SmoothQuant, or per_group / per_channel")
-    if q.method == "GPTQ" and (q.weight.quant_type == "float-quant"):
-        raise AccbenchError("llmc's float quantization (quant_type: float-quant) with GPTQ is not supported yet",
-                            "use RTN, Awq or SmoothQuant for float formats, or integer bits with GPTQ")
     try:
         w = WeightQuantSpec(q.weight.bit, q.weight.symmetric, q.weight.granularity, q.weight.group_size,
                             q.weight.calib_algo, q.weight.block_size)

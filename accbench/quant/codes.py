@@ -88,6 +88,10 @@ def codes_from_dequantized(w_hat: torch.Tensor, scale: torch.Tensor, zero: torch
     n = scale.shape[-1]
     rows = w_hat.float().reshape(out * n, cols // n) if n > 1 else w_hat.float()
     s = scale.reshape(-1, 1) if n > 1 else scale
+    if isinstance(spec.bit, str):  # (fp8 value * s) / s lies within an ulp of the fp8 value: the cast recovers it
+        fmax = torch.finfo(FLOAT_FORMATS[spec.bit]).max
+        q8 = (rows / s).clamp(-fmax, fmax).to(FLOAT_FORMATS[spec.bit])
+        return WeightCodes(q8.reshape(out, cols), scale.float(), None, spec)
     z = torch.zeros_like(s) if zero is None else (zero.reshape(-1, 1) if n > 1 else zero)
     qmin, qmax = int_range(spec.bit, spec.symmetric)
     q = torch.clamp(torch.round(rows / s) + z, qmin, qmax) - (0 if spec.symmetric else 2 ** (spec.bit - 1))

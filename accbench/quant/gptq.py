@@ -27,7 +27,7 @@ from pydantic import field_validator
 from accbench.quant.blockwise import BlockInputs, forward_block, trace_block
 from accbench.quant.codes import WeightCodes, codes_from_dequantized
 from accbench.quant.options import MethodOptions
-from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, weight_qparams
+from accbench.quant.quantizer import FLOAT_FORMATS, WeightQuantSpec, quant_dequant, row_range, weight_qparams
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
@@ -64,6 +64,22 @@ class GptqOptions(MethodOptions):
             raise ValueError("quant.special.owq (outlier-aware GPTQ) is an llmc option accbench does not support "
                              "yet; remove it")
         return v
+
+
+def _grid(w: torch.Tensor, spec: WeightQuantSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale and zero of each row of `w` (float formats: llmc's max(|min|, |max|) / fmax, no zero)."""
+    if isinstance(spec.bit, str):
+        lo, hi = row_range(w, spec.granularity == "per_tensor")
+        return torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-5) / torch.finfo(FLOAT_FORMATS[spec.bit]).max, None
+    return weight_qparams(w, spec)
+
+
+def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec: WeightQuantSpec) -> torch.Tensor:
+    """w on the grid and back: the integer rule of quant_dequant, or the float8 cast of float_quant_dequant."""
+    if isinstance(spec.bit, str):
+        fmax = torch.finfo(FLOAT_FORMATS[spec.bit]).max
+        return (w / scale).clamp(-fmax, fmax).to(FLOAT_FORMATS[spec.bit]).float() * scale
+    return quant_dequant(w, scale, zero, spec.bit, spec.symmetric)
 
 
 class HessianAccumulator:
@@ -117,9 +133,9 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
     col_spec = replace(spec, granularity="per_channel")
     groups: list[tuple[torch.Tensor, torch.Tensor]] = []
     if per_group and static_groups:
-        groups = [weight_qparams(W[:, g : g + gs], col_spec) for g in range(0, cols, gs)]
+        groups = [_grid(W[:, g : g + gs], col_spec) for g in range(0, cols, gs)]
     elif not per_group:
-        scale, zero = weight_qparams(W, spec)  # [rows, 1] or [1, 1], from the original weight
+        scale, zero = _grid(W, spec)  # [rows, 1] or [1, 1], from the original weight
     perm = None
     if actorder:
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -148,10 +164,10 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
                 elif col % gs == 0:
                     # as the GPTQ reference: read from W, whose columns inside the current block do not yet
                     # hold this block's updates (identical when group_size divides blocksize)
-                    scale, zero = weight_qparams(W[:, col : col + gs], col_spec)
+                    scale, zero = _grid(W[:, col : col + gs], col_spec)
                     groups.append((scale, zero))
             w, d = W1[:, i].clone(), Hinv1[i, i]
-            q = quant_dequant(w.unsqueeze(1), scale, zero, spec.bit, spec.symmetric).squeeze(1)
+            q = _round(w.unsqueeze(1), scale, zero, spec).squeeze(1)
             W1[:, i] = q  # W1's column i is not read again: it holds the result from here on
             loss += ((w - q) ** 2 / d**2 / 2).sum()
             err = (w - q) / d
@@ -162,8 +178,10 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
     if perm is not None:
         W = W[:, torch.argsort(perm)]
     if codes_out is not None:
-        s, z = (torch.cat([g[0] for g in groups], 1), torch.cat([g[1] for g in groups], 1)) if per_group else (scale, zero)
-        codes_out.append(codes_from_dequantized(W, s, None if spec.symmetric else z, spec))
+        s = torch.cat([g[0] for g in groups], 1) if per_group else scale
+        z = None if spec.symmetric or isinstance(spec.bit, str) else (
+            torch.cat([g[1] for g in groups], 1) if per_group else zero)
+        codes_out.append(codes_from_dequantized(W, s, z, spec))
     return W.to(dtype), float(loss)
 
 
