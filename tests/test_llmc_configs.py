@@ -84,7 +84,7 @@ def test_docs_counts_and_feature_table_are_true(walked):
     ("quantization/deepseekv3/rtn_w_a_dsv3.yml", "llmc's DeepSeek-V3 MoE-specific configs"),
     ("sparsification/methods/FastV/fastv.yml", "llmc's sparsification (sparse)"),
     ("quantization/methods/KVQuant/rtn_w_a_kivi_quant_kv.yml", "llmc's KV-cache quantization (quant.kvcache)"),
-    ("quantization/backend/vllm/awq_w4a16.yml", "llmc's real-quant exports"),
+    ("quantization/backend/autoawq/awq_w4a16.yml", "llmc's real-quant exports"),
 ])
 def test_refused_by_name_with_line(walked, name, feature):
     code, err = walked[name]

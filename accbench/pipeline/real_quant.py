@@ -42,8 +42,12 @@ def check_export(spec: "QuantSpec", save: SaveCfg, wanted: list[str]) -> None:
 
     if not save.real_quant_exports() and "real_quant" not in wanted:
         return
+    import importlib.util
+
     what = (save.real_quant_exports() or ["eval_pos real_quant"])[0]
     problems = export_problems(spec.weight, spec.act, spec.method, spec.special, what)
+    if importlib.util.find_spec("compressed_tensors") is None:
+        problems.append(f"{what} needs the compressed-tensors package: pip install 'accbench[export]'")
     if problems:
         raise AccbenchError("cannot export a real-quant checkpoint:\n" + "\n".join(f"  - {p}" for p in problems),
                             "change the quant section, or drop the export (and real_quant from eval_pos)")
