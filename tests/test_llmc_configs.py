@@ -100,7 +100,7 @@ def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(p)]) == 0, capsys.readouterr().err
-    cfg["save"]["save_vllm"] = True
+    cfg["save"]["save_lightllm"] = True
     p.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(p)]) == 2
-    assert "save.save_vllm: llmc's real-quant exports" in capsys.readouterr().err
+    assert "save.save_lightllm: llmc's real-quant exports" in capsys.readouterr().err
