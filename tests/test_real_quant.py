@@ -220,3 +220,26 @@ def test_quantization_without_an_export_layout_fails_before_loading(tmp_path, ti
     assert main(["validate", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert "cannot export a real-quant checkpoint" in err and why in err
+
+
+def test_real_quant_position_alone_exports_to_the_run_and_resumes(tmp_path, tiny_model_dir, eval_txt, capsys):
+    import yaml
+
+    from accbench.cli import main
+
+    cfg = {"model": {"path": str(tiny_model_dir), "torch_dtype": "float32"},
+           "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32, "symmetric": False}},
+           "eval": {"name": "custom", "path": str(eval_txt), "seq_len": 64, "bs": 4, "num_samples": 8,
+                    "eval_pos": ["pretrain", "fake_quant", "real_quant"]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "c.yaml"), "-o", str(run)]) == 0, capsys.readouterr().err[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    assert res["models"]["real_quant"] == str(run / "models" / "vllm_quant_model")
+    assert (run / "models" / "vllm_quant_model" / "config.json").is_file()
+    assert [p["position"] for p in res["ppl"]] == ["pretrain", "fake_quant", "real_quant"]
+    assert main(["run", str(tmp_path / "c.yaml"), "-o", str(run), "--resume"]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["resume"]["recomputed"] == []
+    assert "quantization (all its results are stored)" in again["resume"]["reused"]
+    assert again["real_quant"]["tensors_equal"] == res["real_quant"]["tensors_compared"] == 21
