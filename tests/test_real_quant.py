@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 WEIGHT_SPECS = [WeightQuantSpec(4, True, "per_group", 32), WeightQuantSpec(4, False, "per_group", 32),
                 WeightQuantSpec(3, False, "per_channel"), WeightQuantSpec(8, True, "per_tensor"),
-                WeightQuantSpec(8, False, "per_channel", calib_algo="mse"), WeightQuantSpec("e4m3", True, "per_channel"),
+                WeightQuantSpec(8, False, "per_channel", calib_algo="mse"),
+                WeightQuantSpec("e4m3", True, "per_channel"),
                 WeightQuantSpec("e4m3", True, "per_tensor")]
 
 
@@ -56,11 +57,12 @@ def test_gptq_codes_are_its_own_grid(spec, actorder, static):
     w, x = torch.randn(24, 64), torch.randn(256, 64)
     out: list = []
     q, _ = gptq_quantize_weight(w, 2 * x.t() @ x / 256, spec, 32, 0.01, actorder, static, out)
-    assert torch.equal(out[0].dequantize(), q) and out[0].scale.shape[0] == (1 if spec.granularity == "per_tensor" else 24)
+    assert torch.equal(out[0].dequantize(), q)
+    assert out[0].scale.shape[0] == (1 if spec.granularity == "per_tensor" else 24)
 
 
-@pytest.mark.parametrize("spec", [WeightQuantSpec("e4m3", True, "per_channel"), WeightQuantSpec(4, False, "per_group", 16)],
-                         ids=str)
+@pytest.mark.parametrize("spec", [WeightQuantSpec("e4m3", True, "per_channel"),
+                                  WeightQuantSpec(4, False, "per_group", 16)], ids=str)
 def test_gptq_with_an_identity_hessian_is_round_to_nearest(spec):
     # no correlation between inputs: nothing to compensate, every column rounds on its own (FP8 as integers)
     w = torch.randn(16, 64)
