@@ -114,9 +114,13 @@ def resume_real_quant(folders: list[Path], wanted: list[str], pending: Callable[
 
 def load_real_quant(folder: Path, load_export: Callable[[str], "LoadedModel"]) -> "LoadedModel":
     """The exported checkpoint decompressed by transformers, with its activation quantization installed."""
+    import warnings
+
     from accbench.export.load import install_checkpoint_act_quant
 
-    real = load_export(str(folder))
+    with warnings.catch_warnings():  # transformers: "the quantization_config from the model will be used" (wanted)
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        real = load_export(str(folder))
     real.model._accbench_act_quant_handles = install_checkpoint_act_quant(real.model, folder)
     return real
 
