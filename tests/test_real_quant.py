@@ -171,9 +171,10 @@ def test_llmc_save_vllm_config_exports_and_evaluates_real_quant(tmp_path, tiny_m
     assert kl["real_quant"] == kl["fake_quant"] > 0
     vs = {c["kind"]: c for c in rq["vs_fake_quant"]}
     assert vs["ppl"]["baseline"] == "fake_quant" and vs["ppl"]["candidate"] == "real_quant"
-    assert vs["ppl"]["delta"] == 0.0
+    assert vs["ppl"]["delta"] == 0.0 and vs["fidelity"]["delta"] == 0.0 and vs["fidelity"]["metric"] == "kld_mean"
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Real-quant checkpoint vs fake_quant" in report and "21/21 tensors bit for bit" in report
+    assert "KL to the baseline wikitext2" in report
 
 
 def test_llmc_save_sgl_fp8_static_writes_sgl_folder(tmp_path, tiny_model_dir, eval_txt, capsys):

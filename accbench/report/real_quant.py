@@ -19,17 +19,15 @@ def real_quant_table(results: Results) -> Table | None:
     t.add(["weights (reloaded vs fake-quant)", "", weights, fmt(rq.max_abs_diff, 3) if rq.max_abs_diff else "0",
            "", ""], "" if same or not rq.tensors_compared else "bad")
     for c in rq.vs_fake_quant:
-        what = f"ppl {c.dataset}" if c.kind == "ppl" else f"{c.task} {c.metric}"
-        delta = fmt_pct(c.relative_delta) if c.kind == "ppl" else fmt_signed(c.delta)
-        ci = "–" if c.ci_low is None else (f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]" if c.kind == "ppl"
-                                           else f"[{fmt_signed(c.ci_low)}, {fmt_signed(c.ci_high)}]")
-        t.add([what, fmt(c.baseline_value), fmt(c.candidate_value), delta, ci, fmt_p(c.p_value)])
-    kl = {(f.position, f.dataset): f for f in results.fidelity}
-    for (pos, ds), f in kl.items():
-        fake = kl.get(("fake_quant", ds))
-        if pos == "real_quant" and fake is not None:
-            t.add([f"KL vs {results.compare.baseline or 'baseline'} {ds}", fmt(fake.kld_mean, 5), fmt(f.kld_mean, 5),
-                   fmt_signed(f.kld_mean - fake.kld_mean, 5), "", ""])
+        what = {"ppl": f"ppl {c.dataset}", "fidelity": f"KL to the baseline {c.dataset}"}.get(c.kind,
+                                                                                           f"{c.task} {c.metric}")
+        d = 5 if c.kind == "fidelity" else 4
+        if c.kind == "ppl":
+            delta, ci = fmt_pct(c.relative_delta), f"[{fmt_pct(c.ci_low)}, {fmt_pct(c.ci_high)}]"
+        else:
+            delta, ci = fmt_signed(c.delta, d), f"[{fmt_signed(c.ci_low, d)}, {fmt_signed(c.ci_high, d)}]"
+        t.add([what, fmt(c.baseline_value, d), fmt(c.candidate_value, d), delta, "–" if c.ci_low is None else ci,
+               fmt_p(c.p_value)])
     t.note = (f"{rq.format} checkpoint {rq.path}; {rq.quantized_linears} linears quantized. real_quant is the "
               "checkpoint decompressed by transformers (compressed-tensors), activations quantized as it declares.")
     return t
