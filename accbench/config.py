@@ -83,8 +83,9 @@ class RunConfig(Section):
     def _cross_section(self) -> "RunConfig":
         problems = []
         needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant", "real_quant")}
-        if self.save.real_quant_exports() and self.quant is None:
-            problems.append(f"save.{self.save.real_quant_exports()[0]} exports a quantized model: add a quant section")
+        if (self.save.real_quant_exports() or "real_quant" in needs_quant) and self.quant is None:
+            what = f"save.{self.save.real_quant_exports()[0]}" if self.save.real_quant_exports() else "eval_pos real_quant"
+            problems.append(f"{what} needs a quantized model to export: add a quant section")
         if needs_quant and self.quant is None and self.sparse is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
         problems += self._sparse_problems()
