@@ -79,12 +79,24 @@ class RunConfig(Section):
         return out
 
     @model_validator(mode="after")
+    def _real_quant_position(self) -> "RunConfig":
+        """An exported real-quant checkpoint is evaluated wherever fake_quant is (real_quant beside fake_quant)."""
+        if self.quant is not None and self.save.real_quant_exports():
+            for e in self.eval:
+                if "fake_quant" in e.eval_pos and "real_quant" not in e.eval_pos:
+                    e.eval_pos.append("real_quant")
+        return self
+
+    @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":
         if self.calib is not None and "seed" not in self.calib.model_fields_set:
             self.calib.seed = self.base.seed  # llmc draws calibration samples from the generator base.seed seeds
         problems = []
-        needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("fake_quant", "fake_quant_wo_kv")
-                       or (p == "transformed" and self.sparse is None)}
+        needs_quant = {p for e in self.eval for p in e.eval_pos
+                       if p in ("fake_quant", "fake_quant_wo_kv", "real_quant") or (p == "transformed" and self.sparse is None)}
+        if (self.save.real_quant_exports() or "real_quant" in needs_quant) and self.quant is None:
+            what = f"save.{self.save.real_quant_exports()[0]}" if self.save.real_quant_exports() else "eval_pos real_quant"
+            problems.append(f"{what} needs a quantized model to export: add a quant section")
         if needs_quant and self.quant is None and self.sparse is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
         problems += self._sparse_problems()

@@ -93,7 +93,7 @@ class FidelityCfg(Section):
     top_k: int = Field(64, ge=1)
 
 
-EVAL_POSITIONS = ("pretrain", "transformed", "fake_quant", "fake_quant_wo_kv")
+EVAL_POSITIONS = ("pretrain", "transformed", "fake_quant", "fake_quant_wo_kv", "real_quant")
 EVAL_TYPES = ("ppl", "decode_ppl", "token_acc")  # llmc's eval.type values accbench computes
 
 
@@ -373,7 +373,13 @@ class IgnoredLayersCfg(Section):
 class SaveCfg(Section):
     save_trans: bool = False
     save_fake: bool = False
+    save_vllm: bool = False  # compressed-tensors real-quant checkpoint, <save_path>/vllm_quant_model
+    save_sgl: bool = False  # the same checkpoint for SGLang, <save_path>/sgl_quant_model
     save_path: str | None = None
+
+    def real_quant_exports(self) -> list[str]:
+        """The real-quant export keys switched on (llmc's names)."""
+        return [k for k, on in (("save_vllm", self.save_vllm), ("save_sgl", self.save_sgl)) if on]
 
 
 class OpenCompassCfg(Section):

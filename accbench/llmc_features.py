@@ -57,6 +57,7 @@ VIDEO_TYPES = ("WanI2V", "WanT2V", "Wan2T2V")
 VIDEO_KEYS = ("num_frames", "target_height", "target_width", "guidance_scale", "output_video_path", "sample_steps")
 REAL_QUANT_EXPORTS = ("save_vllm", "save_sgl", "save_autoawq", "save_autogptq", "save_mlcllm", "save_lightllm",
                       "save_trtllm", "save_lightx2v")
+BUILT_EXPORTS = ("save_vllm", "save_sgl")  # compressed-tensors checkpoints (accbench/export/)
 
 FEATURES: tuple[Feature, ...] = (
     # ------------------------------------------------------------------ supported
@@ -75,9 +76,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("decode perplexity and token agreement (eval.type: decode_ppl, token_acc; eval.num_eval_tokens)",
             ("eval.type",), "supported", _in("decode_ppl", "token_acc"),
             "token_acc is fidelity's top-1 agreement with the baseline"),
-    Feature("eval positions pretrain, transformed, fake_quant, fake_quant_wo_kv", ("eval.eval_pos",), "supported"),
+    Feature("eval positions pretrain, transformed, fake_quant, fake_quant_wo_kv, real_quant", ("eval.eval_pos",), "supported"),
     Feature("KV-cache quantization (quant.kvcache: Naive, Kivi; bit, symmetric, per_token/per_tensor/per_group, "
             "group_size, residual_length; static with quant.act.static)", ("quant.kvcache",), "supported"),
+    Feature("real-quant compressed-tensors export for vLLM / SGLang (save_vllm, save_sgl; folders vllm_quant_model, "
+            "sgl_quant_model), evaluated at real_quant", tuple(f"save.{k}" for k in BUILT_EXPORTS), "supported"),
     Feature("eval.num_samples, eval.inference_per_block, eval.eval_token_consist", ("eval.num_samples",),
             "supported"),
     Feature("calibration preprocessing wikitext2_gptq, c4_gptq, ptb_gptq, pileval_awq, pileval_smooth, "
@@ -170,9 +173,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("multimodal calibration data (calib.type)", ("calib.type",), when=_always),
     Feature("calibration preprocessing vlm_general / img_general (multimodal)", ("calib.preproc",),
             when=_in("vlm_general", "img_general")),
-    Feature("real-quant exports (save_vllm, save_sgl, save_autoawq, save_autogptq, save_mlcllm, save_lightllm, "
-            "save_trtllm, save_lightx2v)", tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS) + ("save.trtllm_cfg",
-                                                                                         "save.tp_size")),
+    Feature("real-quant exports (save_autoawq, save_autogptq, save_mlcllm, save_lightllm, save_trtllm, save_lightx2v)",
+            tuple(f"save.{k}" for k in REAL_QUANT_EXPORTS if k not in BUILT_EXPORTS) + ("save.trtllm_cfg",
+                                                                                        "save.tp_size")),
     Feature("save_fp", ("save.save_fp",)),
 )
 

@@ -235,12 +235,16 @@ def linear_layers(block: Any) -> dict[str, Any]:
     return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
-    """Save in Hugging Face format (safetensors) with a tokenizer that transformers 4.x can also load."""
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """Save in Hugging Face format (safetensors) with a tokenizer that transformers 4.x can also load; `state_dict`
+    replaces the model's own tensors (a real-quant export)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     disable_block_offload(model)
-    model.save_pretrained(out, safe_serialization=True)
+    if state_dict is None:
+        model.save_pretrained(out, safe_serialization=True)
+    else:
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     _make_tokenizer_config_portable(out)
     return out

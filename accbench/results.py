@@ -198,6 +198,22 @@ class GateCheck:
     reason: str = ""
 
 
+class RealQuantInfo(Entry):
+    """The real-quant export and its check against fake_quant (results.json `real_quant`): where the checkpoint
+    went, its compressed-tensors layout, and whether its decompressed weights equal the fake-quant ones."""
+
+    path: str
+    format: str  # compressed-tensors format: pack-quantized | int-quantized | float-quantized
+    copies: list[str] = Field(default_factory=list)  # other folders holding the same checkpoint (save_sgl)
+    quantized_linears: int = 0
+    ignored_linears: list[str] = Field(default_factory=list)  # kept in float (lm_head, llmc's ignored_layers)
+    act: dict[str, Any] | None = None  # the activation quantization applied at real_quant, from the checkpoint
+    tensors_compared: int = 0  # state-dict tensors of the reloaded model compared with the fake-quant model
+    tensors_equal: int = 0  # of those, bit for bit equal
+    max_abs_diff: float | None = None  # largest |real - fake| over every compared tensor (0.0: bit for bit)
+    vs_fake_quant: list[Comparison] = Field(default_factory=list)  # real_quant against fake_quant, per metric
+
+
 class CompareBlock(BaseModel):
     """The `compare` block of results.json: every comparison of a candidate with the baseline, every gate check,
     and the verdict. Empty (no baseline) until the compare stage ran."""
@@ -250,6 +266,7 @@ class Results(BaseModel):
     tasks: list[TaskEntry] = Field(default_factory=list)
     train: list[TrainEntry] = Field(default_factory=list)
     quant: QuantInfo | None = None
+    real_quant: RealQuantInfo | None = None
     sparse: SparseInfo | None = None
     opencompass: list[dict[str, Any]] = Field(default_factory=list)
     opencompass_output: dict[str, str] = Field(default_factory=dict)  # paths: summary csv/txt, log, work dir

@@ -88,7 +88,7 @@ def test_docs_counts_and_feature_table_are_true(walked):
     ("sparsification/methods/FastV/fastv.yml", "llmc's TokenReduction sparse method"),
     ("sparsification/methods/Kvsparse/sinkkv.yml", "llmc's KV-cache sparsity (sparse.kvcache"),
     ("sparsification/methods/ToMe/tome.yml", "llmc's multimodal sparse sections"),
-    ("quantization/backend/vllm/awq_w4a16.yml", "llmc's real-quant exports"),
+    ("quantization/backend/autoawq/awq_w4a16.yml", "llmc's real-quant exports"),
 ])
 def test_refused_by_name_with_line(walked, name, feature):
     code, err = walked[name]
@@ -117,10 +117,10 @@ def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(p)]) == 0, capsys.readouterr().err
-    cfg["save"]["save_vllm"] = True
+    cfg["save"]["save_lightllm"] = True
     p.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(p)]) == 2
-    assert "save.save_vllm: llmc's real-quant exports" in capsys.readouterr().err
+    assert "save.save_lightllm: llmc's real-quant exports" in capsys.readouterr().err
 
 
 def test_shipped_config_runs_on_builtin_with_only_paths_changed(tmp_path, pydoc_eval_txt, capsys, one_thread):

@@ -138,10 +138,12 @@ def _check_text_file(d: Any) -> None:
 def _check_quant(cfg: RunConfig, model_config: Any) -> None:
     """The quant section as the quantizer takes it, and against the model's shapes (a meta-device model)."""
     from accbench.pipeline.quantize import quant_spec
+    from accbench.pipeline.real_quant import check_export
     from accbench.quant.runner import check_quant
 
     assert cfg.quant is not None
     spec = quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers)
+    check_export(spec, cfg.save, cfg.positions())
     if model_config is None:
         return
     meta = _meta_model(cfg.model, model_config)

@@ -15,6 +15,7 @@ from accbench.config import CalibCfg, IgnoredLayersCfg, QuantCfg, SaveCfg
 from accbench.config_sections import ActQuantCfg, W48LevelCfg, WeightQuantCfg
 from accbench.errors import AccbenchError
 from accbench.fingerprints import ResumeLog
+from accbench.pipeline import real_quant
 from accbench.pipeline.records import Evaluate, ModelPath, Record, timed
 from accbench.results import QuantInfo
 
@@ -134,6 +135,7 @@ class QuantResume:
     pending: Callable[[str], bool]
     load_saved: Callable[[str, str], "LoadedModel"]
     wanted: list[str] = field(default_factory=list)  # the positions the run evaluates
+    load_export: Callable[[str], "LoadedModel"] | None = None  # loads a real-quant checkpoint (decompressing)
 
 
 def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, save: SaveCfg, loaded: "LoadedModel",
@@ -160,8 +162,11 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
                      mix_bits={k: v.model_dump() for k, v in q.mix_bits.items()} if q.mix_bits else None,
                      calib_samples=sum(len(b) for b in batches) if batches else 0)
     save_root = Path(save.save_path) if save.save_path else run_dir / "models"
+    exports = real_quant.export_folders(save, save_root, resume.wanted)
     if resume.log.active and not (kv is not None and kv.spec.static) \
+            and real_quant.resumable(exports, resume.fps["real_quant"]) \
             and _resume_from_disk(spec, save, save_root, record, evaluate, console, resume):
+        real_quant.resume_real_quant(exports, resume.wanted, resume.pending, evaluate, resume.load_export, record)
         return
 
     with timed(record, "quant_transform"):
@@ -176,6 +181,8 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
         _save_position(loaded, "transformed", save_root, "transformed model", record, console,
                        resume.fps["transformed"])
 
+    if exports:
+        state.codes = {}  # the real-quant export writes the codes the fake quantization rounds to
     with timed(record, "quant_fake"):
         fake_quantize_model(loaded.model, spec, batches, loaded.device, state)
     if state.losses:
@@ -187,6 +194,10 @@ def run_quantization(spec: "QuantSpec", q: QuantCfg, calib: CalibCfg | None, sav
         _save_position(loaded, "fake_quant", save_root, "fake-quantized model"
                        + (" (weights only: activation quantization is applied at run time, not saved)"
                           if spec.act is not None else ""), record, console, resume.fps["fake_quant"])
+    if exports:
+        assert resume.load_export is not None
+        real_quant.export_and_evaluate(loaded, spec, state, exports, record, evaluate, console,
+                                       resume.fps["real_quant"], resume.load_export, resume.wanted)
     saved = METHODS[spec.method].options.of(spec).saved_state()  # AWQ's save_scale / save_clip
     if saved:
         import torch

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Union
 
-from accbench.results import FidelityEntry, PplEntry, QuantInfo, SparseInfo, TaskEntry, TrainEntry
+from accbench.results import FidelityEntry, PplEntry, QuantInfo, RealQuantInfo, SparseInfo, TaskEntry, TrainEntry
 
 if TYPE_CHECKING:
     from accbench.models import LoadedModel
@@ -61,8 +61,8 @@ class StaleFidelity:
     seq_len: int
 
 
-Fact = Union[PplEntry, FidelityEntry, TaskEntry, TrainEntry, QuantInfo, SparseInfo, Timing, ModelPath, TaskOrder,
-             OpenCompassResult, StaleFidelity]
+Fact = Union[PplEntry, FidelityEntry, TaskEntry, TrainEntry, QuantInfo, RealQuantInfo, SparseInfo, Timing, ModelPath,
+             TaskOrder, OpenCompassResult, StaleFidelity]
 Record = Callable[[Fact], None]
 Evaluate = Callable[[str, "LoadedModel"], None]  # (position, the model as it is there)
 

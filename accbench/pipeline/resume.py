@@ -68,7 +68,7 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
     calib = [cfg.calib.model_dump(mode="json"), [_batch_id(b) for b in calib_batches]] if (
         cfg.calib is not None and calib_batches is not None) else None
     if cfg.quant is not None:
-        for p in ("transformed", "fake_quant"):
+        for p in ("transformed", "fake_quant", "real_quant"):
             out[p] = fingerprint(weights, p, cfg.quant.model_dump(mode="json"), calib)
         # the fake-quantized model without the KV-cache quantization: what it is does not depend on kvcache
         out["fake_quant_wo_kv"] = fingerprint(weights, "fake_quant_wo_kv",

@@ -23,8 +23,8 @@ from accbench.fingerprints import ResumeLog
 from accbench.iofaults import atomic_write_text
 from accbench.pipeline.resume import check_config_change, position_fingerprints, position_pending
 from accbench.provenance import collect_provenance
-from accbench.results import (FidelityEntry, PplEntry, QuantInfo, Results, SparseInfo, TaskEntry, TrainEntry,
-                              collect_versions)
+from accbench.results import (FidelityEntry, PplEntry, QuantInfo, RealQuantInfo, Results, SparseInfo, TaskEntry,
+                              TrainEntry, collect_versions)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -127,7 +127,8 @@ def _transform_resume(ctx: "RunContext", loaded: "LoadedModel") -> quantize.Quan
         ctx.fps, ctx.resumed, wanted=wanted,
         pending=lambda p: position_pending(p, evals[p], position_tasks(cfg, p), ctx.fps, ctx.baseline, r.ppl,
                                            r.fidelity, r.tasks),
-        load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p))
+        load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p,
+        load_export=lambda path: _load(cfg, path, decompress=True))
 
 
 def _sparsify(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | None) -> None:
@@ -193,6 +194,8 @@ class RunContext:
             r.train = [e for e in r.train if e.variant != fact.variant] + [fact]
         elif isinstance(fact, QuantInfo):
             r.quant = fact
+        elif isinstance(fact, RealQuantInfo):
+            r.real_quant = fact
         elif isinstance(fact, SparseInfo):
             r.sparse = fact
         elif isinstance(fact, Timing):
@@ -258,17 +261,27 @@ def pairwise_baseline(cfg: RunConfig, position: str) -> str:
     return base
 
 
-def _load(cfg: RunConfig) -> "LoadedModel":
+def _load(cfg: RunConfig, path: str | None = None, decompress: bool = False) -> "LoadedModel":
+    """The model of `cfg` (or the checkpoint at `path`, with its tokenizer; `decompress`: a compressed-tensors
+    checkpoint dequantized by transformers as it loads)."""
     from accbench.models import load_model
 
     m = cfg.model
+    extra = dict(m.from_pretrained or {})
+    if decompress:
+        from transformers import CompressedTensorsConfig
+
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     placement = "offload" if any(e.inference_per_block for e in cfg.eval) else m.placement
     if cfg.runner.num_gpus > 1 and placement == "single":
         placement = "device_map"
     log.info("loading model %s (%s, %s)", m.path, m.torch_dtype, placement)
+    if path is not None:
+        return load_model(path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
+                          cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast", None, None, extra)
     return load_model(m.path, m.torch_dtype, m.trust_remote_code, m.tokenizer_path, m.device, placement,
                       cfg.runner.num_gpus, m.attn_implementation, m.tokenizer_mode == "fast", m.revision, m.peft,
-                      m.from_pretrained)
+                      extra)
 
 
 def seed_everything(seed: int) -> None:

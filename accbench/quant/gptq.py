@@ -28,8 +28,9 @@ import torch.nn as nn
 from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, forward_block, trace_block
+from accbench.quant.codes import WeightCodes, codes_from_dequantized
+from accbench.quant.floats import float_max, float_quant_dequant
 from accbench.quant.options import MethodOptions
-from accbench.quant.floats import float_quant_dequant
 from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, row_range, to_rows, weight_qparams
 from accbench.quant.spec import QuantSpec, QuantState
 
@@ -118,8 +119,11 @@ def _column_qdq(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spec: WeightQ
 @torch.no_grad()
 def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator", spec: WeightQuantSpec,
                          blocksize: int = 128, percdamp: float = 0.01, actorder: bool = False,
-                         static_groups: bool = False) -> tuple[torch.Tensor, float]:
-    """Return (dequantized weight in W's dtype, sum of GPTQ's per-column losses).
+                         static_groups: bool = False,
+                         codes_out: "list[WeightCodes] | None" = None) -> tuple[torch.Tensor, float]:
+    """Return (dequantized weight in W's dtype, sum of GPTQ's per-column losses); with `codes_out`, append the
+    weight's integer codes and the scales GPTQ used (for the real-quant export; act-order with dynamic groups
+    has no contiguous groups and is refused before it gets here).
 
     Longer than our usual 60 lines on purpose: it mirrors the published algorithm (Frantar et al. 2022,
     "GPTQ", Algorithm 1, with the reference implementation's lazy block updates, act-order and static
@@ -136,6 +140,8 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
     H[dead, dead] = 1
     W[:, dead] = 0
     per_group = spec.granularity == "per_group"
+    if codes_out is not None and per_group and actorder and not static_groups:
+        raise ValueError("act-order GPTQ without static_groups has no contiguous weight groups to export")
     gs = spec.group_size
     col_spec = replace(spec, granularity="per_channel")
     groups: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -172,6 +178,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
                     # as the GPTQ reference: read from W, whose columns inside the current block do not yet
                     # hold this block's updates (identical when group_size divides blocksize)
                     scale, zero = _column_params(W[:, col : col + gs], col_spec)
+                    groups.append((scale, zero))
             w, d = W1[:, i].clone(), Hinv1[i, i]
             q = _column_qdq(w.unsqueeze(1), scale, zero, spec).squeeze(1)
             W1[:, i] = q  # W1's column i is not read again: it holds the result from here on
@@ -183,6 +190,14 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
         W[:, i1:i2] = W1  # the block's quantized columns: W becomes the result, no separate Q
     if perm is not None:
         W = W[:, torch.argsort(perm)]
+    if codes_out is not None:
+        a = torch.cat([g[0] for g in groups], 1) if per_group else scale
+        b = torch.cat([g[1] for g in groups], 1) if per_group else zero
+        if isinstance(spec.bit, str):  # float formats: (a, b) is the range the scale comes from
+            s, z = torch.maximum(a.abs(), b.abs()).float().clamp(min=1e-5) / float_max(spec.bit), None
+        else:
+            s, z = a, None if spec.symmetric else b
+        codes_out.append(codes_from_dequantized(W, s, z, spec))
     return W.to(dtype), float(loss)
 
 
@@ -227,8 +242,11 @@ def quantize_block(prefix: str, block: nn.Module, inputs: BlockInputs, spec: Qua
             if wspec is None:
                 acc.pop(n)
                 continue
+            codes: list = [] if state.codes is not None else None
             q, loss = gptq_quantize_weight(lin.weight.data, acc.pop(n), wspec, opts.blocksize, opts.percdamp,
-                                           opts.actorder, opts.static_groups)
+                                           opts.actorder, opts.static_groups, codes)
+            if codes:
+                state.codes[prefix + n] = codes[0].cpu()
             lin.weight.data.copy_(q)
             state.losses[prefix + n] = loss
             log.info("gptq %s%s: error %.4g", prefix, n, loss)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from accbench.quant.codes import weight_codes
 from accbench.quant.options import MethodOptions
 from accbench.quant.quantizer import fake_quantize_weight
 from accbench.quant.spec import QuantSpec, QuantState
@@ -28,4 +29,9 @@ def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantS
             clip = state.clips.get(prefix + name)
             if clip is not None:
                 clip = (clip[0].to(lin.weight.device), clip[1].to(lin.weight.device))
-            lin.weight.data.copy_(fake_quantize_weight(lin.weight.data, wspec, clip))  # in place: no 2nd copy
+            if state.codes is None:
+                lin.weight.data.copy_(fake_quantize_weight(lin.weight.data, wspec, clip))  # in place: no 2nd copy
+                continue
+            codes = weight_codes(lin.weight.data, wspec, clip)  # the same grid, codes kept for the export
+            lin.weight.data.copy_(codes.dequantize().to(lin.weight.dtype))
+            state.codes[prefix + name] = codes.cpu()

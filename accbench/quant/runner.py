@@ -179,14 +179,17 @@ def _hist_bits(spec: QuantSpec, block_prefix: str) -> Callable[[str], int | None
 
 
 @contextlib.contextmanager
-def _keep_ignored(spec: QuantSpec, prefix: str, i: int, block: nn.Module) -> Iterator[None]:
-    """llmc's ignored_layers: the block's ignored linears leave the quantize step with the weights they had."""
+def _keep_ignored(spec: QuantSpec, prefix: str, i: int, block: nn.Module, state: QuantState) -> Iterator[None]:
+    """llmc's ignored_layers: the block's ignored linears leave the quantize step with the weights they had
+    (and without codes for the real-quant export)."""
     kept = {n: m.weight.data.clone() for n, m in block.named_modules()
             if isinstance(m, nn.Linear) and spec.is_ignored(prefix, i, n)}
     yield
     mods = dict(block.named_modules())
     for n, w in kept.items():
         mods[n].weight.data.copy_(w)
+        if state.codes is not None:
+            state.codes.pop(f"{prefix}.{i}.{n}", None)
 
 
 def transform_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor] | None, device: str) -> QuantState:
@@ -226,7 +229,7 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
             act_static = bool(spec.static_acts())
 
             def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
-                with _keep_ignored(spec, prefix, i, block):
+                with _keep_ignored(spec, prefix, i, block, state):
                     method.quantize(f"{prefix}.{i}.", block, inputs, spec, state)
                 if act_static:
                     collect_input_ranges(block, inputs, f"{prefix}.{i}.", state.act_ranges,
@@ -237,7 +240,7 @@ def fake_quantize_model(model: Any, spec: QuantSpec, batches: list[torch.Tensor]
                           desc=f"{spec.method} quantize")
         else:
             for i, block in enumerate(blocks):
-                with _keep_ignored(spec, prefix, i, block):
+                with _keep_ignored(spec, prefix, i, block, state):
                     method.quantize(f"{prefix}.{i}.", block, spec, state)
     handles: list = []
     for i, b in enumerate(blocks if not method.quantizes_act else []):

@@ -6,12 +6,15 @@ Both are plain data built by the pipeline from the `quant` config section; metho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from accbench.quant.mixbits import MixSetting, setting_for
 from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec
+
+if TYPE_CHECKING:
+    from accbench.quant.codes import WeightCodes
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,5 @@ class QuantState:
     losses: dict[str, float] = field(default_factory=dict)  # GPTQ's per-layer error, for the log
     epoch_losses: dict[str, list[float]] = field(default_factory=dict)  # OmniQuant: per block, mean loss per epoch
     fp_hidden: list[torch.Tensor] | None = None  # OmniQuant: the float model's inputs of the current block
+    # the integer / FP8 codes of every fake-quantized linear, kept only when a real-quant export is asked for
+    codes: "dict[str, WeightCodes] | None" = None

@@ -252,11 +252,13 @@ def training_block(results: Results) -> str:
 
 def all_tables(results: Results) -> list[Table]:
     """The tables that have content, in report order."""
+    from accbench.report.real_quant import real_quant_table
     from accbench.report.sparsity import sparsity_table
 
     tables = [recovery_table(results),
               ppl_table(results) if results.ppl else None,
               fidelity_table(results) if results.fidelity else None,
+              real_quant_table(results),
               task_scores_table(results) if results.tasks else None,
               task_delta_table(results) if comparisons(results, "task") else None,
               sparsity_table(results),
