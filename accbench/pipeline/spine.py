@@ -127,7 +127,7 @@ def _transform_resume(ctx: "RunContext", loaded: "LoadedModel") -> quantize.Quan
         ctx.fps, ctx.resumed, wanted=wanted,
         pending=lambda p: position_pending(p, evals[p], position_tasks(cfg, p), ctx.fps, ctx.baseline, r.ppl,
                                            r.fidelity, r.tasks),
-        load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p,
+        load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p),
         load_export=lambda path: _load(cfg, path, decompress=True))
 
 
