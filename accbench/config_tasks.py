@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from accbench.config_sections import Section
+from accbench.config_sections import Engine, Section
 
 
 class TaskBase(Section):
@@ -18,6 +18,7 @@ class TaskBase(Section):
     seed: int = 1234
     batch_size: int | Literal["auto"] = "auto"
     chat_template: bool = False
+    engine: Engine | None = None  # hf | vllm; None: runner.engine
 
     @field_validator("limit")
     @classmethod

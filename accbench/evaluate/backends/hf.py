@@ -68,7 +68,7 @@ class HFBackend(LmEvalTokens, ModelBackend):
         self.init_prefix(tokenizer)
 
     @classmethod
-    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto") -> "HFBackend":
+    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto", gpus: int = 1) -> "HFBackend":
         return cls(loaded.model, loaded.tokenizer, loaded.device, batch_size)
 
     @property
