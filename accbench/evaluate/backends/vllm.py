@@ -68,6 +68,15 @@ class VLLMSettings:
         return kw
 
 
+def check_vllm_installed() -> None:
+    """Preflight: the vllm package is there (without importing it: that takes seconds); AccbenchError if not."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise AccbenchError("engine: vllm needs the vllm package, which is not installed in this Python "
+                            "environment", VLLM_HINT)
+
+
 def import_vllm() -> Any:
     """The vllm module, or an AccbenchError (exit 2) saying why vLLM cannot run here and what to do."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
