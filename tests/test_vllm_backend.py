@@ -7,15 +7,9 @@ whole module (its start-up takes 30-80 s on CPU).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.vllm
-
-# head size 32: the smallest vLLM's CPU attention supports (the default tiny model's is 16)
-TINY_VLLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, max_position_embeddings=256)
 
 
 def _texts() -> list[str]:
@@ -25,25 +19,12 @@ def _texts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, **TINY_VLLM)
-    out = tmp_path_factory.mktemp("tiny_vllm")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tiny_tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def engines(model_dir):
+def engines(vllm_model_dir):
     pytest.importorskip("vllm", reason="the vLLM tests run inside the environment .ci/vllm_env.sh builds")
     from accbench.evaluate.backends import create_backend
     from accbench.models import load_model
 
-    loaded = load_model(str(model_dir), "float32")
+    loaded = load_model(str(vllm_model_dir), "float32")
     vllm_backend = create_backend(loaded, name="vllm")
     yield create_backend(loaded), vllm_backend
     vllm_backend.release()
@@ -61,7 +42,7 @@ def _score_requests():
     return reqs
 
 
-def test_log_likelihoods_match_hf(engines, model_dir):
+def test_log_likelihoods_match_hf(engines):
     hf, vl = engines
     reqs = _score_requests()
     a, b = hf.score(reqs), vl.score(reqs)
