@@ -33,6 +33,10 @@ fi
 
 start=$(date +%s)
 echo "building the vLLM CPU environment in $ENV_DIR (about 8 minutes, 3.5 GB) ..." >&2
+if [ -e "$ENV_DIR" ] && [ ! -f "$ENV_DIR/pyvenv.cfg" ]; then
+    echo "error: $ENV_DIR exists and is not a virtual environment; not replacing it (set ACCBENCH_VLLM_ENV)" >&2
+    exit 2
+fi
 rm -rf "$ENV_DIR"
 mkdir -p "$(dirname "$ENV_DIR")"
 python3 -m venv "$ENV_DIR"
