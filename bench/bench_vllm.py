@@ -128,6 +128,28 @@ def run_mtbench(backend: Any, max_new: int) -> dict:
             "tokens_per_s": c.tokens / c.seconds}
 
 
+def score_requests(n: int) -> list:
+    """`n` continuations of 20-60 characters after a text's first 300 (for how far the engines' numbers differ)."""
+    from accbench.evaluate.requests import ScoreRequest
+
+    texts = _texts()
+    return [ScoreRequest(t[:300], t[300:320 + i % 40]) for i, t in enumerate(texts[:n])]
+
+
+def agreement(a: list, b: list) -> dict:
+    """How far two engines' (log-likelihood, greedy) answers to the same requests differ."""
+    diffs = [abs(x - y) for (x, _), (y, _) in zip(a, b)]
+    return {"requests": len(a), "max_abs_ll_diff": max(diffs), "mean_abs_ll_diff": sum(diffs) / len(diffs),
+            "max_rel_ll_diff": max(d / max(abs(x), 1e-9) for d, (x, _) in zip(diffs, a)),
+            "greedy_flags_equal": sum(ga == gb for (_, ga), (_, gb) in zip(a, b))}
+
+
+def measure(backend: Any, items: Path, sizes: list[int], max_new: int, mt_max_new: int) -> dict:
+    """Every figure of one engine: the generate task at each size, MT-bench answering, the score requests."""
+    gen = {n: run_generate(backend, items, n, max_new) for n in sizes}
+    return {"generate": gen, "mtbench": run_mtbench(backend, mt_max_new), "scores": backend.score(score_requests(64))}
+
+
 def environment(device: str) -> dict:
     import torch
     import transformers
@@ -186,21 +208,29 @@ def main() -> None:
         loaded.tokenizer.chat_template = CHAT
     env = environment(args.device)
     print("environment:", json.dumps(env), flush=True)
+    # one engine at a time: an idle vLLM engine still polls, and would slow the HF figures down
     hf = create_backend(loaded)
+    h = measure(hf, items, sizes, args.max_new_tokens, args.mtbench_max_new_tokens)
+    print("HF backend measured", flush=True)
     startup, vl = timed(lambda: create_backend(loaded, name="vllm"))
     print(f"vLLM engine start-up: {startup:.1f} s", flush=True)
-
+    v = measure(vl, items, sizes, args.max_new_tokens, args.mtbench_max_new_tokens)
+    vl.release()
+    agree = agreement(h["scores"], v["scores"])
+    print(f"agreement ({args.dtype}): log-likelihoods of {agree['requests']} continuations differ by at most "
+          f"{agree['max_abs_ll_diff']:.2e} (mean {agree['mean_abs_ll_diff']:.2e}, relative "
+          f"{agree['max_rel_ll_diff']:.2e}); greedy flags equal {agree['greedy_flags_equal']}/{agree['requests']}")
     rows = []
     for n in sizes:
-        h, v = run_generate(hf, items, n, args.max_new_tokens), run_generate(vl, items, n, args.max_new_tokens)
-        same = sum(a == b for a, b in zip(h.pop("outputs"), v.pop("outputs")))
-        rows.append({"n": n, "hf_wall_s": h["wall_s"], "vllm_wall_s": v["wall_s"], "hf_tok_s": h["tokens_per_s"],
-                     "vllm_tok_s": v["tokens_per_s"], "speedup": h["wall_s"] / v["wall_s"], "identical": same,
-                     "tokens": v["tokens"]})
-        print(f"generate n={n:4d}: HF {h['wall_s']:7.2f} s {h['tokens_per_s']:8.1f} tok/s | vLLM {v['wall_s']:7.2f} s "
-              f"{v['tokens_per_s']:8.1f} tok/s | vLLM/HF speed x{rows[-1]['speedup']:.2f} | greedy identical "
-              f"{same}/{n}", flush=True)
-    mt_h, mt_v = run_mtbench(hf, args.mtbench_max_new_tokens), run_mtbench(vl, args.mtbench_max_new_tokens)
+        hg, vg = h["generate"][n], v["generate"][n]
+        same = sum(a == b for a, b in zip(hg.pop("outputs"), vg.pop("outputs")))
+        rows.append({"n": n, "hf_wall_s": hg["wall_s"], "vllm_wall_s": vg["wall_s"], "hf_tok_s": hg["tokens_per_s"],
+                     "vllm_tok_s": vg["tokens_per_s"], "speedup": hg["wall_s"] / vg["wall_s"], "identical": same,
+                     "tokens": vg["tokens"]})
+        print(f"generate n={n:4d}: HF {hg['wall_s']:7.2f} s {hg['tokens_per_s']:8.1f} tok/s | vLLM {vg['wall_s']:7.2f} s"
+              f" {vg['tokens_per_s']:8.1f} tok/s | vLLM/HF speed x{rows[-1]['speedup']:.2f} | greedy identical "
+              f"{same}/{n}")
+    mt_h, mt_v = h["mtbench"], v["mtbench"]
     print(f"MT-bench answering ({mt_v['questions']} questions, {mt_v['turns']} turns, max {args.mtbench_max_new_tokens}"
           f" new tokens): HF {mt_h['wall_s']:.2f} s {mt_h['tokens_per_s']:.1f} tok/s | vLLM {mt_v['wall_s']:.2f} s "
           f"{mt_v['tokens_per_s']:.1f} tok/s | vLLM/HF speed x{mt_h['wall_s'] / mt_v['wall_s']:.2f}")
@@ -208,10 +238,9 @@ def main() -> None:
     print("load average (1, 5, 15 min) at the end:", os.getloadavg())
     print(f"crossover (questions at which vLLM wins): {with_start} counting its {startup:.0f} s start-up, "
           f"{steady} without it (sizes tried: {sizes})")
-    vl.release()
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "startup_s": startup, "generate": rows,
-                                               "mtbench": {"hf": mt_h, "vllm": mt_v},
+                                               "mtbench": {"hf": mt_h, "vllm": mt_v}, "agreement": agree,
                                                "crossover": {"with_startup": with_start, "steady": steady},
                                                "args": vars(args)}, indent=2))
 
