@@ -86,15 +86,7 @@ class HFBackend(LmEvalTokens, ModelBackend):
     def score_rolling(self, requests: Sequence[RollingRequest]) -> list[float]:
         """Total log-likelihood of each text, in disjoint max_length windows."""
         self._count("score_rolling", len(requests))
-        windows, owner = [], []
-        for i, r in enumerate(requests):
-            for w in self.rolling_windows(r.text):
-                windows.append(w)
-                owner.append(i)
-        totals = [0.0] * len(requests)
-        for i, (ll, _) in zip(owner, self.score_tokens(windows, kind="score_rolling")):
-            totals[i] += ll
-        return totals
+        return self.rolling_totals([r.text for r in requests], lambda w: self.score_tokens(w, kind="score_rolling"))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Continuations of each context, cut at the first stop string (EOS also stops)."""

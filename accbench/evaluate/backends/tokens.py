@@ -8,7 +8,7 @@ token; rolling log-likelihood in disjoint model-window windows, the first condit
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 Tokens = list[int]
 
@@ -75,6 +75,19 @@ class LmEvalTokens:
             out.append((tokens[done + n - L - 1 : done], tokens[done : done + n]))
             done += n
         return out
+
+    def rolling_totals(self, texts: list[str],
+                       score: Callable[[list[tuple[Tokens, Tokens]]], list[tuple[float, bool]]]) -> list[float]:
+        """The total log-likelihood of each text: its rolling windows scored by `score` (one call for all)."""
+        windows, owner = [], []
+        for i, text in enumerate(texts):
+            for w in self.rolling_windows(text):
+                windows.append(w)
+                owner.append(i)
+        totals = [0.0] * len(texts)
+        for i, (ll, _) in zip(owner, score(windows)):
+            totals[i] += ll
+        return totals
 
     def generation_prompt(self, context: str, max_new_tokens: int) -> tuple[Tokens, bool]:
         """The prompt tokens of a generate request, cut from the left to leave room for `max_new_tokens` in the

@@ -162,15 +162,7 @@ class VLLMBackend(LmEvalTokens, ModelBackend):
 
     def score_rolling(self, requests: Sequence[RollingRequest]) -> list[float]:
         self._count("score_rolling", len(requests))
-        windows, owner = [], []
-        for i, r in enumerate(requests):
-            for w in self.rolling_windows(r.text):
-                windows.append(w)
-                owner.append(i)
-        totals = [0.0] * len(requests)
-        for i, (ll, _) in zip(owner, self.score_tokens(windows)):
-            totals[i] += ll
-        return totals
+        return self.rolling_totals([r.text for r in requests], self.score_tokens)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         from vllm import SamplingParams
