@@ -180,6 +180,25 @@ def crossover(rows: list[dict], startup: float) -> tuple[int | None, int | None]
     return with_start, steady
 
 
+def compare(h: dict, v: dict, sizes: list[int], mt_max_new: int) -> list[dict]:
+    """Print both engines' figures side by side; the generate rows (HF / vLLM wall time, tokens/s, identical)."""
+    rows = []
+    for n in sizes:
+        hg, vg = h["generate"][n], v["generate"][n]
+        same = sum(a == b for a, b in zip(hg.pop("outputs"), vg.pop("outputs")))
+        rows.append({"n": n, "hf_wall_s": hg["wall_s"], "vllm_wall_s": vg["wall_s"], "hf_tok_s": hg["tokens_per_s"],
+                     "vllm_tok_s": vg["tokens_per_s"], "speedup": hg["wall_s"] / vg["wall_s"], "identical": same,
+                     "tokens": vg["tokens"]})
+        print(f"generate n={n:4d}: HF {hg['wall_s']:7.2f} s {hg['tokens_per_s']:8.1f} tok/s | vLLM {vg['wall_s']:7.2f} s"
+              f" {vg['tokens_per_s']:8.1f} tok/s | vLLM/HF speed x{rows[-1]['speedup']:.2f} | greedy identical "
+              f"{same}/{n}")
+    mt_h, mt_v = h["mtbench"], v["mtbench"]
+    print(f"MT-bench answering ({mt_v['questions']} questions, {mt_v['turns']} turns, max {mt_max_new}"
+          f" new tokens): HF {mt_h['wall_s']:.2f} s {mt_h['tokens_per_s']:.1f} tok/s | vLLM {mt_v['wall_s']:.2f} s "
+          f"{mt_v['tokens_per_s']:.1f} tok/s | vLLM/HF speed x{mt_h['wall_s'] / mt_v['wall_s']:.2f}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,4,16,64", help="numbers of generate-task questions")
@@ -220,27 +239,14 @@ def main() -> None:
     print(f"agreement ({args.dtype}): log-likelihoods of {agree['requests']} continuations differ by at most "
           f"{agree['max_abs_ll_diff']:.2e} (mean {agree['mean_abs_ll_diff']:.2e}, relative "
           f"{agree['max_rel_ll_diff']:.2e}); greedy flags equal {agree['greedy_flags_equal']}/{agree['requests']}")
-    rows = []
-    for n in sizes:
-        hg, vg = h["generate"][n], v["generate"][n]
-        same = sum(a == b for a, b in zip(hg.pop("outputs"), vg.pop("outputs")))
-        rows.append({"n": n, "hf_wall_s": hg["wall_s"], "vllm_wall_s": vg["wall_s"], "hf_tok_s": hg["tokens_per_s"],
-                     "vllm_tok_s": vg["tokens_per_s"], "speedup": hg["wall_s"] / vg["wall_s"], "identical": same,
-                     "tokens": vg["tokens"]})
-        print(f"generate n={n:4d}: HF {hg['wall_s']:7.2f} s {hg['tokens_per_s']:8.1f} tok/s | vLLM {vg['wall_s']:7.2f} s"
-              f" {vg['tokens_per_s']:8.1f} tok/s | vLLM/HF speed x{rows[-1]['speedup']:.2f} | greedy identical "
-              f"{same}/{n}")
-    mt_h, mt_v = h["mtbench"], v["mtbench"]
-    print(f"MT-bench answering ({mt_v['questions']} questions, {mt_v['turns']} turns, max {args.mtbench_max_new_tokens}"
-          f" new tokens): HF {mt_h['wall_s']:.2f} s {mt_h['tokens_per_s']:.1f} tok/s | vLLM {mt_v['wall_s']:.2f} s "
-          f"{mt_v['tokens_per_s']:.1f} tok/s | vLLM/HF speed x{mt_h['wall_s'] / mt_v['wall_s']:.2f}")
+    rows = compare(h, v, sizes, args.mtbench_max_new_tokens)
     with_start, steady = crossover(rows, startup)
     print("load average (1, 5, 15 min) at the end:", os.getloadavg())
     print(f"crossover (questions at which vLLM wins): {with_start} counting its {startup:.0f} s start-up, "
           f"{steady} without it (sizes tried: {sizes})")
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "startup_s": startup, "generate": rows,
-                                               "mtbench": {"hf": mt_h, "vllm": mt_v}, "agreement": agree,
+                                               "mtbench": {"hf": h["mtbench"], "vllm": v["mtbench"]}, "agreement": agree,
                                                "crossover": {"with_startup": with_start, "steady": steady},
                                                "args": vars(args)}, indent=2))
 

@@ -179,7 +179,7 @@ class VLLMBackend(LmEvalTokens, ModelBackend):
             sampled = r.temperature > 0
             params.append(SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature,
                                          top_p=r.top_p if sampled else 1.0, top_k=r.top_k if sampled else 0,
-                                         seed=r.seed if sampled else None, stop=list(r.stop) or None,
+                                         seed=r.seed if sampled else None, stop=[s for s in r.stop if s] or None,
                                          stop_token_ids=self.eos_ids, skip_special_tokens=True))
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         texts = []
