@@ -245,10 +245,10 @@ def main() -> None:
     print(f"crossover (questions at which vLLM wins): {with_start} counting its {startup:.0f} s start-up, "
           f"{steady} without it (sizes tried: {sizes})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "startup_s": startup, "generate": rows,
-                                               "mtbench": {"hf": h["mtbench"], "vllm": v["mtbench"]}, "agreement": agree,
-                                               "crossover": {"with_startup": with_start, "steady": steady},
-                                               "args": vars(args)}, indent=2))
+        doc = {"environment": env, "startup_s": startup, "generate": rows, "agreement": agree,
+               "mtbench": {"hf": h["mtbench"], "vllm": v["mtbench"]},
+               "crossover": {"with_startup": with_start, "steady": steady}, "args": vars(args)}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":  # vLLM's engine core runs in a spawned process
