@@ -189,8 +189,8 @@ def compare(h: dict, v: dict, sizes: list[int], mt_max_new: int) -> list[dict]:
         rows.append({"n": n, "hf_wall_s": hg["wall_s"], "vllm_wall_s": vg["wall_s"], "hf_tok_s": hg["tokens_per_s"],
                      "vllm_tok_s": vg["tokens_per_s"], "speedup": hg["wall_s"] / vg["wall_s"], "identical": same,
                      "tokens": vg["tokens"]})
-        print(f"generate n={n:4d}: HF {hg['wall_s']:7.2f} s {hg['tokens_per_s']:8.1f} tok/s | vLLM {vg['wall_s']:7.2f} s"
-              f" {vg['tokens_per_s']:8.1f} tok/s | vLLM/HF speed x{rows[-1]['speedup']:.2f} | greedy identical "
+        print(f"generate n={n:4d}: HF {hg['wall_s']:7.2f} s {hg['tokens_per_s']:8.1f} tok/s | "
+              f"vLLM {vg['wall_s']:7.2f} s {vg['tokens_per_s']:8.1f} tok/s | vLLM/HF speed x{rows[-1]['speedup']:.2f} | greedy identical "
               f"{same}/{n}")
     mt_h, mt_v = h["mtbench"], v["mtbench"]
     print(f"MT-bench answering ({mt_v['questions']} questions, {mt_v['turns']} turns, max {mt_max_new}"

@@ -1,6 +1,7 @@
 """Model backends: what answers requests on a model, all behind the one contract of base.py (`ModelBackend`).
 
-hf.py is the in-process Hugging Face backend; vllm.py answers through vLLM's offline engine (the `vllm` extra). A new backend is one file here implementing `ModelBackend`
+hf.py is the in-process Hugging Face backend; vllm.py answers through vLLM's offline engine (the `vllm` extra).
+A new backend is one file here implementing `ModelBackend`
 plus one line in `BACKENDS`.
 """
 
