@@ -22,6 +22,7 @@ from accbench.config_sections import (EVAL_POSITIONS, ActQuantCfg, BaseCfg, Cali
 from accbench.config_tasks import (TASK_MODELS, GenerateTask, HumanEvalTask, JudgeCfg, LmEvalTask, MTBenchTask,
                                    MultipleChoiceTask, PerplexityTask, TaskBase, TaskCfg)
 from accbench.config_gates import compare_problems
+from accbench.config_sparse import SparseCfg
 from accbench.config_train import LauncherCfg, TrainCfg, VariantCfg
 from accbench.config_load import UniqueKeyLoader, apply_overrides, parse_override, read_utf8_config
 from accbench.errors import ConfigError, ConfigProblem
@@ -29,7 +30,7 @@ from accbench.errors import ConfigError, ConfigProblem
 __all__ = ["EVAL_POSITIONS", "ActQuantCfg", "BaseCfg", "CalibCfg", "CompareCfg", "EvalCfg",
            "FidelityCfg", "GateCfg", "IgnoredLayersCfg", "GenerateTask", "HumanEvalTask", "JudgeCfg", "LauncherCfg", "LmEvalTask",
            "MTBenchTask", "ModelCfg", "MultipleChoiceTask", "OpenCompassCfg", "PerplexityTask", "QuantCfg",
-           "RunConfig", "RunnerCfg", "SaveCfg", "Section", "TaskBase", "TaskCfg", "TextDataCfg", "TrainCfg",
+           "RunConfig", "RunnerCfg", "SaveCfg", "Section", "SparseCfg", "TaskBase", "TaskCfg", "TextDataCfg", "TrainCfg",
            "VariantCfg", "WeightQuantCfg", "apply_overrides", "dump_config", "eval_config", "load_config",
            "parse_override", "validate_config"]
 
@@ -40,6 +41,7 @@ class RunConfig(Section):
     calib: CalibCfg | None = None
     eval: list[EvalCfg] = Field(default_factory=list)
     quant: QuantCfg | None = None
+    sparse: SparseCfg | None = None
     ignored_layers: IgnoredLayersCfg | None = None
     save: SaveCfg = Field(default_factory=SaveCfg)
     opencompass: OpenCompassCfg | None = None
@@ -72,8 +74,9 @@ class RunConfig(Section):
     def _cross_section(self) -> "RunConfig":
         problems = []
         needs_quant = {p for e in self.eval for p in e.eval_pos if p in ("transformed", "fake_quant")}
-        if needs_quant and self.quant is None:
+        if needs_quant and self.quant is None and self.sparse is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
+        problems += self._sparse_problems()
         if self.quant is not None and self.quant.method != "RTN" and self.calib is None:
             problems.append(f"quant method {self.quant.method} needs calibration data: add a calib section")
         if self.quant is not None and self.train is not None:
@@ -90,6 +93,22 @@ class RunConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _sparse_problems(self) -> list[str]:
+        if self.sparse is None:
+            return []
+        out = []
+        if self.quant is not None:
+            out.append("a run either quantizes (quant) or sparsifies (sparse), not both: run them as two steps "
+                       "(save.save_trans: true, then the next run's model.path names save_path/transformed_model)")
+        if self.train is not None:
+            out.append("a run either sparsifies (sparse) or trains (train), not both")
+        if any("fake_quant" in e.eval_pos for e in self.eval) and self.quant is None:
+            out.append("eval_pos fake_quant is a quantized model; a sparse run has pretrain and transformed "
+                       "(the sparsified model)")
+        if self.sparse.needs_calibration() and self.calib is None:
+            out.append(f"sparse method {self.sparse.method} needs calibration data: add a calib section")
+        return out
 
     def window_lengths(self) -> list[tuple[str, int, bool]]:
         """(key, seq_len, allowed beyond the model's positions) of every perplexity window this run uses."""

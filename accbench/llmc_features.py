@@ -86,6 +86,9 @@ FEATURES: tuple[Feature, ...] = (
             ("quant.weight.block_size",), "supported"),
     Feature("FP8 weights and activations (quant_type: float-quant, bit: e4m3 / e5m2; RTN, AWQ, SmoothQuant)",
             ("quant.weight.quant_type", "quant.act.quant_type"), "supported"),
+    Feature("sparsity: Magnitude and Wanda (sparse.weight.sparsity; accbench adds sparsity_type N:M) and ShortGPT "
+            "(sparse.weight.n_prune_layers); sparse.sparsity_out", ("sparse.method", "sparse.weight",
+                                                                   "sparse.sparsity_out"), "supported"),
     Feature("a list of eval datasets (eval.name: [wikitext2, c4], each read from path/<name>)", ("eval.name",),
             "supported"),
     Feature("model.type of a text model (architecture read from config.json)", ("model.type",), "no-op",
@@ -115,7 +118,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("loading FP8 checkpoints (torch_dtype: torch.float8_e4m3fn)", ("model.torch_dtype",),
             when=_in("torch.float8_e4m3fn")),
     Feature("LoRA weights (model.lora_path)", ("model.lora_path",)),
-    Feature("sparsification (sparse)", ("sparse",)),
+    Feature("KV-cache sparsity (sparse.kvcache: ShadowKV, SinkKV)", ("sparse.kvcache",)),
+    Feature("multimodal sparse sections (sparse.vision, sparse.language)", ("sparse.vision", "sparse.language")),
     Feature("token reduction", ("token_reduction", "quant.language.token_reduction")),
     Feature("multimodal quant objects (quant.quant_objects, quant.language/vision/video_gen)",
             ("quant.quant_objects", "quant.language", "quant.vision", "quant.video_gen"),
@@ -163,6 +167,11 @@ FEATURES: tuple[Feature, ...] = (
 LLMC_METHODS = ("AdaDim", "Awq", "DGQ", "FP8", "GPTBRECQ", "GPTQ", "HQQ", "LlmInt8", "NormTweaking", "OmniQuant",
                 "OsPlus", "QUIK", "QuIP", "Quarot", "RTN", "SmoothQuant", "SpQR", "TesseraQ", "Tesseraq",
                 "KVQuant", "Kivi", "SlimPLM", "AWQ")
+
+# llmc's sparsification methods (sparse.method); those accbench has not built are refused by name
+LLMC_SPARSE_METHODS = {"Magnitude": "", "Wanda": "", "ShortGPT": "", "Dense": " (no sparsity, with KV-cache sparsity)",
+                       "TokenReduction": " (token reduction for vision-language models)"}
+_SPARSE_STAND_IN = {"method": "Magnitude", "weight": {"sparsity": 0.5}}  # so the rest of a config is still checked
 
 # method options llmc defines (quant.special) that accbench's methods lack: refused by name when on
 LLMC_SPECIAL: dict[str, str] = {
@@ -224,6 +233,8 @@ def llmc_problems(data: dict, built: list[str], lines: dict, source: str | None)
     with those and the accepted no-op keys taken out, for the config model to check the rest."""
     data = _copy(data)
     problems: list[ConfigProblem] = []
+    sparse = data.get("sparse")
+    multimodal_sparse = isinstance(sparse, dict) and any(k in sparse for k in ("vision", "language"))
     for f in FEATURES:
         for key in f.keys:
             for path, value in list(_entries(data, key.split("."), ())):
@@ -243,13 +254,29 @@ def llmc_problems(data: dict, built: list[str], lines: dict, source: str | None)
                     _drop(data, path)
                 elif key == "model.torch_dtype":
                     data["model"]["torch_dtype"] = value.removeprefix("torch.")
-    problems += _method_problems(data, built, lines, source)
+    problems += _method_problems(data, built, lines, source) + _sparse_problems(data, multimodal_sparse, lines, source)
     return problems, data
 
 
+def _sparse_problems(data: dict, multimodal: bool, lines: dict, source: str | None) -> list[ConfigProblem]:
+    """llmc's sparse methods accbench has not built, refused by name; a refused (or emptied) section is replaced
+    by a stand-in so that the rest of the config (eval_pos transformed) is still checked."""
+    from accbench.config_sparse import SPARSE_METHODS
+
+    sparse = data.get("sparse")
+    if not isinstance(sparse, dict):
+        return []
+    method = sparse.get("method")
+    if isinstance(method, str) and method in LLMC_SPARSE_METHODS and method not in SPARSE_METHODS:
+        data["sparse"] = _copy(_SPARSE_STAND_IN)
+        return [_problem(("sparse", "method"), f"{method} sparse method{LLMC_SPARSE_METHODS[method]}", lines, source,
+                         f"accbench builds {', '.join(SPARSE_METHODS)}")]
+    if multimodal and "method" not in sparse:  # its multimodal sections were refused above
+        data["sparse"] = _copy(_SPARSE_STAND_IN)
+    return []
+
+
 def _method_problems(data: dict, built: list[str], lines: dict, source: str | None) -> list[ConfigProblem]:
-    if "quant" not in data and any(p[0] == "sparse" for p in lines):
-        data["quant"] = {"method": "RTN"}  # a stand-in for the refused sparse section (eval_pos transformed)
     quant = data.get("quant")
     if not isinstance(quant, dict):
         return []
@@ -286,6 +313,10 @@ def feature_table() -> str:
         rows.append(f"| {what} | `quant.special.{key}` | not supported yet |")
     rows.append(f"| llmc methods not built: {', '.join(m for m in LLMC_METHODS if m not in _BUILT_DOC)} "
                 "| `quant.method` | not supported yet |")
+    from accbench.config_sparse import SPARSE_METHODS
+
+    rows.append(f"| llmc sparse methods not built: {', '.join(m for m in LLMC_SPARSE_METHODS if m not in SPARSE_METHODS)} "
+                "| `sparse.method` | not supported yet |")
     return "\n".join(rows) + "\n"
 
 

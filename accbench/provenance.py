@@ -42,6 +42,8 @@ def collect_provenance(cfg: Any, config_text: str, argv: list[str] | None = None
     method, options = None, {}
     if cfg.quant is not None:
         method, options = cfg.quant.method, cfg.quant.model_dump(mode="json", exclude={"method"})
+    elif cfg.sparse is not None:
+        method, options = cfg.sparse.method, cfg.sparse.model_dump(mode="json", exclude={"method"})
     elif cfg.train is not None:
         method, options = "training", {"variants": list(cfg.train.variants)}
     calib = cfg.calib.model_dump(mode="json", exclude_none=True) if cfg.calib is not None else {}

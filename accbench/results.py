@@ -121,6 +121,29 @@ class QuantInfo(Entry):
     gptq_error_sum: float | None = None  # GPTQ: the summed per-layer reconstruction error
 
 
+class SparseInfo(Entry):
+    """What sparsified the model (results.json `sparse`): the method, its target and what it achieved.
+
+    `achieved_sparsity` is `pruned / total` over the parameters the method acts on: the weights of the
+    decoder-block linears that are zero (Magnitude, Wanda), or the decoder-block parameters removed with whole
+    blocks (ShortGPT). Embeddings, final norm and LM head are not counted (never pruned)."""
+
+    method: str
+    sparsity: float | None = None  # the requested fraction of zero weights (Magnitude, Wanda)
+    # "unstructured", "N:M" (N non-zeros kept in every M consecutive weights of a row) or "layers" (ShortGPT)
+    sparsity_type: str = "unstructured"
+    n_prune_layers: int | None = None  # ShortGPT: decoder blocks to remove
+    sparsity_out: bool = False
+    calib_samples: int = 0
+    achieved_sparsity: float
+    pruned: int
+    total: int
+    layers_before: int
+    layers_after: int
+    removed_layers: list[int] = Field(default_factory=list)  # ShortGPT: indices in the original model
+    block_influence: list[float] = Field(default_factory=list)  # ShortGPT: BI of every original block
+
+
 @dataclass
 class Comparison:
     """One metric of one candidate model against the baseline model. `delta` = candidate - baseline;
@@ -220,6 +243,7 @@ class Results(BaseModel):
     tasks: list[TaskEntry] = Field(default_factory=list)
     train: list[TrainEntry] = Field(default_factory=list)
     quant: QuantInfo | None = None
+    sparse: SparseInfo | None = None
     opencompass: list[dict[str, Any]] = Field(default_factory=list)
     opencompass_output: dict[str, str] = Field(default_factory=dict)  # paths: summary csv/txt, log, work dir
     compare: CompareBlock = Field(default_factory=CompareBlock)

@@ -78,11 +78,12 @@ def test_docs_counts_and_feature_table_are_true(walked):
     ("quantization/methods/QuaRot/quarot_w_a.yml", "llmc's Quarot method"),
     ("quantization/methods/HQQ/hqq_w_only.yml", "llmc's HQQ method"),
     ("quantization/methods/LlmInt8/llmint8_w_only.yml", "llmc's LlmInt8 method"),
-    ("sparsification/methods/Wanda/wanda.yml", "llmc's sparsification (sparse)"),
     ("quantization/methods/RTN/rtn_w_a_vlm.yml", "llmc's multimodal quant objects"),
     ("quantization/video_gen/wan_t2v/rtn_w_a.yaml", "llmc's video generation models"),
     ("quantization/deepseekv3/rtn_w_a_dsv3.yml", "llmc's DeepSeek-V3 MoE-specific configs"),
-    ("sparsification/methods/FastV/fastv.yml", "llmc's sparsification (sparse)"),
+    ("sparsification/methods/FastV/fastv.yml", "llmc's TokenReduction sparse method"),
+    ("sparsification/methods/Kvsparse/sinkkv.yml", "llmc's KV-cache sparsity (sparse.kvcache"),
+    ("sparsification/methods/ToMe/tome.yml", "llmc's multimodal sparse sections"),
     ("quantization/methods/KVQuant/rtn_w_a_kivi_quant_kv.yml", "llmc's KV-cache quantization (quant.kvcache)"),
     ("quantization/backend/vllm/awq_w4a16.yml", "llmc's real-quant exports"),
 ])
@@ -90,6 +91,14 @@ def test_refused_by_name_with_line(walked, name, feature):
     code, err = walked[name]
     assert code == 2 and feature in err and "is not supported yet" in err
     assert re.search(r"cfg\.yaml:\d+: ", err)  # with the YAML line
+
+
+@pytest.mark.parametrize("name", ["sparsification/methods/Magnitude/magnitude.yml",
+                                  "sparsification/methods/Wanda/wanda.yml",
+                                  "sparsification/methods/ShortGPT/shortgpt.yml"])
+def test_sparsity_configs_validate(walked, name):
+    code, err = walked[name]
+    assert code == 0, err
 
 
 def test_feature_set_off_is_accepted(tmp_path, eval_txt, capsys):

@@ -42,11 +42,13 @@ class Checked:
 def find_problems(cfg: RunConfig, build_builtin: bool = False) -> list[AccbenchError]:
     """Every problem of `cfg` that shows without weights. A built-in model that is not built yet is only
     built (to read its shapes) when `build_builtin`; `validate` never builds it."""
-    model_config = _model_config(cfg.model, build_builtin) if (cfg.quant or cfg.train) else None
+    model_config = _model_config(cfg.model, build_builtin) if (cfg.quant or cfg.sparse or cfg.train) else None
     checks: list[Callable[[], None]] = [lambda: _check_inputs(cfg, build_builtin)]
     checks += [lambda d=d: _check_text_file(d) for d in [*cfg.eval, *([cfg.calib] if cfg.calib else [])]]
     if cfg.quant is not None:
         checks += [lambda: _check_quant(cfg, model_config), lambda: _check_calib(cfg)]
+    if cfg.sparse is not None:
+        checks += [lambda: _check_sparse(cfg, model_config), lambda: _check_calib(cfg)]
     if cfg.train is not None:
         checks += [lambda: _check_train(cfg, model_config)]
     checks += [lambda t=t: _check_task(t) for t in cfg.tasks]
@@ -136,15 +138,31 @@ def _check_quant(cfg: RunConfig, model_config: Any) -> None:
     spec = quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers)
     if model_config is None:
         return
+    meta = _meta_model(cfg.model, model_config)
+    if meta is not None:
+        check_quant(meta, spec, cfg.calib is not None)
+
+
+def _meta_model(m: ModelCfg, model_config: Any) -> Any:
+    """The model built from its config on the meta device (no weights), or None when it cannot be built."""
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
         with torch.device("meta"):
-            meta = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+            return AutoModelForCausalLM.from_config(model_config, trust_remote_code=m.trust_remote_code)
     except (OSError, ValueError, KeyError):
-        return  # load_model reports an unloadable model with its own message
-    check_quant(meta, spec, cfg.calib is not None)
+        return None  # load_model reports an unloadable model with its own message
+
+
+def _check_sparse(cfg: RunConfig, model_config: Any) -> None:
+    """The sparse section against the model's shapes: N:M groups, layers to remove (a meta-device model)."""
+    from accbench.sparse.runner import check_sparse
+
+    assert cfg.sparse is not None
+    meta = _meta_model(cfg.model, model_config) if model_config is not None else None
+    if meta is not None:
+        check_sparse(meta, cfg.sparse.spec(), cfg.calib is not None)
 
 
 def _check_calib(cfg: RunConfig) -> None:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Union
 
-from accbench.results import FidelityEntry, PplEntry, QuantInfo, TaskEntry, TrainEntry
+from accbench.results import FidelityEntry, PplEntry, QuantInfo, SparseInfo, TaskEntry, TrainEntry
 
 if TYPE_CHECKING:
     from accbench.models import LoadedModel
@@ -61,7 +61,7 @@ class StaleFidelity:
     seq_len: int
 
 
-Fact = Union[PplEntry, FidelityEntry, TaskEntry, TrainEntry, QuantInfo, Timing, ModelPath, TaskOrder,
+Fact = Union[PplEntry, FidelityEntry, TaskEntry, TrainEntry, QuantInfo, SparseInfo, Timing, ModelPath, TaskOrder,
              OpenCompassResult, StaleFidelity]
 Record = Callable[[Fact], None]
 Evaluate = Callable[[str, "LoadedModel"], None]  # (position, the model as it is there)

@@ -47,7 +47,7 @@ def check_config_change(cfg: RunConfig, run_dir: Path, console: "Console", stric
 
 def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = None) -> dict[str, str]:
     """The fingerprint of the model at each position: its weights, dtype, tokenizer, and what transformed it
-    (the quant section; for a calibrated method also the calib section and the calibration tokens)."""
+    (the quant or sparse section; for a calibrated method also the calib section and the calibration tokens)."""
     from accbench.fingerprints import tokens_id
     from accbench.models import model_fingerprint
 
@@ -56,12 +56,13 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
                "tokenizer": [m.tokenizer_path and model_fingerprint(m.tokenizer_path, ""), m.tokenizer_mode],
                "attn_implementation": m.attn_implementation, "trust_remote_code": m.trust_remote_code}
     out = {"pretrain": fingerprint(weights, "pretrain")}
+    calib = [cfg.calib.model_dump(mode="json"), [tokens_id(b) for b in calib_batches]] if (
+        cfg.calib is not None and calib_batches is not None) else None
     if cfg.quant is not None:
-        q = cfg.quant
-        calib = [cfg.calib.model_dump(mode="json"), [tokens_id(b) for b in calib_batches]] if (
-            cfg.calib is not None and calib_batches is not None) else None
         for p in ("transformed", "fake_quant"):
-            out[p] = fingerprint(weights, p, q.model_dump(mode="json"), calib)
+            out[p] = fingerprint(weights, p, cfg.quant.model_dump(mode="json"), calib)
+    elif cfg.sparse is not None:
+        out["transformed"] = fingerprint(weights, "transformed", {"sparse": cfg.sparse.model_dump(mode="json")}, calib)
     return out
 
 

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from accbench.config import RunConfig, dump_config
-from accbench.pipeline import compare, opencompass, positions, preflight, quantize, tasks, train
+from accbench.pipeline import compare, opencompass, positions, preflight, quantize, sparsify, tasks, train
 from accbench.pipeline.positions import EvalData, prepare_eval_data
 from accbench.pipeline.records import Fact, ModelPath, OpenCompassResult, StaleFidelity, TaskOrder, Timing, timed
 from accbench.fingerprints import ResumeLog
 from accbench.iofaults import atomic_write_text
 from accbench.pipeline.resume import check_config_change, position_fingerprints, position_pending
 from accbench.provenance import collect_provenance
-from accbench.results import FidelityEntry, PplEntry, QuantInfo, Results, TaskEntry, TrainEntry, collect_versions
+from accbench.results import (FidelityEntry, PplEntry, QuantInfo, Results, SparseInfo, TaskEntry, TrainEntry,
+                              collect_versions)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,6 +70,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: "Console", resume: bool
             evaluate_position(ctx, "pretrain", loaded)
         if cfg.quant is not None:
             _quantize(ctx, loaded, calib_batches)
+        elif cfg.sparse is not None:
+            _sparsify(ctx, loaded, calib_batches)
     if cfg.opencompass is not None:
         opencompass.run_opencompass(cfg.opencompass, checked.opencompass, dict(results.models), cfg.positions(),
                                     results.opencompass_output, run_dir, resume, ctx.record, console)
@@ -98,6 +101,9 @@ def _prepare_inputs(ctx: "RunContext") -> list | None:
         raise ModelLoadError(f"could not load the tokenizer from {where}: {exc}",
                              "check model.path / model.tokenizer_path (the folder needs the tokenizer files)") from None
     ctx.evals = [prepare_eval_data(e, tokenizer) for e in cfg.eval]
+    if cfg.sparse is not None and cfg.calib is not None and cfg.sparse.needs_calibration():
+        with timed(ctx.record, "calib_data"):
+            return quantize.build_calib_batches(cfg.calib, tokenizer)
     q = cfg.quant
     if q is None or cfg.calib is None:
         return None
@@ -109,21 +115,38 @@ def _prepare_inputs(ctx: "RunContext") -> list | None:
         return quantize.build_calib_batches(cfg.calib, tokenizer)
 
 
-def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | None) -> None:
-    """The quantization stage, with what a resume needs to skip it (pipeline/resume.py)."""
+def _transform_resume(ctx: "RunContext", loaded: "LoadedModel") -> quantize.QuantResume:
+    """What the quantize or sparsify stage needs to skip its work on resume (pipeline/resume.py)."""
     from accbench.pipeline.train import load_checkpoint
 
     cfg, r = ctx.cfg, ctx.results
     wanted = cfg.positions()
-    evals = {p: ctx.evals if cfg.train is not None else [e for e in ctx.evals if p in e.cfg.eval_pos] for p in wanted}
-    state = quantize.QuantResume(
+    evals = {p: [e for e in ctx.evals if p in e.cfg.eval_pos] for p in wanted}
+    return quantize.QuantResume(
         ctx.fps, ctx.resumed, wanted=wanted,
         pending=lambda p: position_pending(p, evals[p], cfg.tasks, ctx.fps, ctx.baseline, r.ppl, r.fidelity, r.tasks),
         load_saved=lambda p, path: load_checkpoint(cfg.model, cfg.runner.num_gpus, path, loaded.path, p))
+
+
+def _sparsify(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | None) -> None:
+    """The sparsification stage (llmc's sparse section): the transformed position is the sparsified model."""
+    cfg = ctx.cfg
+    assert cfg.sparse is not None
+    wanted = cfg.positions()
+    sparsify.run_sparsification(
+        cfg.sparse, cfg.calib, cfg.save, loaded, ctx.run_dir, ctx.record,
+        lambda pos, model: evaluate_position(ctx, pos, model) if pos in wanted else None, ctx.console,
+        calib_batches, _transform_resume(ctx, loaded))
+
+
+def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | None) -> None:
+    """The quantization stage, with what a resume needs to skip it (pipeline/resume.py)."""
+    cfg = ctx.cfg
+    wanted = cfg.positions()
     quantize.run_quantization(
         quantize.quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save, loaded,
         ctx.run_dir, ctx.record, lambda pos, model: evaluate_position(ctx, pos, model) if pos in wanted else None,
-        ctx.console, calib_batches, state)
+        ctx.console, calib_batches, _transform_resume(ctx, loaded))
 
 
 @dataclass
@@ -162,6 +185,8 @@ class RunContext:
             r.train = [e for e in r.train if e.variant != fact.variant] + [fact]
         elif isinstance(fact, QuantInfo):
             r.quant = fact
+        elif isinstance(fact, SparseInfo):
+            r.sparse = fact
         elif isinstance(fact, Timing):
             r.timings[fact.name] = round(r.timings.get(fact.name, 0.0) + fact.seconds, 3)
             return  # a timing alone is saved with the next fact
@@ -201,7 +226,8 @@ def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel") -> 
         from accbench.store import SampleStore
 
         ctx.store = SampleStore(ctx.run_dir)
-    transform = cfg.quant.model_dump(mode="json") if cfg.quant is not None and position != "pretrain" else None
+    change = cfg.quant or cfg.sparse
+    transform = change.model_dump(mode="json") if change is not None and position != "pretrain" else None
     tasks.run_tasks(todo, [t.name for t in cfg.tasks], position, pairwise_baseline(cfg, position), loaded, cfg.model,
                     cfg.runner, ctx.store, transform, ctx.run_dir, ctx.record, ctx.console, ctx.fps.get(position))
 

@@ -286,21 +286,29 @@ def swapped_weights(linears: dict[str, nn.Linear], new: Callable[[str, torch.Ten
             m.weight.data = saved[n]
 
 
-def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
-                         ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Record the min and max over all calibration tokens of every linear's input (static act quant)."""
+def each_linear_input(block: nn.Module, inputs: BlockInputs, visit: Callable[[str, torch.Tensor], None]) -> None:
+    """Forward the block over every calibration batch, calling `visit(name, input)` for each linear it runs."""
     handles = []
     for n, m in block.named_modules():
         if isinstance(m, nn.Linear):
-            def hook(mod: Any, args: tuple, key: str = f"{prefix}{n}") -> None:
-                x = args[0].detach()
-                lo, hi = x.min().float().cpu(), x.max().float().cpu()
-                if key in ranges:
-                    lo, hi = torch.minimum(lo, ranges[key][0]), torch.maximum(hi, ranges[key][1])
-                ranges[key] = (lo, hi)
+            def hook(mod: Any, args: tuple, name: str = n) -> None:
+                visit(name, args[0].detach())
             handles.append(m.register_forward_pre_hook(hook))
     try:
         forward_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
+
+
+def collect_input_ranges(block: nn.Module, inputs: BlockInputs, prefix: str,
+                         ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Record the min and max over all calibration tokens of every linear's input (static act quant)."""
+    def visit(name: str, x: torch.Tensor) -> None:
+        key = f"{prefix}{name}"
+        lo, hi = x.min().float().cpu(), x.max().float().cpu()
+        if key in ranges:
+            lo, hi = torch.minimum(lo, ranges[key][0]), torch.maximum(hi, ranges[key][1])
+        ranges[key] = (lo, hi)
+
+    each_linear_input(block, inputs, visit)

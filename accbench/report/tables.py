@@ -250,11 +250,14 @@ def training_block(results: Results) -> str:
 
 def all_tables(results: Results) -> list[Table]:
     """The tables that have content, in report order."""
+    from accbench.report.sparsity import sparsity_table
+
     tables = [recovery_table(results),
               ppl_table(results) if results.ppl else None,
               fidelity_table(results) if results.fidelity else None,
               task_scores_table(results) if results.tasks else None,
               task_delta_table(results) if comparisons(results, "task") else None,
+              sparsity_table(results),
               train_table(results) if results.train else None,
               opencompass_table(results) if results.opencompass else None,
               gates_table(results) if results.compare.gates else None]
