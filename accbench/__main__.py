@@ -4,4 +4,5 @@ import sys
 
 from accbench.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned processes (vLLM's engine core, workers) import this module too
+    sys.exit(main())

@@ -394,8 +394,12 @@ class OpenCompassCfg(Section):
 # ----------------------------------------------------------------------------- accbench sections
 
 
+Engine = Literal["hf", "vllm"]  # what answers task requests: Hugging Face in-process, or vLLM's offline engine
+
+
 class RunnerCfg(Section):
     type: Literal["local", "ray"] = "local"
+    engine: Engine = "hf"  # a task's own `engine:` overrides it
     max_num_workers: int = Field(1, ge=1)
     num_gpus: int = Field(1, ge=0)
     address: str | None = None

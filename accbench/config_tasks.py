@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from accbench.config_sections import Section
+from accbench.config_sections import Engine, Section
 
 
 class TaskBase(Section):
@@ -19,6 +19,7 @@ class TaskBase(Section):
     batch_size: int | Literal["auto"] = "auto"
     chat_template: bool = False
     eval_pos: list[str] | None = None  # the quantization positions it runs at; default: every evaluated one
+    engine: Engine | None = None  # hf | vllm; None: runner.engine
 
     @field_validator("limit")
     @classmethod

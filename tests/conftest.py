@@ -53,6 +53,23 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A random 2-layer Llama of head size 32 (the smallest vLLM's CPU attention runs; tiny_model_dir's is 16)
+    and a 256-token window, saved in HF format: the model of the vLLM tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    out = tmp_path_factory.mktemp("tiny_llama_hd32")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def eval_txt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "eval.txt"
     out.write_text("\n\n".join(_pydoc_texts()[:6]))

@@ -52,6 +52,10 @@ def find_problems(cfg: RunConfig) -> list[AccbenchError]:
     if cfg.train is not None:
         checks += [lambda: _check_train(cfg, model_config)]
     checks += [lambda t=t: _check_task(t) for t in cfg.tasks]
+    if any((t.engine or cfg.runner.engine) == "vllm" for t in cfg.tasks):
+        from accbench.evaluate.backends.vllm import check_vllm_installed
+
+        checks += [check_vllm_installed]
     if cfg.opencompass is not None:
         checks += [lambda: check_opencompass(cfg.opencompass, cfg.save)]
     if cfg.train is None:

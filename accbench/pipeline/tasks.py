@@ -8,10 +8,11 @@ once they have finished and been handed back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from accbench.config import JudgeCfg, ModelCfg, RunnerCfg, TaskCfg
 from accbench.evaluate.backends import BatchSize, ModelBackend, create_backend
@@ -54,26 +55,37 @@ def in_config_order(entries: list[TaskEntry], position: str, names: tuple[str, .
     return [next(mine) if e.model == position else e for e in entries]
 
 
-class _Backends:
-    """What answers a pooled pass: the worker pool, or one in-process backend per batch-size setting (the
-    batch sizes a backend finds then serve every task with that setting)."""
+Setting = tuple[str, BatchSize]  # (engine, batch size): the tasks that share one are answered in one pass
 
-    def __init__(self, loaded: "LoadedModel", workers: "ReplicaPool | None"):
-        self.loaded, self.workers = loaded, workers
+
+class _Backends:
+    """What answers a pooled pass, by (engine, batch size) setting: the worker pool for the run's engine (when
+    the runner has workers); else one in-process HF backend per batch size (the batch sizes it finds then serve
+    every task with that setting), and one vLLM engine, on the position's weights on disk, for every batch size."""
+
+    def __init__(self, loaded: "LoadedModel", workers: "ReplicaPool | None", runner: RunnerCfg,
+                 weights: "Callable[[], str]"):
+        self.loaded, self.workers, self.runner, self.weights = loaded, workers, runner, weights
         self.local: dict[str, ModelBackend] = {}
 
-    def __call__(self, batch_size: BatchSize) -> ModelBackend:
-        if self.workers is not None:
+    def __call__(self, setting: Setting) -> ModelBackend:
+        engine, batch_size = setting
+        if self.workers is not None and engine == self.runner.engine:
             self.workers.batch_size = batch_size
             return self.workers
-        key = repr(batch_size)
+        key = repr(setting) if engine == "hf" else engine
         if key not in self.local:
-            self.local[key] = create_backend(self.loaded, batch_size)
+            loaded = self.loaded
+            if engine != "hf":  # it reads the weights from disk
+                loaded = dataclasses.replace(loaded, path=self.weights())
+            self.local[key] = create_backend(loaded, batch_size, engine, self.runner.num_gpus)
         return self.local[key]
 
     def release(self) -> None:
         if self.workers is not None:
             self.workers.release()
+        for backend in self.local.values():
+            backend.release()
 
 
 def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairwise_baseline: str,
@@ -92,12 +104,14 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
     store.set_model(position, fp)
     task_ctx = TaskContext(loaded.tokenizer, run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
                            baseline=pairwise_baseline, model_fingerprint=fp)
-    backends = _Backends(loaded, _start_workers(runner, model, position, loaded, run_dir))
+    weights = PositionWeights(loaded, model, position, run_dir)
+    backends = _Backends(loaded, _start_workers(runner, model, position, loaded, weights), runner, weights)
     pool = RequestPool(backends)
     runs = {t.name: _TaskRun(t, store, fp, task_ctx) for t in todo}
+    setting = {t.name: (t.engine or runner.engine, t.batch_size) for t in todo}
     errors: list[BaseException] = []
     for t in todo:
-        pool.add(t.name, runs[t.name], t.batch_size, backends(t.batch_size))
+        pool.add(t.name, runs[t.name], setting[t.name], backends(setting[t.name]))
 
     def done(name: str, res: "TaskResult | None", error: BaseException | None) -> None:
         run = runs[name]
@@ -108,7 +122,7 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
             return
         assert res is not None
         write_task_exports(run_dir, position, run.cfg, res)
-        entry = run.entry(position, res, backends(run.cfg.batch_size).stats.batch_sizes)
+        entry = run.entry(position, res, backends(setting[name]).stats.batch_sizes)
         entry.fingerprint = task_fingerprint(model_fp, run.cfg)
         record(entry)
         shown = "  ".join(f"{k} = {v:.4f}" for k, v in res.metrics.items() if isinstance(v, (int, float)))
@@ -164,28 +178,43 @@ def _load_hf_judge(judge_cfg: JudgeCfg, device: str) -> "HFJudge":
     return HFJudge(create_backend(judge).generate, judge.tokenizer, judge_cfg.path, judge_cfg.max_tokens)
 
 
+class PositionWeights:
+    """The directory holding this position's weights, for what loads them from disk (worker replicas, vLLM):
+    the model's own directory before any change, else the in-memory model saved once under models/.workers/."""
+
+    def __init__(self, loaded: "LoadedModel", model: ModelCfg, position: str, run_dir: Path):
+        self.loaded, self.model, self.position, self.run_dir = loaded, model, position, run_dir
+        self.path: str | None = None
+
+    def __call__(self) -> str:
+        if self.path is None:
+            self.path = self.loaded.path
+            if self.position != "pretrain" or self.model.peft:  # the weights in memory are not those on disk
+                from accbench.models import save_model
+
+                out = self.run_dir / "models" / ".workers" / self.position
+                self.path = str(save_model(self.loaded.model, self.loaded.tokenizer, out))
+        return self.path
+
+
 def _start_workers(r: RunnerCfg, m: ModelCfg, position: str, loaded: "LoadedModel",
-                   run_dir: Path) -> "ReplicaPool | None":
+                   weights: PositionWeights) -> "ReplicaPool | None":
     """Model replicas for data-parallel evaluation (runner section), or None for in-process evaluation."""
     if r.type == "local" and r.max_num_workers == 1:
         return None
     from accbench.runners.worker import ReplicaSpec
 
-    path = loaded.path
-    if position != "pretrain":  # the replicas load this position's weights from disk
-        from accbench.models import save_model
-
-        path = str(save_model(loaded.model, loaded.tokenizer, run_dir / "models" / ".workers" / position))
+    path = weights()
     spec = ReplicaSpec(path, m.torch_dtype, "cuda" if str(loaded.device).startswith("cuda") else "cpu",
                        trust_remote_code=m.trust_remote_code,
-                       tokenizer_path=m.tokenizer_path if path == loaded.path else None)
+                       tokenizer_path=m.tokenizer_path if path == loaded.path else None, engine=r.engine)
     local = create_backend(loaded)
     log.info("starting %d %s workers for %s", r.max_num_workers, r.type, position)
     if r.type == "ray":
         from accbench.runners.ray import RayWorkerPool
 
-        return RayWorkerPool(spec, r.max_num_workers, r.num_gpus, r.address, run_dir / "logs", local=local)
+        return RayWorkerPool(spec, r.max_num_workers, r.num_gpus, r.address, weights.run_dir / "logs", local=local)
     from accbench.runners.local import LocalWorkerPool, plan_replicas
 
-    replicas = plan_replicas(spec, r.max_num_workers, r.num_gpus, run_dir / "logs")
+    replicas = plan_replicas(spec, r.max_num_workers, r.num_gpus, weights.run_dir / "logs")
     return LocalWorkerPool(replicas, r.max_num_workers, local=local)

@@ -33,6 +33,7 @@ class ReplicaSpec:
     trust_remote_code: bool = False
     tokenizer_path: str | None = None
     log_path: str = ""
+    engine: str = "hf"  # the backend each replica runs (evaluate/backends); vllm: gpus are its tensor parallel
 
 
 
@@ -93,9 +94,13 @@ def build_engine(spec: ReplicaSpec) -> ModelBackend:
     from accbench.models import load_model
 
     placement = "device_map" if len(spec.gpus) > 1 and spec.placement == "single" else spec.placement
-    loaded = load_model(spec.model_path, spec.dtype, spec.trust_remote_code, spec.tokenizer_path, spec.device,
+    # vLLM loads the weights itself: the HF model (tokenizer, window, dtype) then stays on the CPU
+    device = "cpu" if spec.engine != "hf" else spec.device
+    if spec.engine != "hf":
+        placement = "single"
+    loaded = load_model(spec.model_path, spec.dtype, spec.trust_remote_code, spec.tokenizer_path, device,
                         placement, max(1, len(spec.gpus)))
-    return create_backend(loaded)
+    return create_backend(loaded, name=spec.engine, gpus=max(1, len(spec.gpus)))
 
 
 def answer(engine: ModelBackend, kind: str, requests: list, batch_size: BatchSize) -> tuple[list, dict]:

@@ -1,6 +1,7 @@
 """Model backends: what answers requests on a model, all behind the one contract of base.py (`ModelBackend`).
 
-hf.py is the in-process Hugging Face backend. A new backend is one file here implementing `ModelBackend`
+hf.py is the in-process Hugging Face backend; vllm.py answers through vLLM's offline engine (the `vllm` extra).
+A new backend is one file here implementing `ModelBackend`
 plus one line in `BACKENDS`.
 """
 
@@ -22,9 +23,16 @@ def _hf() -> type[ModelBackend]:
     return HFBackend
 
 
-BACKENDS = {"hf": _hf}  # name -> the class (imported when asked for: backends pull in torch)
+def _vllm() -> type[ModelBackend]:
+    from accbench.evaluate.backends.vllm import VLLMBackend
+
+    return VLLMBackend
 
 
-def create_backend(loaded: "LoadedModel", batch_size: BatchSize = "auto", name: str = "hf") -> ModelBackend:
-    """The backend `name` over the model as it is at one position."""
-    return BACKENDS[name]().create(loaded, batch_size)
+BACKENDS = {"hf": _hf, "vllm": _vllm}  # name -> the class (imported when asked for: backends pull in torch)
+
+
+def create_backend(loaded: "LoadedModel", batch_size: BatchSize = "auto", name: str = "hf",
+                   gpus: int = 1) -> ModelBackend:
+    """The backend `name` over the model as it is at one position (`gpus`: GPUs per replica)."""
+    return BACKENDS[name]().create(loaded, batch_size, gpus)

@@ -51,9 +51,12 @@ class ModelBackend(ABC):
     batch_size: BatchSize
 
     @classmethod
-    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto") -> "ModelBackend":
-        """A backend over `loaded` (the model as it is at one position). Model backends implement this;
-        wrappers such as the worker pools are built around one backend by their runner instead."""
+    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto", gpus: int = 1) -> "ModelBackend":
+        """A backend over `loaded` (the model as it is at one position; a backend that reads weights from disk,
+        such as vLLM, reads them from `loaded.path`, which the caller makes hold this position's weights).
+        `gpus`: the GPUs one replica spans (vLLM's tensor-parallel size; the HF model is placed when loaded).
+        Model backends implement this; wrappers such as the worker pools are built around one backend by their
+        runner instead."""
         raise NotImplementedError(f"{cls.__name__} is not created from a loaded model")
 
     @property

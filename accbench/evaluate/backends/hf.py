@@ -25,6 +25,7 @@ from accbench.errors import AccbenchError, DataError
 from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
 from accbench.evaluate.backends.batching import initial_batch_size, probe_batch_size, run_in_batches
 from accbench.evaluate.backends.hf_generate import generate_batched
+from accbench.evaluate.backends.tokens import LmEvalTokens, Tokens
 from accbench.evaluate.perplexity import _can_split_head
 from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest, ScoreRequest, WindowLossRequest
 
@@ -35,8 +36,6 @@ log = logging.getLogger("accbench.engine")
 
 DEFAULT_MAX_LENGTH = 2048
 TOKENIZER_INFINITY = 1000000000000000019884624838656
-
-Tokens = list[int]
 
 
 def resolve_max_length(model: Any, tokenizer: Any) -> int:
@@ -52,7 +51,7 @@ def resolve_max_length(model: Any, tokenizer: Any) -> int:
     return DEFAULT_MAX_LENGTH
 
 
-class HFBackend(ModelBackend):
+class HFBackend(LmEvalTokens, ModelBackend):
     """Batched scoring and generation on one in-memory causal LM (the `ModelBackend` contract)."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", batch_size: BatchSize = "auto",
@@ -66,61 +65,15 @@ class HFBackend(ModelBackend):
         self.split_head = _can_split_head(model)
         self.stats = BackendStats()
         self.last_truncated: list[int] = []  # positions, in the last call's requests, whose context was cut
-        bos = tokenizer.bos_token_id
-        self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
-        self._prefix_str = tokenizer.decode(self.prefix_token_id) if self.prefix_token_id is not None else None
+        self.init_prefix(tokenizer)
 
     @classmethod
-    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto") -> "HFBackend":
+    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto", gpus: int = 1) -> "HFBackend":
         return cls(loaded.model, loaded.tokenizer, loaded.device, batch_size)
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
-
-    # ------------------------------------------------------------------ tokenization (lm-eval's rules)
-
-    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> Tokens:
-        kwargs: dict[str, bool] = {}
-        if add_special_tokens is not None:
-            kwargs["add_special_tokens"] = add_special_tokens
-        elif self.add_bos_token is not None:
-            kwargs["add_special_tokens"] = self.add_bos_token
-        if add_special_tokens is None and self._prefix_str and text.startswith(self._prefix_str):
-            kwargs["add_special_tokens"] = False  # the text already carries its BOS
-        return self.tokenizer.encode(text, **kwargs)
-
-    def encode_pair(self, context: str, continuation: str) -> tuple[Tokens, Tokens]:
-        """(context tokens, continuation tokens) exactly as lm-eval's HFLM builds them."""
-        if context == "":
-            cont = self.tok_encode(continuation, add_special_tokens=False)
-            if cont and cont[0] == self.prefix_token_id:
-                return cont[:1], cont[1:]
-            return [self.prefix_token_id], cont
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        whole = self.tok_encode(context + continuation)
-        ctx = self.tok_encode(context)
-        return ctx, whole[len(ctx):]
-
-    def rolling_windows(self, text: str) -> list[tuple[Tokens, Tokens]]:
-        """Disjoint (context, prediction) windows covering every token of `text` once, as lm-eval's rolling
-        loglikelihood makes them: the first window is conditioned on the prefix token; each later window
-        predicts up to max_length tokens conditioned on the tokens before them that still fit the window."""
-        tokens = self.tok_encode(text)
-        L = self.max_length
-        out: list[tuple[Tokens, Tokens]] = []
-        if not tokens:
-            return out
-        first = min(L, len(tokens))
-        out.append(([self.prefix_token_id], tokens[:first]))
-        done = first
-        while done < len(tokens):
-            n = min(len(tokens) - done, L)
-            out.append((tokens[done + n - L - 1 : done], tokens[done : done + n]))
-            done += n
-        return out
 
     # ------------------------------------------------------------------ public API
 
@@ -133,15 +86,7 @@ class HFBackend(ModelBackend):
     def score_rolling(self, requests: Sequence[RollingRequest]) -> list[float]:
         """Total log-likelihood of each text, in disjoint max_length windows."""
         self._count("score_rolling", len(requests))
-        windows, owner = [], []
-        for i, r in enumerate(requests):
-            for w in self.rolling_windows(r.text):
-                windows.append(w)
-                owner.append(i)
-        totals = [0.0] * len(requests)
-        for i, (ll, _) in zip(owner, self.score_tokens(windows, kind="score_rolling")):
-            totals[i] += ll
-        return totals
+        return self.rolling_totals([r.text for r in requests], lambda w: self.score_tokens(w, kind="score_rolling"))
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Continuations of each context, cut at the first stop string (EOS also stops)."""
@@ -163,12 +108,7 @@ class HFBackend(ModelBackend):
 
     def truncates(self, kind: str, request: Request) -> bool:
         # requests it answers are reported in `last_truncated` without tokenizing twice
-        if kind == "score":
-            ctx, cont = self.encode_pair(request.context, request.continuation)
-            return len(ctx) + len(cont) > self.max_length + 1
-        if kind == "generate":
-            return len(self.tok_encode(request.context)) > self.max_length - request.max_new_tokens
-        return False
+        return self.truncates_request(kind, request)
 
     # ------------------------------------------------------------------ scoring core
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from accbench.errors import AccbenchError
 from accbench.evaluate.backends.base import BackendStats
 from accbench.evaluate.backends.batching import run_in_batches
 from accbench.evaluate.requests import GenerateRequest, cut_at_stop
@@ -35,6 +34,8 @@ class Decoder(Protocol):
     def tokenizer(self) -> Any: ...
 
     def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]: ...
+
+    def generation_prompt(self, context: str, max_new_tokens: int) -> tuple[list[int], bool]: ...
 
     def choose_batch_size(self, kind: str, longest: int) -> int: ...
 
@@ -69,13 +70,8 @@ def generate_batched(engine: Decoder, requests: list[GenerateRequest]) -> list[s
     """Generate for every request; returns texts in request order."""
     encoded: list[list[int]] = []
     for i, r in enumerate(requests):
-        room = engine.max_length - r.max_new_tokens
-        if room <= 0:
-            raise AccbenchError(f"max_new_tokens={r.max_new_tokens} leaves no room for the prompt in the model "
-                                f"window ({engine.max_length} tokens)", "lower max_new_tokens for this task")
-        ids = engine.tok_encode(r.context) or [engine.prefix_token_id]
-        if len(ids) > room:
-            ids = ids[-room:]
+        ids, cut = engine.generation_prompt(r.context, r.max_new_tokens)
+        if cut:
             engine.stats.truncated += 1
             engine.last_truncated.append(i)
         encoded.append(ids)
