@@ -158,3 +158,27 @@ def test_a_stale_fidelity_entry_that_cannot_be_recomputed_leaves_results(tmp_pat
     assert res["fidelity"] == []
     (fq,) = [p for p in res["ppl"] if p["position"] == "fake_quant"]
     assert fq["windows"] == 3  # recomputed on the new windows
+
+
+def test_ignored_layers_and_seed_are_part_of_the_quantized_fingerprint(tmp_path):
+    """A resume must not reuse a fake_quant result after ignored_layers (the linears kept in float) or base.seed
+    (QuaRot's random rotation) changed: both are in the quantized positions' fingerprints, not in pretrain's."""
+    from accbench.config import load_config
+    from accbench.pipeline.resume import position_fingerprints
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    base = {"model": {"path": str(model)}, "quant": {"method": "RTN", "weight": {"bit": 4}},
+            "eval": {"name": "custom", "path": str(tmp_path), "eval_pos": ["pretrain", "fake_quant"]}}
+
+    def fps(**extra) -> dict:
+        p = tmp_path / "c.yaml"
+        p.write_text(yaml.safe_dump({**base, **extra}))
+        return position_fingerprints(load_config(p), str(model))
+
+    plain = fps()
+    ignored = fps(ignored_layers={"block_ids": [0], "layer_names": ["self_attn.q_proj"]})
+    seeded = fps(base={"seed": 7})
+    assert plain["pretrain"] == ignored["pretrain"] == seeded["pretrain"]
+    assert len({plain["fake_quant"], ignored["fake_quant"], seeded["fake_quant"]}) == 3

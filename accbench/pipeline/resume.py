@@ -68,11 +68,13 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
     calib = [cfg.calib.model_dump(mode="json"), [_batch_id(b) for b in calib_batches]] if (
         cfg.calib is not None and calib_batches is not None) else None
     if cfg.quant is not None:
+        # besides quant and calib: the linears kept in float (ignored_layers) and base.seed (QuaRot's rotation)
+        rest = [cfg.ignored_layers.model_dump(mode="json") if cfg.ignored_layers else None, cfg.base.seed]
         for p in ("transformed", "fake_quant", "real_quant"):
-            out[p] = fingerprint(weights, p, cfg.quant.model_dump(mode="json"), calib)
+            out[p] = fingerprint(weights, p, cfg.quant.model_dump(mode="json"), calib, rest)
         # the fake-quantized model without the KV-cache quantization: what it is does not depend on kvcache
         out["fake_quant_wo_kv"] = fingerprint(weights, "fake_quant_wo_kv",
-                                              cfg.quant.model_dump(mode="json", exclude={"kvcache"}), calib)
+                                              cfg.quant.model_dump(mode="json", exclude={"kvcache"}), calib, rest)
     elif cfg.sparse is not None:
         out["transformed"] = fingerprint(weights, "transformed", {"sparse": cfg.sparse.model_dump(mode="json")}, calib)
     return out
