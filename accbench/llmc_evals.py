@@ -45,4 +45,8 @@ def _as_task(e: dict[str, Any], system: str) -> dict[str, Any]:
             "system_prompt": system, "eval_pos": [pos] if isinstance(pos, str) else pos}
     if isinstance(e.get("bs"), int) and e["bs"] > 0:
         task["batch_size"] = e["bs"]
+    # a key no llmc eval block has (a typo) goes along, so that the task's validation names it
+    from accbench.config_sections import EvalCfg
+
+    task.update({k: v for k, v in e.items() if k not in EvalCfg.model_fields and k not in GENERATE_KEYS})
     return {k: v for k, v in task.items() if v is not None}

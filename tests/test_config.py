@@ -137,3 +137,10 @@ def test_cli_config_error_exit_code_2_no_traceback(tmp_path, capsys):
     assert code == 2
     assert "Traceback" not in err and "6 problems" in err
     assert not (tmp_path / "run").exists()  # nothing is created before the config is valid
+
+
+def test_a_typo_in_a_generate_only_eval_block_is_reported(tmp_path):
+    """llmc's generate_only eval blocks become tasks; a key no eval block has is reported, never dropped."""
+    text = "model: {path: /m}\neval: {type: generate_only, name: custom_gen, path: /e, max_new_tokns: 8}\n"
+    with pytest.raises(ConfigError, match="unknown key 'max_new_tokns'"):
+        load_config(_write(tmp_path, text))
