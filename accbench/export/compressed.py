@@ -43,7 +43,8 @@ def export_problems(weight: WeightQuantSpec, act: ActQuantSpec | None, method: s
     """Why this quantization has no compressed-tensors layout vLLM loads (empty: it has one)."""
     p: list[str] = []
     if method not in EXPORTABLE_METHODS:
-        p.append(f"{what}: the real-quant export takes {', '.join(EXPORTABLE_METHODS)} results, not {method} yet")
+        p.append(f"{what}: llmc's real-quant export of {method} results is not supported yet; the export takes "
+                 f"{', '.join(EXPORTABLE_METHODS)} results")
     if weight.int_range is not None or not weight.round_zp or weight.w48 is not None:
         p.append(f"{what}: llmc's int_range, round_zp: false and bit 48 have no compressed-tensors layout yet")
     if weight.granularity == "per_block":

@@ -59,9 +59,6 @@ def _method_format_problems(q: QuantCfg) -> None:
     if q.weight.bit == 48 and q.method not in ("RTN", "SmoothQuant"):
         raise AccbenchError(f"llmc's two-level W4A8 weights (bit: 48) with {q.method} are not supported yet",
                             "use bit: 48 with RTN (as llmc's rtn_w_a_wint4aint8.yml) or SmoothQuant")
-    if q.method == "GPTQ" and q.weight.bit in ("e4m3", "e5m2"):
-        raise AccbenchError("llmc's FP8 weights (e4m3 / e5m2) with GPTQ are not supported yet",
-                            "use RTN, Awq or SmoothQuant for FP8, or a small float format (e2m1) or integers with GPTQ")
 
 
 def weight_spec(c: WeightQuantCfg) -> "WeightQuantSpec":

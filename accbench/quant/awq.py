@@ -64,7 +64,8 @@ class AwqOptions(MethodOptions):
 
     def problems(self, weight: WeightQuantSpec) -> list[str]:
         if self.weight_clip and weight.granularity == "per_tensor":
-            return ["quant.special.weight_clip searches per row or group; it does not apply to per_tensor weights"]
+            return ["quant.special.weight_clip: llmc's AWQ clip search with per_tensor weights is not supported yet; set "
+                    "weight_clip: false (the search runs per row or group)"]
         return []
 
 
