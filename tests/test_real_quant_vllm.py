@@ -35,22 +35,8 @@ def _hf_prompt_logprobs(model, ids: list[int]) -> list[float]:
     return [float(logp[i - 1, t]) for i, t in enumerate(ids) if i > 0]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """tests/conftest.py's tiny Llama with head_dim 32 (vLLM's CPU attention has no kernel for head_dim 16)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    out = tmp_path_factory.mktemp("tiny_llama_hd32")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tiny_tokenizer.save_pretrained(out)
-    return out
-
-
-def test_vllm_loads_the_w4a16_export_and_generates(tmp_path, model_dir):
+def test_vllm_loads_the_w4a16_export_and_generates(tmp_path, vllm_model_dir):
+    model_dir = vllm_model_dir  # conftest's head-size-32 Llama (vLLM's CPU attention has no kernel for 16)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from accbench.export.compressed import export_checkpoint
