@@ -12,7 +12,7 @@ import yaml
 
 import accbench.quant.kvcache as kvcache
 from accbench.cli import main
-from accbench.evaluate.backends.hf import HFBackend
+from accbench.evaluate.backends.hf import HFBackend, cache_kwarg
 from accbench.evaluate.requests import GenerateRequest
 from accbench.evaluate.tasks.multiple_choice import build_requests, load_questions
 from accbench.config import MultipleChoiceTask
@@ -75,7 +75,7 @@ def test_scoring_forward_goes_through_the_quantizer(model_tok, requests, monkeyp
     for (ctx, cont), (ll, _) in zip(pairs, got):
         ids = torch.tensor([ctx + cont[:-1]])
         with torch.inference_mode():
-            logits = model(input_ids=ids, past_key_values=kv.new_cache(), use_cache=True).logits[0].float()
+            logits = model(input_ids=ids, use_cache=True, **{cache_kwarg(model): kv.new_cache()}).logits[0].float()
         lp = torch.log_softmax(logits[-len(cont):], -1)
         assert ll == pytest.approx(float(lp[torch.arange(len(cont)), torch.tensor(cont)].sum()), abs=1e-4)
 
@@ -94,10 +94,10 @@ def test_generation_uses_the_quantized_cache(model_tok):
     assert len(out) == 3 and calls == [1]  # one cache for the batch, kept through the decoding loop
 
 
-def _cfg(tmp_path, model_dir, **extra) -> str:
+def _cfg(tmp_path, model_dir, bit: int = 2, **extra) -> str:
     cfg = {"model": {"path": str(model_dir)},
            "quant": {"method": "RTN", "weight": {"bit": 8, "group_size": 32},
-                     "kvcache": {"method": "Naive", "bit": 2, "granularity": "per_token"}},
+                     "kvcache": {"method": "Naive", "bit": bit, "granularity": "per_token"}},
            "tasks": [{"name": "cloze", "type": "multiple_choice", "path": "builtin:pydoc-cloze", "limit": 6,
                       "eval_pos": ["fake_quant", "fake_quant_wo_kv"]}], **extra}
     p = tmp_path / "c.yaml"
@@ -105,18 +105,36 @@ def _cfg(tmp_path, model_dir, **extra) -> str:
     return str(p)
 
 
-def test_cli_runs_tasks_at_fake_quant_and_fake_quant_wo_kv(tmp_path, tiny_model_dir, capsys):
-    code = main(["run", _cfg(tmp_path, tiny_model_dir), "-o", str(tmp_path / "run")])
+def _stored_lls(run_dir, position: str) -> dict[str, float]:
+    """request -> log-likelihood, as the per-sample store of the run holds them at `position`."""
+    from accbench.store import SampleStore
+
+    store = SampleStore(run_dir)
+    try:
+        rows = store.sample_rows(store.models()[position], "cloze")
+    finally:
+        store.close()
+    return {json.dumps(req, sort_keys=True): resp[0] for _, kind, req, resp in rows if kind == "score"}
+
+
+@pytest.mark.parametrize("bit", [2, 16])
+def test_cli_runs_tasks_at_fake_quant_and_fake_quant_wo_kv(tmp_path, tiny_model_dir, capsys, bit):
+    run = tmp_path / "run"
+    code = main(["run", _cfg(tmp_path, tiny_model_dir, bit), "-o", str(run)])
     err = capsys.readouterr().err
     assert code == 0, err[-3000:]
     assert "without KV-cache quantization" not in err
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    res = json.loads((run / "results.json").read_text())
     by = {t["model"]: t for t in res["tasks"] if t["task"] == "cloze"}
     assert set(by) == {"fake_quant", "fake_quant_wo_kv"}
-    ll = {m: by[m]["per_sample"]["acc"] for m in by}
-    assert set(ll["fake_quant"]) == set(ll["fake_quant_wo_kv"]) and len(ll["fake_quant"]) == 6
-    fq = [s for s in res["tasks"] if s["model"] == "fake_quant"][0]
-    assert fq["metrics"] != by["fake_quant_wo_kv"]["metrics"] or fq["fingerprint"] != by["fake_quant_wo_kv"]["fingerprint"]
+    assert all(len(by[m]["per_sample"]["acc"]) == 6 for m in by)
+    kv, wo = _stored_lls(run, "fake_quant"), _stored_lls(run, "fake_quant_wo_kv")
+    assert set(kv) == set(wo) and len(kv) == 24  # 6 questions x 4 choices
+    diffs = [abs(kv[k] - wo[k]) for k in kv]
+    if bit == 2:
+        assert min(diffs) > 1e-3, diffs
+    else:
+        assert max(diffs) < 1e-4, diffs
 
 
 @pytest.mark.parametrize("extra, what", [({"runner": {"engine": "vllm"}}, "engine vllm"),
