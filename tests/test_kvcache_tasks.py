@@ -52,6 +52,18 @@ def test_2_bit_kv_changes_the_scores_and_16_bit_leaves_them(model_tok, requests)
     assert _scores(model_tok, requests, KVCacheQuantizer(KVQuantSpec("Naive", 2)), bs=1) == pytest.approx(q2, abs=1e-4)
 
 
+def test_dynamic_per_tensor_kv_runs_at_batch_size_1(model_tok, requests):
+    """One per_tensor range covers the batch: the backend keeps the scores batch independent (batch size 1)."""
+    model, tok = model_tok
+    kv = KVCacheQuantizer(KVQuantSpec("Naive", 3, granularity="per_tensor"))
+    backend = HFBackend(model, tok, batch_size=4, kv=kv)
+    got = [ll for ll, _ in backend.score(requests)]
+    assert backend.stats.batch_sizes["score"] == 1
+    one = [[ll for ll, _ in HFBackend(model, tok, batch_size=1, kv=kv).score([r])][0] for r in requests[:3]]
+    assert got[:3] == pytest.approx(one, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(got, _scores(model_tok, requests))) > 1e-3
+
+
 def test_scoring_forward_goes_through_the_quantizer(model_tok, requests, monkeypatch):
     """A spy on the quantizer counts the keys/values it rounds, and a by-hand forward of the whole text with a
     quantized cache gives the same log-likelihood."""
