@@ -99,7 +99,7 @@ class RunConfig(Section):
             problems.append(f"{what} needs a quantized model to export: add a quant section")
         if needs_quant and self.quant is None and self.sparse is None:
             problems.append(f"eval_pos {sorted(needs_quant)} needs a quant section (or evaluate only 'pretrain')")
-        problems += self._sparse_problems()
+        problems += self._sparse_problems() + self._kvcache_task_problems()
         if self.quant is not None and self.calib is None and _needs_calibration(self.quant):
             problems.append(f"quant method {self.quant.method} needs calibration data: add a calib section")
         bad_pos = sorted({p for t in self.tasks for p in t.eval_pos or [] if p not in EVAL_POSITIONS})
@@ -126,6 +126,20 @@ class RunConfig(Section):
     def tasks_at(self, position: str) -> list[TaskCfg]:
         """The tasks evaluated at `position`: those without eval_pos everywhere, the others where they say."""
         return [t for t in self.tasks if t.eval_pos is None or position in t.eval_pos]
+
+    def _kvcache_task_problems(self) -> list[str]:
+        """quant.kvcache is applied to the tasks at fake_quant by the in-process HF backend only."""
+        at = self.tasks_at("fake_quant") if self.quant is not None and self.quant.kvcache is not None else []
+        out = []
+        vllm = [t.name for t in at if (t.engine or self.runner.engine) == "vllm"]
+        if vllm:
+            out.append(f"tasks {vllm} at fake_quant use engine vllm, which cannot apply quant.kvcache (accbench's "
+                       "KV-cache quantizer runs in the HF backend): set engine: hf for them, or give them "
+                       "eval_pos without fake_quant (fake_quant_wo_kv evaluates the model without it)")
+        if at and (self.runner.type != "local" or self.runner.max_num_workers > 1):
+            out.append("runner worker replicas cannot apply quant.kvcache to the tasks at fake_quant: set "
+                       "runner.max_num_workers: 1 (and runner.type: local)")
+        return out
 
     def _sparse_problems(self) -> list[str]:
         if self.sparse is None:

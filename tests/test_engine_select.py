@@ -65,8 +65,8 @@ def test_engine_settings_map_runner_to_vllm(tiny_model_dir):
 class _Fake:
     """A backend stand-in that records how it was made."""
 
-    def __init__(self, loaded, batch_size, name, gpus):
-        self.path, self.batch_size, self.name, self.gpus = loaded.path, batch_size, name, gpus
+    def __init__(self, loaded, batch_size, name, gpus, kv=None):
+        self.path, self.batch_size, self.name, self.gpus, self.kv = loaded.path, batch_size, name, gpus, kv
         self.released = False
 
     def release(self):

@@ -72,6 +72,8 @@ def position_fingerprints(cfg: RunConfig, model_path: str, calib_batches: Any = 
         rest = [cfg.ignored_layers.model_dump(mode="json") if cfg.ignored_layers else None, cfg.base.seed]
         for p in ("transformed", "fake_quant", "real_quant"):
             out[p] = fingerprint(weights, p, cfg.quant.model_dump(mode="json"), calib, rest)
+        if cfg.quant.kvcache is not None:  # tasks at fake_quant apply it since this tag: older answers are stale
+            out["fake_quant"] = fingerprint(out["fake_quant"], "kvcache on tasks")
         # the fake-quantized model without the KV-cache quantization: what it is does not depend on kvcache
         out["fake_quant_wo_kv"] = fingerprint(weights, "fake_quant_wo_kv",
                                               cfg.quant.model_dump(mode="json", exclude={"kvcache"}), calib, rest)

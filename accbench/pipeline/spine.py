@@ -147,9 +147,6 @@ def _quantize(ctx: "RunContext", loaded: "LoadedModel", calib_batches: list | No
     cfg = ctx.cfg
     wanted = cfg.positions()
     kv = quantize.kv_quantizer(cfg.quant)
-    if kv is not None and cfg.tasks:
-        ctx.console.print("[yellow]quant.kvcache applies to the eval section's perplexities (ppl, decode_ppl, "
-                          "token_acc); the downstream tasks at fake_quant run without KV-cache quantization[/]")
     quantize.run_quantization(
         quantize.quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save, loaded,
         ctx.run_dir, ctx.record,
@@ -227,7 +224,8 @@ def _replace(entries: list[E], new: E, key: Callable[[E], tuple]) -> list[E]:
 def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel",
                       kv: "KVCacheQuantizer | None" = None) -> None:
     """Perplexity (and fidelity) on every eval dataset that lists this position, then the downstream tasks;
-    `kv`: the KV-cache quantization the eval section's perplexities run with here (quant.kvcache at fake_quant)."""
+    `kv`: the KV-cache quantization the perplexities and the downstream tasks run with here (quant.kvcache at
+    fake_quant)."""
     cfg = ctx.cfg
     evals = ctx.evals if cfg.train is not None else [e for e in ctx.evals if position in e.cfg.eval_pos]
     positions.evaluate_perplexity(evals, position, loaded, ctx.baseline, ctx.run_dir, ctx.results.ppl,
@@ -243,13 +241,13 @@ def evaluate_position(ctx: RunContext, position: str, loaded: "LoadedModel",
     change = cfg.quant or cfg.sparse
     transform = change.model_dump(mode="json") if change is not None and position != "pretrain" else None
     tasks.run_tasks(todo, [t.name for t in cfg.tasks], position, pairwise_baseline(cfg, position), loaded, cfg.model,
-                    cfg.runner, ctx.store, transform, ctx.run_dir, ctx.record, ctx.console, ctx.fps.get(position))
+                    cfg.runner, ctx.store, transform, ctx.run_dir, ctx.record, ctx.console, ctx.fps.get(position), kv)
 
 
 def position_tasks(cfg: RunConfig, position: str) -> list:
-    """The downstream tasks run at `position`: none at fake_quant_wo_kv, since tasks do not apply the KV-cache
-    quantization (so there they would only repeat fake_quant's numbers)."""
-    return [] if position == "fake_quant_wo_kv" else cfg.tasks_at(position)
+    """The downstream tasks run at `position` (at fake_quant with the KV-cache quantization, at fake_quant_wo_kv
+    without it)."""
+    return cfg.tasks_at(position)
 
 
 def pairwise_baseline(cfg: RunConfig, position: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from accbench.config import JudgeCfg, ModelCfg, RunnerCfg, TaskCfg
+from accbench.errors import AccbenchError
 from accbench.evaluate.backends import BatchSize, ModelBackend, create_backend
 from accbench.fingerprints import ResumeLog, check_entry
 from accbench.pipeline.records import Record, TaskOrder, Timing, timed
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from accbench.evaluate.requests import TaskResult
     from accbench.evaluate.tasks import TaskContext
     from accbench.models import LoadedModel
+    from accbench.quant.kvcache import KVCacheQuantizer
     from accbench.runners.worker import ReplicaPool
     from accbench.store import SampleStore, StoredAnswerer
 
@@ -64,8 +66,9 @@ class _Backends:
     every task with that setting), and one vLLM engine, on the position's weights on disk, for every batch size."""
 
     def __init__(self, loaded: "LoadedModel", workers: "ReplicaPool | None", runner: RunnerCfg,
-                 weights: "Callable[[], str]"):
+                 weights: "Callable[[], str]", kv: "KVCacheQuantizer | None" = None):
         self.loaded, self.workers, self.runner, self.weights = loaded, workers, runner, weights
+        self.kv = kv  # quant.kvcache at fake_quant: every local backend's forwards apply it
         self.local: dict[str, ModelBackend] = {}
 
     def __call__(self, setting: Setting) -> ModelBackend:
@@ -78,7 +81,7 @@ class _Backends:
             loaded = self.loaded
             if engine != "hf":  # it reads the weights from disk
                 loaded = dataclasses.replace(loaded, path=self.weights())
-            self.local[key] = create_backend(loaded, batch_size, engine, self.runner.num_gpus)
+            self.local[key] = create_backend(loaded, batch_size, engine, self.runner.num_gpus, self.kv)
         return self.local[key]
 
     def release(self) -> None:
@@ -91,8 +94,8 @@ class _Backends:
 def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairwise_baseline: str,
               loaded: "LoadedModel", model: ModelCfg, runner: RunnerCfg, store: "SampleStore",
               transform: dict[str, Any] | None, run_dir: Path, record: Record, console: "Console",
-              model_fp: str | None = None) -> None:
-    """Evaluate `todo` at `position`; `model_fp` (the fingerprint of the model there; else one made of the
+              model_fp: str | None = None, kv: "KVCacheQuantizer | None" = None) -> None:
+    """Evaluate `todo` at `position` (with `kv`, the KV-cache quantization there, quant.kvcache at fake_quant); `model_fp` (the fingerprint of the model there; else one made of the
     weights and `transform`, the quant settings or None) is the model's identity in the per-sample store and
     in each entry's fingerprint; `pairwise_baseline` is the position MT-bench judges this one against ("": none)."""
     from accbench.evaluate.pool import RequestPool
@@ -105,7 +108,9 @@ def run_tasks(todo: list[TaskCfg], config_order: list[str], position: str, pairw
     task_ctx = TaskContext(loaded.tokenizer, run_dir, position, lambda j: _load_hf_judge(j, loaded.device),
                            baseline=pairwise_baseline, model_fingerprint=fp)
     weights = PositionWeights(loaded, model, position, run_dir)
-    backends = _Backends(loaded, _start_workers(runner, model, position, loaded, weights), runner, weights)
+    if kv is not None and (runner.type != "local" or runner.max_num_workers > 1):  # config.py refuses it first
+        raise AccbenchError("worker replicas cannot apply quant.kvcache", "set runner.max_num_workers: 1")
+    backends = _Backends(loaded, _start_workers(runner, model, position, loaded, weights), runner, weights, kv)
     pool = RequestPool(backends)
     runs = {t.name: _TaskRun(t, store, fp, task_ctx) for t in todo}
     setting = {t.name: (t.engine or runner.engine, t.batch_size) for t in todo}

@@ -136,6 +136,12 @@ class KiviQuantLayer(NaiveQuantLayer):
             self.res_values = torch.cat([self.res_values, value_states], dim=-2)
         return keys, values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows `indices` of the quantized part and of the full-precision residual (generation)."""
+        super().batch_select_indices(indices)
+        if self.res_keys is not None and self.res_values is not None:
+            self.res_keys, self.res_values = self.res_keys[indices, ...], self.res_values[indices, ...]
+
     def get_seq_length(self) -> int:
         held = super().get_seq_length()
         return held + (self.res_keys.shape[-2] if self.res_keys is not None else 0)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from accbench.errors import AccbenchError
 from accbench.evaluate.backends.base import BackendStats, BatchSize, ModelBackend
 
 if TYPE_CHECKING:
     from accbench.models import LoadedModel
+    from accbench.quant.kvcache import KVCacheQuantizer
 
 __all__ = ["BACKENDS", "BackendStats", "BatchSize", "ModelBackend", "create_backend"]
 
@@ -33,6 +35,14 @@ BACKENDS = {"hf": _hf, "vllm": _vllm}  # name -> the class (imported when asked 
 
 
 def create_backend(loaded: "LoadedModel", batch_size: BatchSize = "auto", name: str = "hf",
-                   gpus: int = 1) -> ModelBackend:
-    """The backend `name` over the model as it is at one position (`gpus`: GPUs per replica)."""
-    return BACKENDS[name]().create(loaded, batch_size, gpus)
+                   gpus: int = 1, kv: "KVCacheQuantizer | None" = None) -> ModelBackend:
+    """The backend `name` over the model as it is at one position (`gpus`: GPUs per replica; `kv`: the KV-cache
+    quantization its forwards apply, quant.kvcache at fake_quant, which only the in-process HF backend can)."""
+    if kv is None:
+        return BACKENDS[name]().create(loaded, batch_size, gpus)
+    if name != "hf":
+        raise AccbenchError(f"engine {name!r} cannot apply accbench's KV-cache quantization (quant.kvcache)",
+                            "evaluate the tasks at fake_quant with engine: hf")
+    from accbench.evaluate.backends.hf import HFBackend
+
+    return HFBackend.create(loaded, batch_size, gpus, kv=kv)

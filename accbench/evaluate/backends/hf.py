@@ -11,6 +11,11 @@ Speed comes from three things lm-eval's HF model does not do:
   one-token continuations (" A", " B", ...) need no phase 2 at all;
 - the output head and log-softmax are applied only at the positions that predict continuation tokens;
 - batches are length-sorted, so padding stays small.
+With a KV-cache quantizer (quant.kvcache at fake_quant, quant/kvcache.py) every forward gets a fresh quantized
+cache instead of a plain one, so keys and values go through it as in llmc's evaluation; scoring then runs each
+context and continuation as one forward (no shared contexts: a continuation run from a stored, quantized
+context cache would attend to itself in full precision), and a dynamic per_tensor KV range (one range over the
+whole batch) is kept batch independent by batch size 1.
 Generation is a plain batched decoding loop (left padding, explicit attention mask and position ids),
 so stop strings, per-request seeds and batch-size independence are under our control.
 """
@@ -31,6 +36,7 @@ from accbench.evaluate.requests import GenerateRequest, Request, RollingRequest,
 
 if TYPE_CHECKING:
     from accbench.models import LoadedModel
+    from accbench.quant.kvcache import KVCacheQuantizer
 
 log = logging.getLogger("accbench.engine")
 
@@ -55,7 +61,8 @@ class HFBackend(LmEvalTokens, ModelBackend):
     """Batched scoring and generation on one in-memory causal LM (the `ModelBackend` contract)."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", batch_size: BatchSize = "auto",
-                 max_length: int | None = None, add_bos_token: bool | None = None, max_batch_size: int = 64):
+                 max_length: int | None = None, add_bos_token: bool | None = None, max_batch_size: int = 64,
+                 kv: "KVCacheQuantizer | None" = None):
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise AccbenchError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.model, self._tokenizer, self.device = model, tokenizer, str(device)
@@ -63,13 +70,15 @@ class HFBackend(LmEvalTokens, ModelBackend):
         self.max_length = max_length or resolve_max_length(model, tokenizer)
         self.add_bos_token = add_bos_token
         self.split_head = _can_split_head(model)
+        self.kv = kv  # every forward's cache comes from it (quant.kvcache); None: plain caches
         self.stats = BackendStats()
         self.last_truncated: list[int] = []  # positions, in the last call's requests, whose context was cut
         self.init_prefix(tokenizer)
 
     @classmethod
-    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto", gpus: int = 1) -> "HFBackend":
-        return cls(loaded.model, loaded.tokenizer, loaded.device, batch_size)
+    def create(cls, loaded: "LoadedModel", batch_size: BatchSize = "auto", gpus: int = 1,
+               kv: "KVCacheQuantizer | None" = None) -> "HFBackend":
+        return cls(loaded.model, loaded.tokenizer, loaded.device, batch_size, kv=kv)
 
     @property
     def tokenizer(self) -> Any:
@@ -101,7 +110,7 @@ class HFBackend(LmEvalTokens, ModelBackend):
         stream = ppl_token_stream("custom", texts, self.tokenizer, request.seq_len)
         try:
             res = perplexity(self.model, stream, request.seq_len, request.bs, self.device, max_windows=request.limit,
-                             desc=f"ppl {request.name}")
+                             desc=f"ppl {request.name}", new_cache=self.kv.new_cache if self.kv is not None else None)
         except ValueError as exc:
             raise DataError(f"task '{request.name}': {exc}", "use a longer text or a smaller seq_len") from None
         return res.window_losses
@@ -132,8 +141,13 @@ class HFBackend(LmEvalTokens, ModelBackend):
         # longest first: an out-of-memory shows up at once, and similar lengths share a batch
         order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(c) for _, c in kv[1])))
         def score_chunk(chunk: list, bs: int) -> None:
-            for i, res in self._score_groups(chunk, bs):
+            scored = self._score_whole(chunk) if self.kv is not None else self._score_groups(chunk, bs)
+            for i, res in scored:
                 results[i] = res
+
+        if self.kv is not None:  # one forward per (context, continuation): no shared context caches
+            order = [((*ctx, *cont[:-1]), [(i, cont)]) for ctx, members in order for i, cont in members]
+            order.sort(key=lambda g: -len(g[0]))
 
         longest = len(order[0][0]) + max(len(c) for _, c in order[0][1]) if order else 0
         bs = run_in_batches(order, self.choose_batch_size(kind, longest), score_chunk, "scoring")
@@ -171,6 +185,27 @@ class HFBackend(LmEvalTokens, ModelBackend):
             for s in range(0, len(rows), bs):
                 part = rows[s : s + bs]
                 yield from self._score_rest(part, cache, ctx_lens, Lc, first_lp_cpu, first_greedy)
+
+    def _score_whole(self, rows: list[tuple[tuple[int, ...], list[tuple[int, Tokens]]]]
+                     ) -> Iterator[tuple[int, tuple[float, bool]]]:
+        """Score rows of (context + continuation[:-1], [(request, continuation)]), each one forward with a fresh
+        (quantized) cache: the last len(continuation) positions predict the continuation."""
+        import torch
+
+        dev = self.device
+        lens = [len(seq) for seq, _ in rows]
+        ids = torch.zeros(len(rows), max(lens), dtype=torch.long)
+        for r, (seq, _) in enumerate(rows):
+            ids[r, : len(seq)] = torch.tensor(seq)
+        with torch.inference_mode():  # right padded, no mask: causal attention never sees the padding
+            states, _ = self._forward(ids.to(dev), None, None, None)
+            self.stats.forward_tokens += sum(lens)
+            for r, (seq, members) in enumerate(rows):
+                (i, cont), k = members[0], len(members[0][1])
+                lp = self._log_softmax(states[r, len(seq) - k : len(seq)]).float().cpu()  # [k, V]
+                target = torch.tensor(cont)
+                ll = float(lp.gather(1, target[:, None]).sum())
+                yield i, (ll, bool((lp.argmax(-1) == target).all()))
 
     def _score_rest(self, part: list[tuple[int, int, Tokens]], cache: Any, ctx_lens: list[int], Lc: int,
                     first_lp: Any, first_greedy: Any) -> Iterator[tuple[int, tuple[float, bool]]]:
@@ -212,7 +247,7 @@ class HFBackend(LmEvalTokens, ModelBackend):
         from transformers import DynamicCache
 
         if cache is None:
-            cache = DynamicCache(config=self.model.config)
+            cache = self.kv.new_cache() if self.kv is not None else DynamicCache(config=self.model.config)
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         kw[cache_kwarg(self.model)] = cache
         if self.split_head:
@@ -242,6 +277,8 @@ class HFBackend(LmEvalTokens, ModelBackend):
 
     def choose_batch_size(self, kind: str, longest: int) -> int:
         """The batch size to start a pass of `kind` whose longest row has `longest` tokens (batching.py)."""
+        if self.kv is not None and self.kv.spec.granularity == "per_tensor" and not self.kv.spec.static:
+            return 1  # one dynamic KV range per batch: other rows would change each row's quantization
         return initial_batch_size(self.batch_size, self.stats.batch_sizes.get(kind), self.device, longest,
                                   self.max_batch_size, self.probe_batch_size)
 
