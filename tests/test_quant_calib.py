@@ -90,3 +90,24 @@ def test_builtin_calib_split_is_used():
 
     texts = load_texts("builtin:pydoc", builtin_split="calib")
     assert texts and texts != load_texts("builtin:pydoc", builtin_split="test")
+
+
+@pytest.mark.parametrize("preproc", ["pileval_awq", "pileval_smooth", "txt_general_preproc"])
+def test_llmc_fixed_order_is_datasets_shuffle_42_whatever_the_seed(preproc):
+    """llmc reads these through `datasets`' shuffle(seed=42) whatever base.seed says: our order is that
+    shuffle's (checked against datasets itself), and calib.seed does not change the samples."""
+    from datasets import Dataset
+
+    from accbench.data.calib import llmc_shuffled
+
+    docs = [f"document number {i} " * (3 + i % 5) for i in range(40)]
+    assert llmc_shuffled(docs) == Dataset.from_dict({"text": docs}).shuffle(seed=42)["text"]
+    seq_len = 200 if preproc == "pileval_awq" else 40  # pileval_awq keeps documents of at most seq_len
+    first = calib_samples(docs, TOK, preproc, 6, seq_len, seed=1)
+    assert first and first == calib_samples(docs, TOK, preproc, 6, seq_len, seed=2)
+    if preproc == "pileval_awq":  # the first 6 documents in llmc's order, stripped, joined, cut into windows
+        stream = "".join(d.strip() for d in llmc_shuffled(docs)[:6])
+        assert [bytes(s).decode() for s in first] == [stream[i : i + 200] for i in range(0, len(stream) - 199, 200)]
+    else:  # one sample per document, in llmc's order
+        expected = [d for d in llmc_shuffled(docs) if preproc == "pileval_smooth" or len(d) >= 40][:6]
+        assert [bytes(s).decode() for s in first] == [d[:40] for d in expected]

@@ -9,13 +9,14 @@
   of windows is usually smaller than `n_samples`, as in AWQ).
 - `ptb_gptq`: as `wikitext2_gptq` with sentences joined by a space; `pileval_omni`: as `wikitext2_gptq` over
   the first 1000 documents (OmniQuant's recipe).
-- `pileval_smooth`: shuffled documents, the first `n_samples`, each truncated to `seq_len` tokens (SmoothQuant's
+- `pileval_smooth`: shuffled documents (llmc's fixed order, below), the first `n_samples`, each truncated to `seq_len` tokens (SmoothQuant's
   recipe: samples of different lengths); `original_txt`: shuffled documents, the first `n_samples`, whole.
 - `txt_general_preproc`: shuffled documents tokenized and truncated to `seq_len`; only documents with at
   least `seq_len` tokens are used, up to `n_samples` (fewer if the data runs out; a warning says so).
 
-All randomness comes from one `random.Random(seed)` (llmc seeds Python's global `random` and shuffles
-some datasets with a fixed 42; the default `calib.seed` is 42). Batches: `bs: -1` one batch of all
+`pileval_awq`, `pileval_smooth` and `txt_general_preproc` read the documents in llmc's fixed order: llmc shuffles
+them with `datasets`' `shuffle(seed=42)` whatever the seed, so the same data gives llmc's samples. The other
+randomness comes from one `random.Random(calib.seed)` (llmc seeds Python's global `random` with base.seed). Batches: `bs: -1` one batch of all
 samples, `bs: k` batches of k. Every failure is a DataError that names the dataset and the fix.
 """
 
@@ -28,6 +29,14 @@ from typing import Any, Callable
 from accbench.errors import DataError
 
 log = logging.getLogger("accbench.data")
+
+
+def llmc_shuffled(texts: list[str]) -> list[str]:
+    """The documents in the order llmc reads them after `datasets`' `shuffle(seed=42)` (a fixed 42, whatever the
+    run's seed): numpy's `default_rng(42).permutation`, which is what that shuffle draws."""
+    import numpy as np
+
+    return [texts[int(i)] for i in np.random.default_rng(42).permutation(len(texts))]
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -71,8 +80,7 @@ def c4_gptq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, rng:
 
 
 def pileval_awq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, rng: random.Random) -> list[list[int]]:
-    order = list(texts)
-    rng.shuffle(order)
+    order = llmc_shuffled(texts)
     stream: list[int] = []
     kept = 0
     for t in order:
@@ -93,8 +101,7 @@ def pileval_awq(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int, 
 
 def txt_general_preproc(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
                         rng: random.Random) -> list[list[int]]:
-    order = list(texts)
-    rng.shuffle(order)
+    order = llmc_shuffled(texts)
     out = []
     for t in order:
         ids = _encode(tokenizer, t)[:seq_len]
@@ -124,7 +131,7 @@ def pileval_omni(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
 
 def pileval_smooth(texts: list[str], tokenizer: Any, n_samples: int, seq_len: int,
                    rng: random.Random) -> list[list[int]]:
-    out = _shuffled_documents(texts, tokenizer, n_samples, rng, seq_len)
+    out = [ids for ids in (_encode(tokenizer, t)[:seq_len] for t in llmc_shuffled(texts)[:n_samples]) if ids]
     if not out:
         raise DataError("pileval_smooth: the calibration documents encode to no tokens",
                         "point calib at a dataset with text in it")
