@@ -91,6 +91,10 @@ class RunConfig(Section):
     def _cross_section(self) -> "RunConfig":
         if self.calib is not None and "seed" not in self.calib.model_fields_set:
             self.calib.seed = self.base.seed  # llmc draws calibration samples from the generator base.seed seeds
+        if "seed" in self.base.model_fields_set:  # a set base.seed seeds the tasks' sampling too (else lm-eval's 1234)
+            for t in self.tasks:
+                if "seed" not in t.model_fields_set:
+                    t.seed = self.base.seed
         problems = []
         needs_quant = {p for e in self.eval for p in e.eval_pos
                        if p in ("fake_quant", "fake_quant_wo_kv", "real_quant") or (p == "transformed" and self.sparse is None)}

@@ -144,3 +144,13 @@ def test_a_typo_in_a_generate_only_eval_block_is_reported(tmp_path):
     text = "model: {path: /m}\neval: {type: generate_only, name: custom_gen, path: /e, max_new_tokns: 8}\n"
     with pytest.raises(ConfigError, match="unknown key 'max_new_tokns'"):
         load_config(_write(tmp_path, text))
+
+
+def test_a_set_base_seed_seeds_the_tasks_too(tmp_path):
+    """base.seed seeds everything random in a run: a task without its own seed takes it; without base.seed in
+    the config, tasks keep lm-eval's 1234; a task's own seed wins."""
+    tasks = "tasks: [{type: generate, name: g, path: /d}, {type: generate, name: h, path: /d, seed: 5}]\n"
+    cfg = load_config(_write(tmp_path, "base: {seed: 7}\nmodel: {path: /m}\n" + tasks))
+    assert [t.seed for t in cfg.tasks] == [7, 5]
+    cfg = load_config(_write(tmp_path, "model: {path: /m}\n" + tasks))
+    assert [t.seed for t in cfg.tasks] == [1234, 5]
