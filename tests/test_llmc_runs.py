@@ -74,14 +74,16 @@ def test_smoothquant_pileval_smooth_saves_to_llmc_folders(tmp_path, tiny_model_d
 
 
 def test_pileval_smooth_follows_llmc(tiny_tokenizer):
-    """Shuffled documents, the first n_samples, each truncated to seq_len (not skipped, not windowed)."""
+    """Documents in llmc's order (datasets' shuffle(seed=42), whatever the seed), the first n_samples, each
+    truncated to seq_len (not skipped, not windowed)."""
+    from accbench.data.calib import llmc_shuffled
+
     texts = [" ".join(["word"] * n) for n in (3, 50, 7, 200, 12)]
-    got = calib_samples(texts, tiny_tokenizer, "pileval_smooth", 3, 16, seed=5)
-    order = list(texts)
-    random.Random(5).shuffle(order)
-    want = [tiny_tokenizer(t).input_ids[:16] for t in order[:3]]
+    got = calib_samples(texts, tiny_tokenizer, "pileval_smooth", 4, 64, seed=5)
+    order = llmc_shuffled(texts)
+    want = [tiny_tokenizer(t).input_ids[:64] for t in order[:4]]
     assert got == want and len({len(s) for s in got}) > 1
-    assert [b.shape[0] for b in calib_batches(got, -1)] == [1, 1, 1]  # unequal lengths: one sample a batch
+    assert [b.shape[0] for b in calib_batches(got, -1)] == [1, 1, 1, 1]  # unequal lengths: one sample a batch
 
 
 def test_base_seed_seeds_everything():
