@@ -96,3 +96,18 @@ def test_backends_route_tasks_by_engine_and_save_weights_once(tmp_path, tiny_mod
     assert all(b.released for b in made)
     pretrain = tasks.PositionWeights(loaded, ModelCfg(path=str(tiny_model_dir)), "pretrain", tmp_path)
     assert pretrain() == loaded.path  # the unchanged model is read from its own folder
+
+
+def test_vllm_at_real_quant_loads_the_exported_checkpoint(tmp_path):
+    """At real_quant, vLLM is handed the exported compressed-tensors folder (its integer kernels run it), not a
+    re-save of the decompressed model in memory; pretrain stays the model's own folder."""
+    import types
+
+    from accbench.config_sections import ModelCfg
+    from accbench.pipeline.tasks import PositionWeights
+
+    export = tmp_path / "vllm_quant_model"
+    loaded = types.SimpleNamespace(path=str(export), model=None, tokenizer=None)
+    assert PositionWeights(loaded, ModelCfg(path="m"), "real_quant", tmp_path)("vllm") == str(export)
+    base = types.SimpleNamespace(path="/models/base", model=None, tokenizer=None)
+    assert PositionWeights(base, ModelCfg(path="m"), "pretrain", tmp_path)("vllm") == "/models/base"

@@ -66,7 +66,7 @@ class _Backends:
     every task with that setting), and one vLLM engine, on the position's weights on disk, for every batch size."""
 
     def __init__(self, loaded: "LoadedModel", workers: "ReplicaPool | None", runner: RunnerCfg,
-                 weights: "Callable[[], str]", kv: "KVCacheQuantizer | None" = None):
+                 weights: "Callable[[str], str]", kv: "KVCacheQuantizer | None" = None):
         self.loaded, self.workers, self.runner, self.weights = loaded, workers, runner, weights
         self.kv = kv  # quant.kvcache at fake_quant: every local backend's forwards apply it
         self.local: dict[str, ModelBackend] = {}
@@ -80,7 +80,7 @@ class _Backends:
         if key not in self.local:
             loaded = self.loaded
             if engine != "hf":  # it reads the weights from disk
-                loaded = dataclasses.replace(loaded, path=self.weights())
+                loaded = dataclasses.replace(loaded, path=self.weights(engine))
             self.local[key] = create_backend(loaded, batch_size, engine, self.runner.num_gpus, self.kv)
         return self.local[key]
 
@@ -191,7 +191,9 @@ class PositionWeights:
         self.loaded, self.model, self.position, self.run_dir = loaded, model, position, run_dir
         self.path: str | None = None
 
-    def __call__(self) -> str:
+    def __call__(self, engine: str = "hf") -> str:
+        if self.position == "real_quant" and engine == "vllm":
+            return self.loaded.path  # the exported compressed-tensors checkpoint, run by vLLM's own kernels
         if self.path is None:
             self.path = self.loaded.path
             if self.position != "pretrain" or self.model.peft:  # the weights in memory are not those on disk
@@ -209,7 +211,7 @@ def _start_workers(r: RunnerCfg, m: ModelCfg, position: str, loaded: "LoadedMode
         return None
     from accbench.runners.worker import ReplicaSpec
 
-    path = weights()
+    path = weights(r.engine)
     spec = ReplicaSpec(path, m.torch_dtype, "cuda" if str(loaded.device).startswith("cuda") else "cpu",
                        trust_remote_code=m.trust_remote_code,
                        tokenizer_path=m.tokenizer_path if path == loaded.path else None, engine=r.engine)
