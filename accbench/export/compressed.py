@@ -27,7 +27,7 @@ import torch
 
 from accbench.errors import AccbenchError
 from accbench.quant.codes import WeightCodes
-from accbench.quant.floats import CAST_FORMATS
+from accbench.quant.floats import float_scale
 from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec, qparams
 
 PACK, INT, FLOAT = "pack-quantized", "int-quantized", "float-quantized"
@@ -128,8 +128,7 @@ def weight_tensors(name: str, codes: WeightCodes, fmt: str) -> dict[str, torch.T
 def static_act_scale(act: ActQuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(scale, zero in llmc's range or None) of a calibrated per-tensor range, as fake quantization computes them."""
     if isinstance(act.bit, str):
-        fmax = torch.finfo(CAST_FORMATS[act.bit]).max
-        return torch.maximum(lo.float().abs(), hi.float().abs()).clamp(min=1e-5) / fmax, None
+        return float_scale(lo.float(), hi.float(), act.bit), None
     scale, zero = qparams(lo.float(), hi.float(), act.bit, act.symmetric)
     return scale, None if act.symmetric else zero
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from accbench.errors import AccbenchError
-from accbench.quant.floats import CAST_FORMATS
+from accbench.quant.floats import fp8_codes
 from accbench.quant.quantizer import ActQuantSpec, fake_quantize_act_dynamic, quant_dequant
 
 
@@ -58,12 +58,10 @@ def _static_hook(spec: ActQuantSpec, scale: torch.Tensor, zp: torch.Tensor | Non
     """A pre-hook quantizing a linear's input with the checkpoint's per-tensor scale (and zero point)."""
     scale = scale.float()
     if isinstance(spec.bit, str):
-        fmax = torch.finfo(CAST_FORMATS[spec.bit]).max
-
         def fp8(mod: Any, args: tuple) -> tuple:
             x = args[0]
             s = scale.to(x.device)
-            y = (x.float() / s).clamp(-fmax, fmax).to(CAST_FORMATS[spec.bit]).float() * s
+            y = fp8_codes(x.float() / s, spec.bit).float() * s
             return (y.to(x.dtype),) + tuple(args[1:])
         return fp8
     # the checkpoint's zero point is signed (compressed-tensors); llmc's asymmetric range starts at 0

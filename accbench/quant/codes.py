@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from accbench.quant.floats import CAST_FORMATS
+from accbench.quant.floats import fp8_codes, float_scale
 from accbench.quant.quantizer import (WeightQuantSpec, int_range, row_range, to_rows,
                                       weight_qparams)
 
@@ -69,11 +69,9 @@ def weight_codes(w: torch.Tensor, spec: WeightQuantSpec,
         raise ValueError("per_block weights have no real-quant export")
     rows = to_rows(w.float(), spec.granularity, spec.group_size)
     if isinstance(spec.bit, str):
-        dtype = CAST_FORMATS[spec.bit]
-        fmax = torch.finfo(dtype).max
         lo, hi = clip if clip is not None else row_range(rows, spec.granularity == "per_tensor")
-        scale = torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-5) / fmax
-        q = (rows / scale).clamp(-fmax, fmax).to(dtype)
+        scale = float_scale(lo, hi, spec.bit)
+        q = fp8_codes(rows / scale, spec.bit)
         return WeightCodes(q.reshape(w.shape), _per_layer(scale, w, spec), None, spec)
     scale, zero = weight_qparams(w, spec, clip)
     qmin, qmax = int_range(spec.bit, spec.symmetric)
@@ -90,8 +88,7 @@ def codes_from_dequantized(w_hat: torch.Tensor, scale: torch.Tensor, zero: torch
     rows = w_hat.float().reshape(out * n, cols // n) if n > 1 else w_hat.float()
     s = scale.reshape(-1, 1) if n > 1 else scale
     if isinstance(spec.bit, str):  # (fp8 value * s) / s lies within an ulp of the fp8 value: the cast recovers it
-        fmax = torch.finfo(CAST_FORMATS[spec.bit]).max
-        q8 = (rows / s).clamp(-fmax, fmax).to(CAST_FORMATS[spec.bit])
+        q8 = fp8_codes(rows / s, spec.bit)
         return WeightCodes(q8.reshape(out, cols), scale.float(), None, spec)
     z = torch.zeros_like(s) if zero is None else (zero.reshape(-1, 1) if n > 1 else zero)
     qmin, qmax = int_range(spec.bit, spec.symmetric)

@@ -67,11 +67,21 @@ def round_small_float(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.where(exp < min_exp, sub, normal)
 
 
-def float_quant_dequant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: str) -> torch.Tensor:
-    """llmc's float fake quantization with the range (lo, hi) per row: scale = max(|lo|, |hi|).clamp(1e-5) / fmax,
-    x_hat = round_fmt(x / scale) * scale (float32 result)."""
+def float_scale(lo: torch.Tensor, hi: torch.Tensor, fmt: str) -> torch.Tensor:
+    """llmc's scale of a float format for the range (lo, hi): max(|lo|, |hi|).clamp(1e-5) / fmax (float32)."""
+    return torch.maximum(lo.abs(), hi.abs()).float().clamp(min=1e-5) / float_max(fmt)
+
+
+def fp8_codes(scaled: torch.Tensor, fmt: str) -> torch.Tensor:
+    """FP8 codes of values already divided by their scale: saturated at the format's max, then cast."""
     fmax = float_max(fmt)
-    scale = torch.maximum(lo.abs(), hi.abs()).float().clamp(min=1e-5) / fmax
+    return scaled.clamp(-fmax, fmax).to(CAST_FORMATS[fmt])
+
+
+def float_quant_dequant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: str) -> torch.Tensor:
+    """llmc's float fake quantization with the range (lo, hi) per row: scale = `float_scale(lo, hi)`,
+    x_hat = round_fmt(x / scale) * scale (float32 result)."""
+    scale = float_scale(lo, hi, fmt)
     if fmt in CAST_FORMATS:
-        return (x / scale).clamp(-fmax, fmax).to(CAST_FORMATS[fmt]).float() * scale
+        return fp8_codes(x / scale, fmt).float() * scale
     return round_small_float(x.float() / scale, fmt) * scale

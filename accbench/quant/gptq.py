@@ -29,7 +29,7 @@ from pydantic import field_validator
 
 from accbench.quant.blockwise import BlockInputs, forward_block, trace_block
 from accbench.quant.codes import WeightCodes, codes_from_dequantized
-from accbench.quant.floats import float_max, float_quant_dequant
+from accbench.quant.floats import float_quant_dequant, float_scale
 from accbench.quant.options import MethodOptions
 from accbench.quant.quantizer import WeightQuantSpec, quant_dequant, row_range, to_rows, weight_qparams
 from accbench.quant.spec import QuantSpec, QuantState
@@ -194,7 +194,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
         a = torch.cat([g[0] for g in groups], 1) if per_group else scale
         b = torch.cat([g[1] for g in groups], 1) if per_group else zero
         if isinstance(spec.bit, str):  # float formats: (a, b) is the range the scale comes from
-            s, z = torch.maximum(a.abs(), b.abs()).float().clamp(min=1e-5) / float_max(spec.bit), None
+            s, z = float_scale(a, b, spec.bit), None
         else:
             s, z = a, None if spec.symmetric else b
         codes_out.append(codes_from_dequantized(W, s, z, spec))
