@@ -103,7 +103,7 @@ EXPORTS = [
 
 
 @pytest.mark.parametrize("fmt,weight,act", EXPORTS, ids=lambda v: str(v))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_exported_checkpoint_decompresses_to_the_fake_quant_model(tmp_path, tiny_model_dir, fmt, weight, act, dtype):
     from compressed_tensors.quantization import QuantizationConfig
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig

@@ -2,8 +2,9 @@
 
 The checkpoint holds the codes the method rounded to (quant/codes.py), never a second rounding: the integer
 grid, scales and zero points are the ones `fake_quant` was evaluated with, so the checkpoint dequantizes to
-the fake-quant weights bit for bit. Scales are stored in float32 for that reason (the dequantization runs in
-the scale's dtype and is then cast to the model's).
+the fake-quant weights bit for bit. The weight scales are values of the model's dtype (fake quantization holds
+them there, quant/scale_dtype.py), stored in float32: a loader that keeps them in float32 (transformers >= 5.20)
+and one that holds them in the model's dtype (vLLM's WNA16 kernels, transformers < 5.20) dequantize alike.
 
 Layouts (compressed-tensors' names; `config.json: quantization_config` describes them):
 - `pack-quantized` (W4A16 / W8A16, integer weights without activation quantization): `weight_packed` (int32,

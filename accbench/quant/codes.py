@@ -27,7 +27,8 @@ class WeightCodes:
     `q`: [out, in] integer codes as int8 in the signed range -2^(b-1)..2^(b-1)-1 (llmc's asymmetric range
     0..2^b-1 shifted down by `offset()`, compressed-tensors' convention; 1 byte per weight) or, for a float
     format, the float8 values. `scale` / `zero`: float32, one per group ([out, in / group_size]),
-    per row ([out, 1]) or per tensor ([1, 1]); `zero` is None for symmetric and float formats."""
+    per row ([out, 1]) or per tensor ([1, 1]); `zero` is None for symmetric and float formats. A bf16 / fp16
+    weight's scales are values of that dtype (scale_dtype.py), so the serving kernels hold them exactly."""
 
     q: torch.Tensor
     scale: torch.Tensor
@@ -70,7 +71,7 @@ def weight_codes(w: torch.Tensor, spec: WeightQuantSpec,
     rows = to_rows(w.float(), spec.granularity, spec.group_size)
     if isinstance(spec.bit, str):
         lo, hi = clip if clip is not None else row_range(rows, spec.granularity == "per_tensor")
-        scale = float_scale(lo, hi, spec.bit)
+        scale = float_scale(lo, hi, spec.bit, w.dtype)
         q = fp8_codes(rows / scale, spec.bit)
         return WeightCodes(q.reshape(w.shape), _per_layer(scale, w, spec), None, spec)
     scale, zero = weight_qparams(w, spec, clip)

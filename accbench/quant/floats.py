@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from accbench.quant.scale_dtype import held
+
 CAST_FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 SMALL_FORMATS = {"e2m1": (2, 1), "e3m2": (3, 2), "e4m7": (4, 7)}  # (exponent bits, mantissa bits)
 FLOAT_FORMATS = (*CAST_FORMATS, *SMALL_FORMATS)
@@ -67,9 +69,10 @@ def round_small_float(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.where(exp < min_exp, sub, normal)
 
 
-def float_scale(lo: torch.Tensor, hi: torch.Tensor, fmt: str) -> torch.Tensor:
-    """llmc's scale of a float format for the range (lo, hi): max(|lo|, |hi|).clamp(1e-5) / fmax (float32)."""
-    return torch.maximum(lo.abs(), hi.abs()).float().clamp(min=1e-5) / float_max(fmt)
+def float_scale(lo: torch.Tensor, hi: torch.Tensor, fmt: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """llmc's scale of a float format for the range (lo, hi): max(|lo|, |hi|).clamp(1e-5) / fmax (float32),
+    held in `dtype` (a bf16 / fp16 weight's: scale_dtype.py)."""
+    return held(torch.maximum(lo.abs(), hi.abs()).float().clamp(min=1e-5) / float_max(fmt), dtype)
 
 
 def fp8_codes(scaled: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -78,10 +81,11 @@ def fp8_codes(scaled: torch.Tensor, fmt: str) -> torch.Tensor:
     return scaled.clamp(-fmax, fmax).to(CAST_FORMATS[fmt])
 
 
-def float_quant_dequant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: str) -> torch.Tensor:
-    """llmc's float fake quantization with the range (lo, hi) per row: scale = `float_scale(lo, hi)`,
+def float_quant_dequant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: str,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """llmc's float fake quantization with the range (lo, hi) per row: scale = `float_scale(lo, hi, dtype)`,
     x_hat = round_fmt(x / scale) * scale (float32 result)."""
-    scale = float_scale(lo, hi, fmt)
+    scale = float_scale(lo, hi, fmt, dtype)
     if fmt in CAST_FORMATS:
         return fp8_codes(x / scale, fmt).float() * scale
     return round_small_float(x.float() / scale, fmt) * scale

@@ -101,18 +101,20 @@ class HessianAccumulator:
         return H
 
 
-def _column_params(W: torch.Tensor, spec: WeightQuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: (scale, zero) of an integer grid, or the (lo, hi) range a float format scales from."""
+def _column_params(W: torch.Tensor, spec: WeightQuantSpec, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (scale held in the model's `dtype`, zero) of an integer grid, or the (lo, hi) range a float
+    format scales from."""
     if isinstance(spec.bit, str):
         return row_range(to_rows(W.float(), spec.granularity, spec.group_size), spec.granularity == "per_tensor")
-    return weight_qparams(W, spec)
+    return weight_qparams(W, spec, dtype=dtype)
 
 
-def _column_qdq(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spec: WeightQuantSpec) -> torch.Tensor:
+def _column_qdq(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spec: WeightQuantSpec,
+                dtype: torch.dtype) -> torch.Tensor:
     """One column rounded with its row's parameters (`_column_params`); float formats saturate at their max,
-    as QPyTorch does when the error feedback pushes a value past the group's range."""
+    as QPyTorch does when the error feedback pushes a value past the group's range (scale held in `dtype`)."""
     if isinstance(spec.bit, str):
-        return float_quant_dequant(w, a, b, spec.bit)
+        return float_quant_dequant(w, a, b, spec.bit, dtype)
     return quant_dequant(w, a, b, spec.bit, spec.symmetric, spec.grid(), spec.round_zp)
 
 
@@ -146,9 +148,9 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
     col_spec = replace(spec, granularity="per_channel")
     groups: list[tuple[torch.Tensor, torch.Tensor]] = []
     if per_group and static_groups:
-        groups = [_column_params(W[:, g : g + gs], col_spec) for g in range(0, cols, gs)]
+        groups = [_column_params(W[:, g : g + gs], col_spec, dtype) for g in range(0, cols, gs)]
     elif not per_group:
-        scale, zero = _column_params(W, spec)  # [rows, 1] or [1, 1], from the original weight
+        scale, zero = _column_params(W, spec, dtype)  # [rows, 1] or [1, 1], from the original weight
     perm = None
     if actorder:
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -177,10 +179,10 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
                 elif col % gs == 0:
                     # as the GPTQ reference: read from W, whose columns inside the current block do not yet
                     # hold this block's updates (identical when group_size divides blocksize)
-                    scale, zero = _column_params(W[:, col : col + gs], col_spec)
+                    scale, zero = _column_params(W[:, col : col + gs], col_spec, dtype)
                     groups.append((scale, zero))
             w, d = W1[:, i].clone(), Hinv1[i, i]
-            q = _column_qdq(w.unsqueeze(1), scale, zero, spec).squeeze(1)
+            q = _column_qdq(w.unsqueeze(1), scale, zero, spec, dtype).squeeze(1)
             W1[:, i] = q  # W1's column i is not read again: it holds the result from here on
             loss += ((w - q) ** 2 / d**2 / 2).sum()
             err = (w - q) / d
@@ -194,7 +196,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: "torch.Tensor | HessianAccumulator"
         a = torch.cat([g[0] for g in groups], 1) if per_group else scale
         b = torch.cat([g[1] for g in groups], 1) if per_group else zero
         if isinstance(spec.bit, str):  # float formats: (a, b) is the range the scale comes from
-            s, z = float_scale(a, b, spec.bit), None
+            s, z = float_scale(a, b, spec.bit, dtype), None
         else:
             s, z = a, None if spec.symmetric else b
         codes_out.append(codes_from_dequantized(W, s, z, spec))

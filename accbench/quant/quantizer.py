@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from accbench.quant.floats import check_float_format, float_quant_dequant
+from accbench.quant.scale_dtype import held
 
 if TYPE_CHECKING:
     from accbench.quant.w48 import Weight48Spec
@@ -127,14 +128,16 @@ def int_range(bit: int, symmetric: bool) -> tuple[int, int]:
 
 
 def qparams(min_val: torch.Tensor, max_val: torch.Tensor, bit: int, symmetric: bool,
-            grid: tuple[int, int] | None = None, round_zp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+            grid: tuple[int, int] | None = None, round_zp: bool = True,
+            dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for a range (tensors broadcast against the quantized rows); `grid` (qmin, qmax)
-    overrides the one bit and symmetric imply (llmc's int_range)."""
+    overrides the one bit and symmetric imply (llmc's int_range); `dtype`: the scale is held in it
+    (scale_dtype.py: a bf16 / fp16 weight's), the zero point computed against the held scale."""
     qmin, qmax = grid if grid is not None else int_range(bit, symmetric)
     if symmetric:
-        scale = torch.maximum(min_val.abs(), max_val.abs()).clamp(min=1e-5) / qmax
+        scale = held(torch.maximum(min_val.abs(), max_val.abs()).clamp(min=1e-5) / qmax, dtype)
         return scale, torch.zeros_like(scale)
-    scale = (max_val - min_val).clamp(min=1e-5) / (qmax - qmin)
+    scale = held((max_val - min_val).clamp(min=1e-5) / (qmax - qmin), dtype)
     if not round_zp:
         return scale, qmin - min_val / scale
     return scale, (qmin - torch.round(min_val / scale)).clamp(qmin, qmax)
@@ -183,9 +186,10 @@ def mse_range(rows: torch.Tensor, spec: WeightQuantSpec, per_tensor: bool) -> tu
     return best_lo, best_hi
 
 
-def weight_qparams(w: torch.Tensor, spec: WeightQuantSpec,
-                   clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero per row of `to_rows(w)`; `clip` (min, max per row) overrides the observed range."""
+def weight_qparams(w: torch.Tensor, spec: WeightQuantSpec, clip: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero per row of `to_rows(w)`; `clip` (min, max per row) overrides the observed range; the
+    scale is held in `dtype` (default: w's, see scale_dtype.py)."""
     rows = to_rows(w.float(), spec.granularity, spec.group_size)
     per_tensor = spec.granularity == "per_tensor"
     if clip is not None:
@@ -194,7 +198,7 @@ def weight_qparams(w: torch.Tensor, spec: WeightQuantSpec,
         lo, hi = mse_range(rows, spec, per_tensor)
     else:
         lo, hi = row_range(rows, per_tensor)
-    return qparams(lo, hi, spec.bit, spec.symmetric, spec.grid(), spec.round_zp)
+    return qparams(lo, hi, spec.bit, spec.symmetric, spec.grid(), spec.round_zp, dtype or w.dtype)
 
 
 def _blocks(w: torch.Tensor, bs: int) -> torch.Tensor:
@@ -212,7 +216,8 @@ def _unblocks(rows: torch.Tensor, shape: torch.Size, bs: int) -> torch.Tensor:
 
 def fake_quantize_weight(w: torch.Tensor, spec: WeightQuantSpec,
                          clip: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """The [out, in] weight rounded to `spec` and dequantized, in the weight's dtype."""
+    """The [out, in] weight rounded to `spec` and dequantized, in the weight's dtype (with the scale held in
+    that dtype, as the serving kernels hold it: scale_dtype.py)."""
     if spec.w48 is not None:
         from accbench.quant.w48 import fake_quantize_weight48
 
@@ -229,7 +234,7 @@ def fake_quantize_weight(w: torch.Tensor, spec: WeightQuantSpec,
     rows = to_rows(w.float(), spec.granularity, spec.group_size)
     if isinstance(spec.bit, str):
         lo, hi = clip if clip is not None else row_range(rows, spec.granularity == "per_tensor")
-        return float_quant_dequant(rows, lo, hi, spec.bit).reshape(w.shape).to(w.dtype)
+        return float_quant_dequant(rows, lo, hi, spec.bit, w.dtype).reshape(w.shape).to(w.dtype)
     scale, zero = weight_qparams(w, spec, clip)
     q = quant_dequant(rows, scale, zero, spec.bit, spec.symmetric, spec.grid(), spec.round_zp)
     return q.reshape(w.shape).to(w.dtype)
