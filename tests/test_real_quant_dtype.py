@@ -162,3 +162,57 @@ def test_tiny_checkpoint_dequantizes_to_fake_quant_for_every_scale_dtype(tmp_pat
     assert exp.quantized == 14
     for held in (dtype, torch.float32):
         assert checkpoint_differences(tmp_path / "ct", fake, dtype, held) == [], f"scale held in {held}"
+
+
+# ----------------------------------------------------------------------------- the built-in model in bf16 / fp16
+
+BUILTIN_RUNS = [
+    ("RTN", WeightQuantSpec(4, True, "per_group", 128), None, {}),
+    ("Awq", WeightQuantSpec(4, False, "per_group", 128), None, {"trans": True, "weight_clip": True}),
+    ("GPTQ", WeightQuantSpec(4, True, "per_group", 128), None, {"actorder": True, "static_groups": True}),
+    ("RTN", WeightQuantSpec(8, False, "per_channel"), None, {}),
+    ("SmoothQuant", WeightQuantSpec(8, True, "per_channel"), ActQuantSpec(8, True, "per_token"), {"alpha": 0.8}),
+    ("GPTQ", WeightQuantSpec("e4m3", True, "per_channel"), ActQuantSpec("e4m3", True, "per_token"), {}),
+]
+
+
+@pytest.fixture(scope="module")
+def builtin_calib():
+    from accbench.data.calib import calib_batches, calib_samples
+    from accbench.data.text import load_texts
+    from accbench.models import load_model
+
+    tok = load_model("builtin:tiny-llama", "float32", device="cpu").tokenizer
+    return calib_batches(calib_samples(load_texts("builtin:pydoc", builtin_split="calib"), tok,
+                                       "random_truncate_txt", 4, 128, 42), -1)
+
+
+@pytest.mark.parametrize("method,weight,act,special", BUILTIN_RUNS,
+                         ids=["rtn-w4g128", "awq-w4g128-asym", "gptq-w4g128", "rtn-w8-asym", "sq-w8a8", "gptq-fp8"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_builtin_model_checkpoint_equals_fake_quant(tmp_path, builtin_calib, method, weight, act, special, dtype):
+    """Every quantized linear of the built-in model (outlier channels), exported after RTN / AWQ / GPTQ /
+    SmoothQuant, dequantizes to the fake-quant weight bit for bit, the scale held in the model's dtype or
+    float32, and transformers' reload equals the fake-quant model tensor for tensor."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    from accbench.export.compressed import export_checkpoint
+    from accbench.models import load_model
+    from accbench.pipeline.real_quant import compare_weights
+    from accbench.quant.runner import fake_quantize_model, transform_model
+    from accbench.results import RealQuantInfo
+
+    loaded = load_model("builtin:tiny-llama", dtype, device="cpu")
+    spec = QuantSpec(method, weight, act, special)
+    state = transform_model(loaded.model, spec, builtin_calib, "cpu")
+    state.codes = {}
+    fake_quantize_model(loaded.model, spec, builtin_calib, "cpu", state)
+    exp = export_checkpoint(loaded.model, loaded.tokenizer, state.codes, weight, act, state.act_ranges, tmp_path)
+    assert exp.quantized == 28
+    torch_dtype = getattr(torch, dtype)
+    for held in (torch_dtype, torch.float32):
+        assert checkpoint_differences(tmp_path, loaded.model, torch_dtype, held) == [], f"scale held in {held}"
+    real = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch_dtype,
+                                                quantization_config=CompressedTensorsConfig(dequantize=True))
+    info = compare_weights(RealQuantInfo(path="", format=exp.format), loaded.model, real)
+    assert info.tensors_equal == info.tensors_compared == len(loaded.model.state_dict())
