@@ -74,9 +74,22 @@ def _static_hook(spec: ActQuantSpec, scale: torch.Tensor, zp: torch.Tensor | Non
     return integer
 
 
+def disable_library_qdq(model: Any) -> None:
+    """Turn off compressed-tensors' own run-time quantization where the decompressed model kept it.
+
+    transformers < 5.20 with compressed-tensors 0.17 leaves every decompressed linear with its quantization
+    scheme and a forward that quantizes the input (its formulas, on top of the hooks below) and re-quantizes the
+    weight; later versions return plain linears. Disabled, both run the same weights and the same activation
+    rule as fake_quant (the library's documented switch: `quantization_enabled = False`)."""
+    for m in model.modules():
+        if hasattr(m, "quantization_scheme"):
+            m.quantization_enabled = False
+
+
 def install_checkpoint_act_quant(model: Any, folder: Path) -> list:
     """Quantize the inputs of the checkpoint's quantized linears as its quantization_config says; hook handles."""
     qcfg = quantization_config_of(folder)
+    disable_library_qdq(model)
     spec = act_spec_of(qcfg)
     if spec is None:
         return []
