@@ -237,6 +237,8 @@ def test_real_quant_position_alone_exports_to_the_run_and_resumes(tmp_path, tiny
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
     assert main(["run", str(tmp_path / "c.yaml"), "-o", str(run)]) == 0, capsys.readouterr().err[-3000:]
+    said = " ".join(capsys.readouterr().out.split())  # the console says what the comparison found
+    assert "the reloaded checkpoint equals the fake-quant model bit for bit (21 tensors)" in said
     res = json.loads((run / "results.json").read_text())
     assert res["models"]["real_quant"] == str(run / "models" / "vllm_quant_model")
     assert (run / "models" / "vllm_quant_model" / "config.json").is_file()

@@ -216,3 +216,19 @@ def test_builtin_model_checkpoint_equals_fake_quant(tmp_path, builtin_calib, met
                                                 quantization_config=CompressedTensorsConfig(dequantize=True))
     info = compare_weights(RealQuantInfo(path="", format=exp.format), loaded.model, real)
     assert info.tensors_equal == info.tensors_compared == len(loaded.model.state_dict())
+
+
+def test_a_differing_checkpoint_is_reported_with_its_count(capsys):
+    from rich.console import Console
+
+    from accbench.pipeline.real_quant import _say_weights, compare_weights
+    from accbench.results import RealQuantInfo
+
+    fake, real = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    real.load_state_dict(fake.state_dict())
+    with torch.no_grad():
+        real.weight[0, 0] += 2**-6
+    info = compare_weights(RealQuantInfo(path="", format="pack-quantized"), fake, real)
+    assert (info.tensors_compared, info.tensors_equal, info.max_abs_diff) == (2, 1, pytest.approx(2**-6))
+    _say_weights(info, Console(width=300))
+    assert "1 of 2 tensors differ from the fake-quant model (max |diff| 0.0156)" in capsys.readouterr().out

@@ -91,8 +91,9 @@ def export_and_evaluate(loaded: "LoadedModel", spec: "QuantSpec", state: "QuantS
         record(info)
         return
     real = load_real_quant(first, load_export)
-    record(compare_weights(info, loaded.model, real.model))
-    _say_weights(info, console)
+    checked = compare_weights(info, loaded.model, real.model)
+    record(checked)
+    _say_weights(checked, console)
     evaluate("real_quant", real)
 
 
