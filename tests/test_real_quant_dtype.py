@@ -232,3 +232,14 @@ def test_a_differing_checkpoint_is_reported_with_its_count(capsys):
     assert (info.tensors_compared, info.tensors_equal, info.max_abs_diff) == (2, 1, pytest.approx(2**-6))
     _say_weights(info, Console(width=300))
     assert "1 of 2 tensors differ from the fake-quant model (max |diff| 0.0156)" in capsys.readouterr().out
+
+
+def test_held_scales_round_to_the_dtype_and_never_to_zero():
+    from accbench.quant.scale_dtype import held
+
+    s = torch.tensor([0.1, 1e-5 / 448, 3.0])
+    assert torch.equal(held(s, torch.float32), s)
+    assert torch.equal(held(s, torch.bfloat16), s.to(torch.bfloat16).float())
+    h = held(s, torch.float16)
+    assert h[0] == torch.tensor(0.1).half().float() and h[2] == 3.0
+    assert h[1] == 2.0**-24  # an all-zero fp16 row's FP8 scale underflows: the smallest fp16 subnormal instead
