@@ -363,6 +363,44 @@ def _save(model: Any, tok: Any, spec: dict[str, Any], out: Path) -> None:
     cfg_path.write_text(json.dumps(tcfg, indent=2, sort_keys=True) + "\n")
 
 
+def remove_outlier_channels(model: Any, name: str = "tiny-llama", seed: int = 0) -> None:
+    """Undo ``_add_outlier_channels`` on a loaded built-in model, in place: the same channels scaled by 1/alpha.
+    alpha is a power of two, so this restores the trained weights bit for bit (the v3 model): the same float
+    function without outlier channels, for controlled experiments on what the outliers do to a method
+    (tests/test_quant_builtin_omniquant_hqq.py)."""
+    spec = BUILTIN_MODELS[name]
+    _add_outlier_channels(model, spec["outlier_channels"], spec["outlier_mlp_channels"], 1.0 / spec["outlier_scale"],
+                          seed)
+
+
+def outlier_read_columns(model: Any, name: str = "tiny-llama", seed: int = 0) -> dict[str, Any]:
+    """{linear's module name: the input columns that read an outlier channel} of the built-in model: the
+    columns ``_add_outlier_channels`` divided by alpha (their activations are alpha times larger)."""
+    spec = BUILTIN_MODELS[name]
+    out = {}
+    for i, p in enumerate(_outlier_picks(model, spec["outlier_channels"], spec["outlier_mlp_channels"], seed)):
+        pre = f"model.layers.{i}."
+        out.update({pre + f"self_attn.{n}": p["input_layernorm"] for n in ("q_proj", "k_proj", "v_proj")})
+        out.update({pre + f"mlp.{n}": p["post_attention_layernorm"] for n in ("gate_proj", "up_proj")})
+        out[pre + "self_attn.o_proj"], out[pre + "mlp.down_proj"] = p["v_proj"], p["up_proj"]
+    return out
+
+
+def _outlier_picks(model: Any, n_channels: int, n_mlp: int, seed: int) -> list[dict[str, Any]]:
+    """Per block, the channels given outliers: of each RMSNorm weight, of v_proj's and of up_proj's outputs."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for layer in model.model.layers:
+        p = {n: torch.randperm(getattr(layer, n).weight.shape[0], generator=gen)[:n_channels]
+             for n in ("input_layernorm", "post_attention_layernorm")}
+        p["v_proj"] = torch.randperm(layer.self_attn.v_proj.out_features, generator=gen)[:n_channels]
+        p["up_proj"] = torch.randperm(layer.mlp.up_proj.out_features, generator=gen)[:n_mlp]
+        picks.append(p)
+    return picks
+
+
 def _add_outlier_channels(model: Any, n_channels: int, n_mlp: int, alpha: float, seed: int) -> None:
     """Give the trained model the outlier channels of real LLMs, without changing what it computes.
 
@@ -375,21 +413,16 @@ def _add_outlier_channels(model: Any, n_channels: int, n_mlp: int, alpha: float,
     """
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
-
-    def pick(n: int, k: int) -> Any:
-        return torch.randperm(n, generator=gen)[:k]
-
     with torch.no_grad():
-        for layer in model.model.layers:
+        for layer, p in zip(model.model.layers, _outlier_picks(model, n_channels, n_mlp, seed)):
             attn, mlp = layer.self_attn, layer.mlp
-            for norm, readers in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-                                  (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
-                ch = pick(norm.weight.shape[0], n_channels)
-                norm.weight[ch] *= alpha
+            for norm, readers in (("input_layernorm", (attn.q_proj, attn.k_proj, attn.v_proj)),
+                                  ("post_attention_layernorm", (mlp.gate_proj, mlp.up_proj))):
+                ch = p[norm]
+                getattr(layer, norm).weight[ch] *= alpha
                 for lin in readers:
                     lin.weight[:, ch] /= alpha
-            for producer, consumer, k in ((attn.v_proj, attn.o_proj, n_channels), (mlp.up_proj, mlp.down_proj, n_mlp)):
-                ch = pick(producer.out_features, k)
+            for producer, consumer, ch in ((attn.v_proj, attn.o_proj, p["v_proj"]),
+                                           (mlp.up_proj, mlp.down_proj, p["up_proj"])):
                 producer.weight[ch] *= alpha
                 consumer.weight[:, ch] /= alpha

@@ -197,3 +197,30 @@ def test_outlier_channels_preserve_the_function() -> None:
         assert (b.mlp.up_proj.weight.abs().amax(1) / a.mlp.up_proj.weight.abs().amax(1)).round().eq(16).sum() == 8
         w_ratio = b.self_attn.q_proj.weight / a.self_attn.q_proj.weight
         assert torch.allclose(w_ratio, (1 / ratio).expand_as(w_ratio))
+
+
+def test_remove_outlier_channels_undoes_them_bit_for_bit_and_names_the_columns_they_divided() -> None:
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = BUILTIN_MODELS["tiny-llama"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=4)).eval()
+    changed = copy.deepcopy(model)
+    builtin._add_outlier_channels(changed, spec["outlier_channels"], spec["outlier_mlp_channels"],
+                                  spec["outlier_scale"], seed=3)
+    cols = builtin.outlier_read_columns(changed, seed=3)
+    assert len(cols) == 14  # 7 linears x 2 blocks
+    before, after = dict(model.named_modules()), dict(changed.named_modules())
+    for name, c in cols.items():
+        ratio = after[name].weight / before[name].weight  # 1/16 on exactly the named columns (up to row scaling)
+        ratio = ratio / ratio.amax(1, keepdim=True)
+        divided = torch.nonzero((ratio[0] - 1 / 16).abs() < 1e-6).flatten()
+        assert sorted(divided.tolist()) == sorted(c.tolist()), name
+    builtin.remove_outlier_channels(changed, seed=3)
+    for (n, a), b in zip(model.state_dict().items(), changed.state_dict().values()):
+        assert torch.equal(a, b), n

@@ -14,7 +14,8 @@ promoting error |W - Q^-1(Q(W))|_p^p (p = `lp_norm` < 1) by half-quadratic split
 for `iters` steps, stopping after the first step whose error mean|W - W_r| (over the whole tensor) does
 not improve; the scale stays at its min/max value. These are llmc's `HQQ` and the reference hqq code's
 `optimize_weights_proximal_legacy` step for step, including that the zero returned is the one computed in
-the step that stopped (one update past the best error).
+the step that stopped (one update past the best error). beta grows by kappa every step, as in the hqq library
+(llmc's shrink reads the initial beta, so there kappa has no effect).
 
 `axis` (llmc's name): 1 groups `group_size` consecutive input columns of each output row (as every other
 method here); 0 (llmc's config) groups `group_size` consecutive output rows of each input column (llmc
