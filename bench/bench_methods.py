@@ -390,6 +390,10 @@ def _f(x: Any, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def _rel(x: float) -> str:
+    return format(x, "+.2%" if abs(x) < 0.01 else "+.1%")
+
+
 def table(rows: list[dict]) -> str:
     """The Markdown table: the float model first, then every row."""
     floats = [r["float_ppl"] for r in rows if "float_ppl" in r]
@@ -408,7 +412,7 @@ def table(rows: list[dict]) -> str:
                                          + (f", blocks {r['removed_layers']} removed" if r.get("removed_layers")
                                             else "")) if x)
         out.append("| " + " | ".join([
-            r["setting"], r["method"], f"{r['ppl']:.3f}", f"{r['ppl'] / r['float_ppl'] - 1:+.1%}", _f(r["kl"], ".5f"),
+            r["setting"], r["method"], f"{r['ppl']:.3f}", _rel(r["ppl"] / r["float_ppl"] - 1), _f(r["kl"], ".5f"),
             f"{r['top1']:.1%}", _f(r["quant_wall_s"], ".2f"), _f(r["quant_cpu_s"], ".2f"),
             _f(r["peak_rss_delta_mb"], ".0f"), _f(r.get("eval_s"), ".1f"), note]) + " |")
     return "\n".join(out)
