@@ -31,11 +31,10 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -145,7 +144,7 @@ def select_rows(only: str | None) -> list[Row]:
     return [r for r in ROWS if r.method.lower() in wanted or r.id.lower() in wanted]
 
 
-# ----------------------------------------------------------------------------- one row, in its own process
+# ----------------------------------------------------------------------------- a row's configs, and the row in its own process
 
 
 def run_config(p: Protocol, step: dict, model_path: str, save_path: str | None) -> dict:
@@ -165,178 +164,27 @@ def run_config(p: Protocol, step: dict, model_path: str, save_path: str | None) 
                      **({"save_path": save_path} if save_path else {})}, **section}
 
 
-def _rss() -> int:
-    """Resident set size in bytes (Linux /proc; psutil elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-
-
-class StageClock:
-    """Wall and process CPU time while running, and the peak resident set above where each stage started."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = 0.0
-        self.peak_delta = 0
-        self._running = False
-        self._t = (0.0, 0.0)
-        self._base = self._peak = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            if self._running:
-                self._peak = max(self._peak, _rss())
-            time.sleep(0.005)
-
-    def start_stage(self) -> None:
-        self._base = self._peak = _rss()
-        self.resume()
-
-    def resume(self) -> None:
-        if not self._running:
-            self._t, self._running = (time.perf_counter(), time.process_time()), True
-
-    def pause(self) -> None:
-        if self._running:
-            self._running = False
-            self.wall += time.perf_counter() - self._t[0]
-            self.cpu += time.process_time() - self._t[1]
-            self.peak_delta = max(self.peak_delta, max(self._peak, _rss()) - self._base)
-
-    def close(self) -> None:
-        self.pause()
-        self._stop.set()
-
-
-class Scores:
-    """Perplexity, KL(float ‖ model) and top-1 agreement over the predicted tokens, from the reference's
-    log-probabilities (kept whole: the built-in model's vocabulary is small)."""
-
-    def __init__(self, ref: Any | None) -> None:
-        self.ref, self.kl, self.agree, self.n = ref, 0.0, 0, 0
-        self.rows: list = []
-
-    def hook(self, offset: int, logp: Any, labels: Any) -> None:
-        if self.ref is None:
-            self.rows.append(logp.detach().clone())
-            return
-        ref = self.ref[offset: offset + logp.shape[0]]
-        self.kl += float((ref.exp() * (ref - logp)).sum(-1).double().sum())
-        self.agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
-        self.n += logp.shape[0]
-
-
-def _evaluate(loaded: Any, stream: Any, p: Protocol, ref: Any | None) -> tuple[float, Scores, float]:
-    from accbench.evaluate.perplexity import perplexity
-
-    sc, t0 = Scores(ref), time.perf_counter()
-    res = perplexity(loaded.model, stream, p.seq_len, p.eval_bs, loaded.device, max_windows=p.test_windows,
-                     on_logits=sc.hook, progress=False)
-    return res.ppl, sc, time.perf_counter() - t0
-
-
-def _run_stage(cfg: Any, loaded: Any, batches: list | None, work: Path, evaluate: Callable, record: Callable) -> None:
-    """The pipeline's quantize or sparsify stage, as the spine calls it (no resume)."""
-    from rich.console import Console
-
-    from accbench.fingerprints import ResumeLog
-    from accbench.pipeline.quantize import QuantResume, quant_spec, run_quantization
-    from accbench.pipeline.sparsify import run_sparsification
-
-    console = Console(file=sys.stderr, width=120)
-    resume = QuantResume({p: "bench_methods" for p in ("transformed", "fake_quant", "real_quant")},
-                         ResumeLog(False), lambda pos: True, lambda pos, path: None, cfg.positions())
-    if cfg.sparse is not None:
-        run_sparsification(cfg.sparse, cfg.calib, cfg.save, loaded, work, record, evaluate, console, batches, resume)
-    else:
-        run_quantization(quant_spec(cfg.quant, cfg.calib, cfg.ignored_layers), cfg.quant, cfg.calib, cfg.save,
-                         loaded, work, record, evaluate, console, batches, resume)
-
-
-def _calib_batches(cfg: Any, tok: Any) -> list | None:
-    """Calibration batches when the method calibrates (the spine's rule)."""
-    from accbench.pipeline.quantize import build_calib_batches
-    from accbench.quant.methods import needs_calibration
-
-    if cfg.sparse is not None:
-        return build_calib_batches(cfg.calib, tok) if cfg.sparse.needs_calibration() else None
-    q = cfg.quant
-    return build_calib_batches(cfg.calib, tok, cfg.model.type) \
-        if needs_calibration(q.method, q.act is not None and q.act.static) else None
-
-
-def measure_row(row: Row, p: Protocol, work: Path) -> dict:
-    """Quantize or sparsify the built-in model as `row` says; its scores, times and memory."""
-    from accbench.config import validate_config
-    from accbench.models import load_model
-    from accbench.pipeline.positions import prepare_eval_data
-    from accbench.pipeline.records import Timing
-    from accbench.pipeline.spine import seed_everything
-    from accbench.results import QuantInfo, SparseInfo
-
-    out: dict[str, Any] = {"id": row.id, "setting": row.setting, "method": row.method, "note": row.note,
-                           "stage_timings": {}, "steps": []}
-    clock, model_path, ref, stream = StageClock(), p.model, None, None
-
-    def record(fact: Any) -> None:
-        if isinstance(fact, Timing):
-            out["stage_timings"][fact.name] = out["stage_timings"].get(fact.name, 0.0) + fact.seconds
-        elif isinstance(fact, SparseInfo):
-            out.update(achieved_sparsity=fact.achieved_sparsity, removed_layers=fact.removed_layers)
-        elif isinstance(fact, QuantInfo) and fact.epoch_losses:
-            out["final_epoch_losses"] = {k: v[-1] for k, v in fact.epoch_losses.items()}
-
+def row_configs(row: Row, p: Protocol, work: Path) -> list[dict]:
+    """The configs of a row's steps; step k > 0 runs on the model step k - 1 saves under `work`."""
+    out, model = [], p.model
     for k, step in enumerate(row.steps):
-        last = k == len(row.steps) - 1
-        raw = run_config(p, step, model_path, None if last else str(work / f"step{k}"))
-        out["steps"].append(raw)
-        cfg = validate_config(raw)
-        seed_everything(cfg.base.seed)  # as the spine: before the calibration data and the model
-        loaded = load_model(cfg.model.path, cfg.model.torch_dtype, device="cpu")
-        batches = _calib_batches(cfg, loaded.tokenizer)
-        if ref is None:
-            stream = prepare_eval_data(cfg.eval[0], loaded.tokenizer).stream
-            out["float_ppl"], sc, _ = _evaluate(loaded, stream, p, None)
-            import torch
-
-            ref = torch.cat(sc.rows)
-        target = "fake_quant" if cfg.quant is not None else "transformed"
-
-        def evaluate(pos: str, model: Any, last: bool = last, target: str = target) -> None:
-            clock.pause()
-            if not last:
-                return  # step 1 of a two-step recipe: its transform is what counts; the save and the rest not
-            if pos == target:
-                ppl, sc, secs = _evaluate(model, stream, p, ref)
-                out.update(ppl=ppl, kl=sc.kl / sc.n, top1=sc.agree / sc.n, eval_s=secs, tokens=sc.n)
-            clock.resume()
-
-        clock.start_stage()
-        _run_stage(cfg, loaded, batches, work / f"run{k}", evaluate, record)
-        clock.pause()
-        if not last:
-            model_path = str(work / f"step{k}" / "transformed_model")
-        del loaded
-    clock.close()
-    out.update(quant_wall_s=clock.wall, quant_cpu_s=clock.cpu, peak_rss_delta_mb=clock.peak_delta / 2**20,
-               status="ok")
+        save = None if k == len(row.steps) - 1 else str(work / f"step{k}")
+        out.append(run_config(p, step, model, save))
+        model = f"{save}/transformed_model"
     return out
 
 
 def _child(row_id: str, quick: bool, threads: int, out_path: Path, work: Path) -> None:
     import torch
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from methods_measure import measure_steps
+
     torch.set_num_threads(threads)
-    p = Protocol(**QUICK) if quick else Protocol()
-    t0 = time.perf_counter()
-    res = measure_row(ROWS_BY_ID[row_id], p, work)
-    res.update(row_s=time.perf_counter() - t0, torch_threads=torch.get_num_threads())
+    row, t0 = ROWS_BY_ID[row_id], time.perf_counter()
+    res = measure_steps(row_configs(row, Protocol(**QUICK) if quick else Protocol(), work), work)
+    res.update(id=row.id, setting=row.setting, method=row.method, note=row.note, row_s=time.perf_counter() - t0,
+               torch_threads=torch.get_num_threads())
     out_path.write_text(json.dumps(res))
 
 
@@ -450,23 +298,32 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(a.threads)
     proto = Protocol(**QUICK) if a.quick else Protocol()
     print(json.dumps({"environment": env, "protocol": asdict(proto)}, indent=1), flush=True)
-    t0, results = time.perf_counter(), []
-    for r in rows:
-        res = run_row(r, a.quick, a.threads, work, a.timeout)
-        results.append(res)
-        summary = (f"ppl {res['ppl']:.3f} KL {res['kl']:.5f} quant {res['quant_wall_s']:.2f} s wall / "
-                   f"{res['quant_cpu_s']:.2f} s CPU" if res["status"] == "ok" else res["error"])
-        print(f"{r.id}: {summary} (row {res['row_s']:.0f} s)", flush=True)
+    t0, results, status = time.perf_counter(), [], "complete"
+
+    def save(state: str) -> None:  # after every row, so an interrupted run keeps what it measured
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps({"schema": "accbench.bench_methods/1", "status": state, "environment": env,
+                                         "protocol": asdict(proto), "quick": a.quick,
+                                         "total_s": time.perf_counter() - t0, "rows": results}, indent=1))
+
+    try:
+        for r in rows:
+            res = run_row(r, a.quick, a.threads, work, a.timeout)
+            results.append(res)
+            summary = (f"ppl {res['ppl']:.3f} KL {res['kl']:.5f} quant {res['quant_wall_s']:.2f} s wall / "
+                       f"{res['quant_cpu_s']:.2f} s CPU" if res["status"] == "ok" else res["error"])
+            print(f"{r.id}: {summary} (row {res['row_s']:.0f} s)", flush=True)
+            save("running")
+    except KeyboardInterrupt:
+        status = "interrupted"
     env["loadavg_end"] = list(os.getloadavg())
-    total = time.perf_counter() - t0
-    print(f"\n{table(results)}\n\n{len(results)} rows in {total:.0f} s; torch {env['torch']}, {a.threads} thread(s), "
-          f"{env['cpu']} ({env['cpu_count']} cores), load average {env['loadavg_start'][0]:.1f} → "
-          f"{env['loadavg_end'][0]:.1f}", flush=True)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"schema": "accbench.bench_methods/1", "environment": env,
-                                     "protocol": asdict(proto), "quick": a.quick, "total_s": total,
-                                     "rows": results}, indent=1))
+    save(status)
+    print(f"\n{table(results)}\n\n{len(results)} rows in {time.perf_counter() - t0:.0f} s ({status}); torch "
+          f"{env['torch']}, {a.threads} thread(s), {env['cpu']} ({env['cpu_count']} cores), load average "
+          f"{env['loadavg_start'][0]:.1f} → {env['loadavg_end'][0]:.1f}", flush=True)
+    if status == "interrupted":
+        return 130
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
