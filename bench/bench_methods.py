@@ -101,7 +101,7 @@ ROWS: tuple[Row, ...] = (
     Row("W3 g128", "GPTQ", (_q("GPTQ", W3, actorder=True),), "actorder"),
     Row("W3 g128", "OmniQuant", (_q("OmniQuant", W3_LEARN, quant_out=True, bs=1, lwc=True, epochs=20),),
         "LWC, llmc's omniq_w_only (20 epochs)"),
-    Row("W3 g128", "AWQ+OmniQuant", ({**_q("Awq", W3, trans_version="v1")},
+    Row("W3 g128", "AWQ+OmniQuant", (_q("Awq", W3, trans_version="v1"),
                                      _q("OmniQuant", W3_LEARN, quant_out=True, bs=1, lwc=True, epochs=5,
                                         aug_loss=True, search_clip_init=True)),
         "llmc's awq_comb_omni (two runs)"),
@@ -144,7 +144,7 @@ def select_rows(only: str | None) -> list[Row]:
     return [r for r in ROWS if r.method.lower() in wanted or r.id.lower() in wanted]
 
 
-# ----------------------------------------------------------------------------- a row's configs, and the row in its own process
+# ----------------------------------------------------------------------------- a row's configs; the row, in its process
 
 
 def run_config(p: Protocol, step: dict, model_path: str, save_path: str | None) -> dict:
