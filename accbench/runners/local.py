@@ -3,12 +3,15 @@ in spawned processes, gathered back in request order.
 
 On GPU each replica gets `num_gpus` devices of its own (CUDA_VISIBLE_DEVICES); when there are fewer than
 num_gpus x max_num_workers, fewer replicas run and the remaining shards wait for a free one. On CPU every
-replica is a process with its share of the cores. A replica that dies is restarted once and its shard
-re-run; a second death stops the run with the worker's log path.
+replica is a process with its share of the cores (a vLLM replica: its own cores, split between its
+tensor-parallel ranks). A replica that dies is restarted once and its shard re-run; a second death stops the
+run with the worker's log path. Replicas are not daemonic (a vLLM replica starts its own engine processes):
+`close` stops them, and runs at interpreter exit too.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -23,6 +26,7 @@ from accbench.runners.worker import ReplicaPool, ReplicaSpec, worker_main
 
 log = logging.getLogger("accbench.runners")
 START_TIMEOUT_S = 1800.0
+STOP_TIMEOUT_S = 60.0  # a vLLM replica shuts its engine core down in a few seconds
 
 
 SHARD_BLOCK = 32  # consecutive requests kept together on one replica
@@ -51,8 +55,18 @@ def visible_gpus() -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
+def allowed_cores() -> list[int]:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path) -> list[ReplicaSpec]:
-    """One spec per replica that can run at once: GPU groups of num_gpus, or CPU cores split evenly."""
+    """One spec per replica that can run at once: GPU groups of num_gpus, or CPU cores split evenly (a vLLM
+    replica on CPU: num_gpus tensor-parallel ranks, each bound to its own cores)."""
+    tp = max(1, num_gpus) if base.engine == "vllm" else 1
+    base = replace(base, tensor_parallel=tp)
     if base.device.startswith("cuda"):
         gpus = visible_gpus()
         per = max(1, num_gpus)
@@ -65,9 +79,14 @@ def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path)
                         workers, per, len(gpus), n)
         return [replace(base, device="cuda", gpus=tuple(gpus[i * per : (i + 1) * per]),
                         log_path=str(log_dir / f"worker_{i}.log")) for i in range(n)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
-    return [replace(base, device="cpu", threads=threads, log_path=str(log_dir / f"worker_{i}.log"))
+    cores = allowed_cores()
+    threads = max(1, len(cores) // workers)
+    binds = [""] * workers
+    if base.engine == "vllm":
+        from accbench.evaluate.backends.vllm import cpu_binds
+
+        binds = cpu_binds(cores, workers, tp)
+    return [replace(base, device="cpu", threads=threads, cpu_bind=binds[i], log_path=str(log_dir / f"worker_{i}.log"))
             for i in range(workers)]
 
 
@@ -80,21 +99,27 @@ class LocalWorkerPool(ReplicaPool):
 
         self.ctx = mp.get_context("spawn")  # a clean interpreter per replica: no forked torch/CUDA state
         self.replicas, self.shards, self.batch_size = replicas, shards, batch_size
+        self.engine = replicas[0].engine
         self.local = local  # the parent's backend, for what needs the model itself (perplexity windows)
         self.stats = BackendStats()
         self.results = self.ctx.Queue()
         self.procs: list[Any] = [None] * len(replicas)
         self.jobs: list[Any] = [None] * len(replicas)
         self.restarts = [0] * len(replicas)
-        for i in range(len(replicas)):
-            self._start(i)
-        self._wait_ready(range(len(replicas)))
+        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for them forever
+        try:
+            for i in range(len(replicas)):
+                self._start(i)
+            self._wait_ready(range(len(replicas)))
+        except BaseException:  # interrupted, or a replica failed: stop the others
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ processes
 
     def _start(self, i: int) -> None:
         self.jobs[i] = self.ctx.Queue()
-        p = self.ctx.Process(target=worker_main, args=(i, self.replicas[i], self.jobs[i], self.results), daemon=True)
+        p = self.ctx.Process(target=worker_main, args=(i, self.replicas[i], self.jobs[i], self.results), daemon=False)
         p.start()
         self.procs[i] = p
 
@@ -163,14 +188,22 @@ class LocalWorkerPool(ReplicaPool):
         self._wait_ready([i])
 
     def close(self) -> None:
+        """Stop every replica: asked to (each releases its engine), SIGTERM after STOP_TIMEOUT_S, then SIGKILL."""
+        atexit.unregister(self.close)
         for i, p in enumerate(self.procs):
             if p is not None and p.is_alive():
                 self.jobs[i].put(None)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for p in self.procs:
             if p is not None:
-                p.join(timeout=10)
+                p.join(timeout=max(0.1, deadline - time.monotonic()))
+        for p in self.procs:
+            if p is not None and p.is_alive():
+                p.terminate()  # worker_main turns SIGTERM into an exit that still releases its engine
+                p.join(timeout=15)
                 if p.is_alive():
                     p.kill()
+                    p.join(timeout=5)
         self.procs = [None] * len(self.replicas)
 
     def __enter__(self) -> "LocalWorkerPool":
