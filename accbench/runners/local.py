@@ -15,6 +15,7 @@ import atexit
 import logging
 import os
 import queue
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +54,20 @@ def visible_gpus() -> list[int]:
     import torch
 
     return list(range(torch.cuda.device_count()))
+
+
+ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception): .+)")
+
+
+def first_error(log_path: str) -> str | None:
+    """The first exception message (`SomeError: ...`) a worker's log holds: the root cause of a failure that
+    surfaced later, wrapped (vLLM's engine core reports a worker's error as 'initialization failed')."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return None
+    m = ERROR_LINE.search(text)
+    return m.group(1).strip()[:500] if m else None
 
 
 def allowed_cores() -> list[int]:
@@ -142,7 +157,11 @@ class LocalWorkerPool(ReplicaPool):
 
     def _fail(self, i: int, why: str) -> None:
         self.close()
-        raise AccbenchError(why, f"the worker's log is {self.replicas[i].log_path}")
+        log_path = self.replicas[i].log_path
+        cause = first_error(log_path)
+        if cause and cause not in why:  # a vLLM replica's root cause sits in its engine core's output
+            why += f"\n  first error in the worker's log: {cause}"
+        raise AccbenchError(why, f"the worker's log is {log_path}")
 
     def _run(self, kind: str, requests: list) -> list:
         self.last_truncated = []

@@ -179,6 +179,7 @@ def _serve(worker_id: int, engine: ModelBackend, jobs: Any, results: Any) -> Non
         if job is None:
             return
         job_id, kind, requests, batch_size = job
+        print(f"worker {worker_id}: shard {job_id}, {len(requests)} {kind} request(s)", flush=True)
         try:
             out, sizes = answer(engine, kind, requests, batch_size)
             results.put(("done", worker_id, job_id, (out, sizes)))

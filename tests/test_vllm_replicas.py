@@ -1,0 +1,34 @@
+"""`runner.max_num_workers: 2` with `engine: vllm`: two local replicas, each its own vLLM engine in its own
+process bound to its own core, answer a run's requests (perplexity windows included) with the numbers of the
+HF engine's single-process run (float32): identical generations and greedy flags, log-likelihoods within 1e-4.
+Each replica logs to logs/worker_<i>.log, and every engine process is gone when the run ends.
+
+Runs only inside the environment .ci/vllm_env.sh builds (`-m vllm`; .ci/run does it): ~2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from accbench.evaluate.backends.vllm import cpu_binds
+from accbench.runners.local import allowed_cores
+from vllm_runs import alive, compare, core_bindings, engine_pids, run_config
+
+pytestmark = pytest.mark.vllm
+
+
+def test_two_vllm_replicas_answer_as_one_hf_engine(tmp_path, vllm_model_dir, eval_txt):
+    pytest.importorskip("vllm", reason="the vLLM tests run inside the environment .ci/vllm_env.sh builds")
+    hf = run_config(tmp_path, vllm_model_dir, eval_txt, "hf", {"engine": "hf"})
+    dp = run_config(tmp_path, vllm_model_dir, eval_txt, "dp2", {"engine": "vllm", "max_num_workers": 2})
+    compare(hf, dp)
+    logs = [(dp / "logs" / f"worker_{i}.log").read_text() for i in range(2)]
+    for i, text in enumerate(logs):
+        assert f"worker {i}: model loaded (vllm" in text and f"worker {i}: stopped" in text
+        pids = engine_pids(text)
+        assert pids and not [p for p in pids if alive(p)], f"worker {i}'s engine processes outlived the run"
+        assert "score request(s)" in text and "generate request(s)" in text  # both replicas answered shards
+    # a core of its own per replica (here: core 0 and core 1)
+    assert [core_bindings(t) for t in logs] == [[b] for b in cpu_binds(allowed_cores(), 2, 1)]
+    # the perplexity windows were answered by a replica's vLLM engine, not by the parent's HF model
+    assert sum("1 window_losses request(s)" in t for t in logs) == 1
