@@ -12,7 +12,7 @@ import pytest
 
 from accbench.evaluate.backends.vllm import cpu_binds
 from accbench.runners.local import allowed_cores
-from vllm_runs import alive, compare, core_bindings, engine_pids, run_config
+from vllm_runs import compare, core_bindings, engine_pids, outliving, run_config
 
 pytestmark = pytest.mark.vllm
 
@@ -26,7 +26,7 @@ def test_two_vllm_replicas_answer_as_one_hf_engine(tmp_path, vllm_model_dir, eva
     for i, text in enumerate(logs):
         assert f"worker {i}: model loaded (vllm" in text and f"worker {i}: stopped" in text
         pids = engine_pids(text)
-        assert pids and not [p for p in pids if alive(p)], f"worker {i}'s engine processes outlived the run"
+        assert pids and not outliving(pids), f"worker {i}'s engine processes outlived the run"
         assert "score request(s)" in text and "generate request(s)" in text  # both replicas answered shards
     # a core of its own per replica (here: core 0 and core 1)
     assert [core_bindings(t) for t in logs] == [[b] for b in cpu_binds(allowed_cores(), 2, 1)]

@@ -10,7 +10,7 @@ Runs only inside the environment .ci/vllm_env.sh builds (`-m vllm`; .ci/run does
 from __future__ import annotations
 
 import pytest
-from vllm_runs import alive, compare, core_bindings, engine_pids, run_config
+from vllm_runs import compare, core_bindings, engine_pids, outliving, run_config
 
 from accbench.evaluate.backends.vllm import cpu_binds
 from accbench.runners.local import allowed_cores
@@ -27,6 +27,6 @@ def test_tensor_parallel_2_answers_as_the_hf_engine(tmp_path, vllm_model_dir, ev
     log = "".join(capfd.readouterr())  # vLLM's engine processes write to the run's stdout/stderr
     assert "world_size=2 rank=1" in log  # two ranks really ran
     assert core_bindings(log) == cpu_binds(allowed_cores(), 1, 2)  # "0|1": a core per rank
-    assert not [p for p in engine_pids(log) if alive(p)]
+    assert engine_pids(log) and not outliving(engine_pids(log))
     worst = compare(hf, tp)
     print("TP=2 vs HF, largest differences:", worst)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,15 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
         return False
+
+
+def outliving(pids: set[int], grace_s: float = 30.0) -> list[int]:
+    """The processes of `pids` still running after `grace_s` (vLLM's worker processes exit on their own,
+    shortly after their engine core is stopped)."""
+    deadline = time.monotonic() + grace_s
+    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [p for p in pids if alive(p)]
 
 
 def core_bindings(text: str) -> list[str]:
