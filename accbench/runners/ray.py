@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,25 @@ from accbench.runners.worker import ReplicaPool, ReplicaSpec
 log = logging.getLogger("accbench.runners")
 
 
+RAY_HINT = ("pip install 'accbench[ray]' (or: pip install ray) into the Python that runs accbench (for engine: vllm "
+            "on CPU, the vLLM environment: bash .ci/vllm_env.sh adds ray to it), or use runner.type: local")
+
+
+def check_ray_installed() -> None:
+    """Preflight: the ray package is there (without importing it); AccbenchError (exit 2) if not."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise AccbenchError(f"runner.type: ray needs the ray package, which is not installed in this Python "
+                            f"environment ({sys.executable})", RAY_HINT)
+
+
 def import_ray() -> Any:
     try:
         import ray
-    except ImportError:
-        raise AccbenchError("runner.type: ray needs the ray package, which is not installed",
-                            "pip install 'accbench[ray]'  (or: pip install ray), or use runner.type: local") from None
+    except ImportError as exc:
+        raise AccbenchError(f"runner.type: ray needs the ray package, which cannot be imported here ({exc})",
+                            RAY_HINT) from None
     return ray
 
 
