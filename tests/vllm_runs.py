@@ -81,11 +81,13 @@ def engine_pids(text: str) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not)."""
+    """Whether `pid` is a running vLLM process (its title VLLM::...; a zombie, or a pid since reused by
+    another program, is not)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
+    return stat.split(" (", 1)[-1].startswith("VLLM::") and stat.split(") ")[-1][:1] != "Z"
 
 
 def outliving(pids: set[int], grace_s: float = 30.0) -> list[int]:

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +71,15 @@ def first_error(log_path: str) -> str | None:
     return m.group(1).strip()[:500] if m else None
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group a replica leads (worker_main makes each replica one): the engine processes it
+    started, which a replica that died leaves running (a vLLM engine core keeps polling)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):  # none left (or not POSIX)
+        pass
+
+
 def allowed_cores() -> list[int]:
     """The CPU cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
@@ -121,6 +131,7 @@ class LocalWorkerPool(ReplicaPool):
         self.procs: list[Any] = [None] * len(replicas)
         self.jobs: list[Any] = [None] * len(replicas)
         self.restarts = [0] * len(replicas)
+        self.busy: dict[int, int] = {}
         atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for them forever
         try:
             for i in range(len(replicas)):
@@ -156,6 +167,7 @@ class LocalWorkerPool(ReplicaPool):
             waiting.discard(wid)
 
     def _fail(self, i: int, why: str) -> None:
+        """Stop every replica and raise AccbenchError with replica i's log (and the first error in it)."""
         self.close()
         log_path = self.replicas[i].log_path
         cause = first_error(log_path)
@@ -169,7 +181,7 @@ class LocalWorkerPool(ReplicaPool):
             return []
         shards = split_shards(len(requests), self.shards)
         todo = list(range(len(shards)))
-        busy: dict[int, int] = {}  # replica -> shard
+        busy = self.busy = {}  # replica -> the shard it is answering
         out: list[Any] = [None] * len(requests)
         left = len(shards)
         while left:
@@ -203,15 +215,21 @@ class LocalWorkerPool(ReplicaPool):
             self._fail(i, f"worker {i} died twice (exit code {code}) while answering {kind} requests")
         self.restarts[i] += 1
         log.warning("worker %d died (exit code %s) on shard %d; restarting it once", i, code, shard)
+        kill_group(self.procs[i].pid)  # what it started (a vLLM engine core) would outlive it
         self._start(i)
         self._wait_ready([i])
 
     def close(self) -> None:
-        """Stop every replica: asked to (each releases its engine), SIGTERM after STOP_TIMEOUT_S, then SIGKILL."""
+        """Stop every replica: an idle one is asked to (it releases its engine), one still answering gets SIGTERM
+        (which releases it too), SIGKILL after STOP_TIMEOUT_S; then whatever a replica started and left behind
+        (its process group) is killed."""
         atexit.unregister(self.close)
         for i, p in enumerate(self.procs):
             if p is not None and p.is_alive():
-                self.jobs[i].put(None)
+                if i in self.busy:
+                    p.terminate()
+                else:
+                    self.jobs[i].put(None)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for p in self.procs:
             if p is not None:
@@ -223,7 +241,11 @@ class LocalWorkerPool(ReplicaPool):
                 if p.is_alive():
                     p.kill()
                     p.join(timeout=5)
+        for p in self.procs:
+            if p is not None:
+                kill_group(p.pid)
         self.procs = [None] * len(self.replicas)
+        self.busy = {}
 
     def __enter__(self) -> "LocalWorkerPool":
         return self

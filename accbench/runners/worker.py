@@ -137,6 +137,8 @@ def _stop(signum: int, frame: Any) -> None:
 
 def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> None:
     """Process entry point (spawned): build the replica, then loop over (job id, kind, requests, batch size)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # a group of its own: the parent kills what it leaves behind (LocalWorkerPool.close)
     if spec.log_path:
         log = open(spec.log_path, "a", buffering=1)
         os.dup2(log.fileno(), 1)
