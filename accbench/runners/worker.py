@@ -4,7 +4,8 @@ Everything the process prints goes to its log file (logs/worker_<i>.log), whose 
 The replica is pinned before torch is imported: CUDA_VISIBLE_DEVICES for its GPUs, a thread count on CPU, and
 for a vLLM replica on CPU its own cores (VLLM_CPU_OMP_THREADS_BIND, one group per tensor-parallel rank). It
 releases its engine (a vLLM replica's engine-core processes) when told to stop, on SIGTERM, or when it finds
-its parent gone.
+its parent gone; it leads a process group of its own, which the parent kills when the replica dies (a vLLM
+engine core would outlive it).
 """
 
 from __future__ import annotations
