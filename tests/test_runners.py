@@ -74,9 +74,19 @@ def test_a_replica_that_cannot_start_names_the_first_error_in_its_log(tmp_path):
     pool = LocalWorkerPool.__new__(LocalWorkerPool)  # no processes: only the failure path
     pool.replicas, pool.procs, pool.jobs = [ReplicaSpec("m", log_path=str(log))], [None], [None]
     with pytest.raises(AccbenchError) as err:
-        pool._fail(0, "worker 1 could not load the model: RuntimeError: Engine core initialization failed")
-    assert "first error in the worker's log: ValueError: Available memory on node 0" in str(err.value)
-    assert str(log) in (err.value.hint or "")
+        pool._fail(0, "worker 1 could not load the model: RuntimeError: Engine core initialization failed",
+                   "or set engine: hf")
+    assert "first error in the worker's log: ValueError: Available memory on node 0" in err.value.message
+    assert err.value.hint == f"the worker's log is {log}; or set engine: hf"
+
+
+def test_a_replica_reports_why_it_cannot_start_and_how_to_fix_it():
+    from accbench.errors import ModelLoadError
+    from accbench.runners.worker import failure
+
+    assert failure(ModelLoadError("vLLM could not start", "set engine: hf")) == ("vLLM could not start",
+                                                                                "set engine: hf")
+    assert failure(OSError("no such file")) == ("OSError: no such file", None)
 
 
 @pytest.fixture

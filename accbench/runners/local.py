@@ -163,17 +163,18 @@ class LocalWorkerPool(ReplicaPool):
                                         f"see {self.replicas[min(waiting)].log_path}")
                 continue
             if status == "failed":
-                self._fail(wid, f"worker {wid} could not load the model: {info}")
+                why, hint = info
+                self._fail(wid, f"worker {wid} could not load the model: {why}", hint)
             waiting.discard(wid)
 
-    def _fail(self, i: int, why: str) -> None:
+    def _fail(self, i: int, why: str, hint: str | None = None) -> None:
         """Stop every replica and raise AccbenchError with replica i's log (and the first error in it)."""
         self.close()
         log_path = self.replicas[i].log_path
         cause = first_error(log_path)
         if cause and cause not in why:  # a vLLM replica's root cause sits in its engine core's output
             why += f"\n  first error in the worker's log: {cause}"
-        raise AccbenchError(why, f"the worker's log is {log_path}")
+        raise AccbenchError(why, f"the worker's log is {log_path}" + (f"; {hint}" if hint else ""))
 
     def _run(self, kind: str, requests: list) -> list:
         self.last_truncated = []

@@ -132,6 +132,15 @@ def answer(engine: ModelBackend, kind: str, requests: list, batch_size: BatchSiz
     return out, {"batch_sizes": dict(engine.stats.batch_sizes), "truncated_ids": list(engine.last_truncated)}
 
 
+def failure(exc: BaseException) -> tuple[str, str | None]:
+    """What a replica that cannot start reports: (what went wrong, how to fix it: an AccbenchError's hint)."""
+    from accbench.errors import AccbenchError
+
+    if isinstance(exc, AccbenchError):
+        return exc.message, exc.hint
+    return f"{type(exc).__name__}: {exc}", None
+
+
 def _stop(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through worker_main's `finally`, which releases the engine
 
@@ -158,7 +167,7 @@ def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> N
         engine = build_engine(spec)
     except BaseException as exc:  # report why this replica cannot start; the parent decides what to do
         traceback.print_exc()
-        results.put(("failed", worker_id, None, f"{type(exc).__name__}: {exc}"))
+        results.put(("failed", worker_id, None, failure(exc)))
         return
     where = f"cores {spec.cpu_bind}" if spec.cpu_bind else f"{spec.device} {spec.gpus or ''}"
     print(f"worker {worker_id}: model loaded ({spec.engine}, {where})", flush=True)

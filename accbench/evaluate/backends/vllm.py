@@ -149,7 +149,8 @@ class VLLMBackend(LmEvalTokens, ModelBackend):
             self.llm = vllm.LLM(**settings.engine_kwargs())
         except Exception as exc:  # the engine's own log above says more; this says what to do
             raise ModelLoadError(f"vLLM could not start on {settings.model_path}: {type(exc).__name__}: {exc}",
-                                 "see vLLM's log above; on CPU its attention supports head sizes 32, 64, 80, 96, "
+                                 "vLLM's own output (above; a replica's: its logs/worker_<i>.log) says more; on CPU "
+                                 "its attention supports head sizes 32, 64, 80, 96, "
                                  "112, 128, ... (docs/vllm.md); or set engine: hf") from exc
 
     @classmethod
