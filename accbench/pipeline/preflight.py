@@ -56,6 +56,10 @@ def find_problems(cfg: RunConfig) -> list[AccbenchError]:
         from accbench.evaluate.backends.vllm import check_vllm_installed
 
         checks += [check_vllm_installed]
+    if cfg.runner.type == "ray" and cfg.tasks:
+        from accbench.runners.ray import check_ray_installed
+
+        checks += [check_ray_installed]
     if cfg.opencompass is not None:
         checks += [lambda: check_opencompass(cfg.opencompass, cfg.save)]
     if cfg.train is None:

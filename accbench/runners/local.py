@@ -3,15 +3,20 @@ in spawned processes, gathered back in request order.
 
 On GPU each replica gets `num_gpus` devices of its own (CUDA_VISIBLE_DEVICES); when there are fewer than
 num_gpus x max_num_workers, fewer replicas run and the remaining shards wait for a free one. On CPU every
-replica is a process with its share of the cores. A replica that dies is restarted once and its shard
-re-run; a second death stops the run with the worker's log path.
+replica is a process with its share of the cores (a vLLM replica: its own cores, split between its
+tensor-parallel ranks). A replica that dies is restarted once and its shard re-run; a second death stops the
+run with the worker's log path. Replicas are not daemonic (a vLLM replica starts its own engine processes):
+`close` stops them, and runs at interpreter exit too.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
+import re
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +28,7 @@ from accbench.runners.worker import ReplicaPool, ReplicaSpec, worker_main
 
 log = logging.getLogger("accbench.runners")
 START_TIMEOUT_S = 1800.0
+STOP_TIMEOUT_S = 60.0  # a vLLM replica shuts its engine core down in a few seconds
 
 
 SHARD_BLOCK = 32  # consecutive requests kept together on one replica
@@ -51,8 +57,41 @@ def visible_gpus() -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
+ERROR_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception): .+)")
+
+
+def first_error(log_path: str) -> str | None:
+    """The first exception message (`SomeError: ...`) a worker's log holds: the root cause of a failure that
+    surfaced later, wrapped (vLLM's engine core reports a worker's error as 'initialization failed')."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return None
+    m = ERROR_LINE.search(text)
+    return m.group(1).strip()[:500] if m else None
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group a replica leads (worker_main makes each replica one): the engine processes it
+    started, which a replica that died leaves running (a vLLM engine core keeps polling)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):  # none left (or not POSIX)
+        pass
+
+
+def allowed_cores() -> list[int]:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path) -> list[ReplicaSpec]:
-    """One spec per replica that can run at once: GPU groups of num_gpus, or CPU cores split evenly."""
+    """One spec per replica that can run at once: GPU groups of num_gpus, or CPU cores split evenly (a vLLM
+    replica on CPU: num_gpus tensor-parallel ranks, each bound to its own cores)."""
+    tp = max(1, num_gpus) if base.engine == "vllm" else 1
+    base = replace(base, tensor_parallel=tp)
     if base.device.startswith("cuda"):
         gpus = visible_gpus()
         per = max(1, num_gpus)
@@ -65,9 +104,14 @@ def plan_replicas(base: ReplicaSpec, workers: int, num_gpus: int, log_dir: Path)
                         workers, per, len(gpus), n)
         return [replace(base, device="cuda", gpus=tuple(gpus[i * per : (i + 1) * per]),
                         log_path=str(log_dir / f"worker_{i}.log")) for i in range(n)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
-    return [replace(base, device="cpu", threads=threads, log_path=str(log_dir / f"worker_{i}.log"))
+    cores = allowed_cores()
+    threads = max(1, len(cores) // workers)
+    binds = [""] * workers
+    if base.engine == "vllm":
+        from accbench.evaluate.backends.vllm import cpu_binds
+
+        binds = cpu_binds(cores, workers, tp)
+    return [replace(base, device="cpu", threads=threads, cpu_bind=binds[i], log_path=str(log_dir / f"worker_{i}.log"))
             for i in range(workers)]
 
 
@@ -80,21 +124,28 @@ class LocalWorkerPool(ReplicaPool):
 
         self.ctx = mp.get_context("spawn")  # a clean interpreter per replica: no forked torch/CUDA state
         self.replicas, self.shards, self.batch_size = replicas, shards, batch_size
+        self.engine = replicas[0].engine
         self.local = local  # the parent's backend, for what needs the model itself (perplexity windows)
         self.stats = BackendStats()
         self.results = self.ctx.Queue()
         self.procs: list[Any] = [None] * len(replicas)
         self.jobs: list[Any] = [None] * len(replicas)
         self.restarts = [0] * len(replicas)
-        for i in range(len(replicas)):
-            self._start(i)
-        self._wait_ready(range(len(replicas)))
+        self.busy: dict[int, int] = {}
+        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for them forever
+        try:
+            for i in range(len(replicas)):
+                self._start(i)
+            self._wait_ready(range(len(replicas)))
+        except BaseException:  # interrupted, or a replica failed: stop the others
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ processes
 
     def _start(self, i: int) -> None:
         self.jobs[i] = self.ctx.Queue()
-        p = self.ctx.Process(target=worker_main, args=(i, self.replicas[i], self.jobs[i], self.results), daemon=True)
+        p = self.ctx.Process(target=worker_main, args=(i, self.replicas[i], self.jobs[i], self.results), daemon=False)
         p.start()
         self.procs[i] = p
 
@@ -112,12 +163,18 @@ class LocalWorkerPool(ReplicaPool):
                                         f"see {self.replicas[min(waiting)].log_path}")
                 continue
             if status == "failed":
-                self._fail(wid, f"worker {wid} could not load the model: {info}")
+                why, hint = info
+                self._fail(wid, f"worker {wid} could not load the model: {why}", hint)
             waiting.discard(wid)
 
-    def _fail(self, i: int, why: str) -> None:
+    def _fail(self, i: int, why: str, hint: str | None = None) -> None:
+        """Stop every replica and raise AccbenchError with replica i's log (and the first error in it)."""
         self.close()
-        raise AccbenchError(why, f"the worker's log is {self.replicas[i].log_path}")
+        log_path = self.replicas[i].log_path
+        cause = first_error(log_path)
+        if cause and cause not in why:  # a vLLM replica's root cause sits in its engine core's output
+            why += f"\n  first error in the worker's log: {cause}"
+        raise AccbenchError(why, f"the worker's log is {log_path}" + (f"; {hint}" if hint else ""))
 
     def _run(self, kind: str, requests: list) -> list:
         self.last_truncated = []
@@ -125,7 +182,7 @@ class LocalWorkerPool(ReplicaPool):
             return []
         shards = split_shards(len(requests), self.shards)
         todo = list(range(len(shards)))
-        busy: dict[int, int] = {}  # replica -> shard
+        busy = self.busy = {}  # replica -> the shard it is answering
         out: list[Any] = [None] * len(requests)
         left = len(shards)
         while left:
@@ -159,19 +216,37 @@ class LocalWorkerPool(ReplicaPool):
             self._fail(i, f"worker {i} died twice (exit code {code}) while answering {kind} requests")
         self.restarts[i] += 1
         log.warning("worker %d died (exit code %s) on shard %d; restarting it once", i, code, shard)
+        kill_group(self.procs[i].pid)  # what it started (a vLLM engine core) would outlive it
         self._start(i)
         self._wait_ready([i])
 
     def close(self) -> None:
+        """Stop every replica: an idle one is asked to (it releases its engine), one still answering gets SIGTERM
+        (which releases it too), SIGKILL after STOP_TIMEOUT_S; then whatever a replica started and left behind
+        (its process group) is killed."""
+        atexit.unregister(self.close)
         for i, p in enumerate(self.procs):
             if p is not None and p.is_alive():
-                self.jobs[i].put(None)
+                if i in self.busy:
+                    p.terminate()
+                else:
+                    self.jobs[i].put(None)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for p in self.procs:
             if p is not None:
-                p.join(timeout=10)
+                p.join(timeout=max(0.1, deadline - time.monotonic()))
+        for p in self.procs:
+            if p is not None and p.is_alive():
+                p.terminate()  # worker_main turns SIGTERM into an exit that still releases its engine
+                p.join(timeout=15)
                 if p.is_alive():
                     p.kill()
+                    p.join(timeout=5)
+        for p in self.procs:
+            if p is not None:
+                kill_group(p.pid)
         self.procs = [None] * len(self.replicas)
+        self.busy = {}
 
     def __enter__(self) -> "LocalWorkerPool":
         return self

@@ -3,13 +3,16 @@
 Ray is the optional extra `ray`, imported only here. Each actor holds one model replica (`num_gpus`
 GPUs, which Ray assigns through CUDA_VISIBLE_DEVICES); as many actors start as the cluster's GPUs allow
 and the `max_num_workers` shards queue onto them. Ray restarts a dead actor once (max_restarts=1) and
-retries its call; a second death stops the run with Ray's log directory in the message.
+retries its call; a second death stops the run with Ray's log directory in the message. On CPU with a local
+Ray instance, vLLM actors are bound to cores of their own, as local replicas are (runners/local.py); on a
+remote cluster vLLM binds them itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,25 @@ from accbench.runners.worker import ReplicaPool, ReplicaSpec
 log = logging.getLogger("accbench.runners")
 
 
+RAY_HINT = ("pip install 'accbench[ray]' (or: pip install ray) into the Python that runs accbench (for engine: vllm "
+            "on CPU, the vLLM environment: bash .ci/vllm_env.sh adds ray to it), or use runner.type: local")
+
+
+def check_ray_installed() -> None:
+    """Preflight: the ray package is there (without importing it); AccbenchError (exit 2) if not."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise AccbenchError(f"runner.type: ray needs the ray package, which is not installed in this Python "
+                            f"environment ({sys.executable})", RAY_HINT)
+
+
 def import_ray() -> Any:
     try:
         import ray
-    except ImportError:
-        raise AccbenchError("runner.type: ray needs the ray package, which is not installed",
-                            "pip install 'accbench[ray]'  (or: pip install ray), or use runner.type: local") from None
+    except ImportError as exc:
+        raise AccbenchError(f"runner.type: ray needs the ray package, which cannot be imported here ({exc})",
+                            RAY_HINT) from None
     return ray
 
 
@@ -37,6 +53,8 @@ class _Replica:
 
         from accbench.runners.worker import build_engine
 
+        if spec.cpu_bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_bind
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.engine = build_engine(spec)
@@ -45,6 +63,9 @@ class _Replica:
         from accbench.runners.worker import answer
 
         return answer(self.engine, kind, requests, batch_size)
+
+    def shutdown(self) -> None:
+        self.engine.release()  # a vLLM replica's engine-core processes stop with it
 
 
 class RayWorkerPool(ReplicaPool):
@@ -57,10 +78,12 @@ class RayWorkerPool(ReplicaPool):
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                      runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
-        self.shards, self.batch_size, self.local = workers, batch_size, local
+        self.shards, self.batch_size, self.local, self.engine = workers, batch_size, local, spec.engine
         self.stats = BackendStats()
         self.log_dir = "the Ray session's logs (default /tmp/ray/session_latest/logs)"
         gpu = spec.device.startswith("cuda")
+        spec = replace(spec, tensor_parallel=max(1, num_gpus) if spec.engine == "vllm" else 1)
+        binds = [""] * workers
         if gpu:
             have = int(ray.cluster_resources().get("GPU", 0))
             if have < max(1, num_gpus):
@@ -73,8 +96,13 @@ class RayWorkerPool(ReplicaPool):
             cpus = int(ray.cluster_resources().get("CPU", 1))
             spec = replace(spec, threads=max(1, cpus // workers))
             opts = {"num_cpus": 0 if cpus < workers else max(1, cpus // workers)}
+            if spec.engine == "vllm" and address is None:  # a local instance: this machine's cores
+                from accbench.evaluate.backends.vllm import cpu_binds
+                from accbench.runners.local import allowed_cores
+
+                binds = cpu_binds(allowed_cores(), n, spec.tensor_parallel)
         actor = ray.remote(max_restarts=1, max_task_retries=1, **opts)(_Replica)
-        self.actors = [actor.remote(spec) for _ in range(n)]
+        self.actors = [actor.remote(replace(spec, cpu_bind=binds[i])) for i in range(n)]
 
     def _run(self, kind: str, requests: list) -> list:
         self.last_truncated = []
@@ -98,6 +126,11 @@ class RayWorkerPool(ReplicaPool):
         return out
 
     def close(self) -> None:
+        """Each actor releases its engine (up to 60 s), then is killed."""
+        try:
+            self.ray.get([a.shutdown.remote() for a in self.actors], timeout=60)
+        except Exception as exc:  # noqa: BLE001 - a dead or stuck actor is killed below all the same
+            log.warning("a Ray worker did not shut its engine down cleanly: %s", exc)
         for a in self.actors:
             self.ray.kill(a)
         self.actors = []

@@ -1,12 +1,18 @@
 """One model replica in its own process: loads the model once, then answers request shards until told to stop.
 
 Everything the process prints goes to its log file (logs/worker_<i>.log), whose path a failure reports.
-The replica is pinned before torch is imported: CUDA_VISIBLE_DEVICES for its GPUs, a thread count on CPU.
+The replica is pinned before torch is imported: CUDA_VISIBLE_DEVICES for its GPUs, a thread count on CPU, and
+for a vLLM replica on CPU its own cores (VLLM_CPU_OMP_THREADS_BIND, one group per tensor-parallel rank). It
+releases its engine (a vLLM replica's engine-core processes) when told to stop, on SIGTERM, or when it finds
+its parent gone; it leads a process group of its own, which the parent kills when the replica dies (a vLLM
+engine core would outlive it).
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -33,8 +39,9 @@ class ReplicaSpec:
     trust_remote_code: bool = False
     tokenizer_path: str | None = None
     log_path: str = ""
-    engine: str = "hf"  # the backend each replica runs (evaluate/backends); vllm: gpus are its tensor parallel
-
+    engine: str = "hf"  # the backend each replica runs (evaluate/backends)
+    tensor_parallel: int = 1  # vllm: its tensor-parallel size (runner.num_gpus), on GPUs or CPU ranks
+    cpu_bind: str = ""  # vllm on CPU: VLLM_CPU_OMP_THREADS_BIND, this replica's cores ("0|1": one per rank)
 
 
 class ReplicaPool(ModelBackend):
@@ -45,6 +52,7 @@ class ReplicaPool(ModelBackend):
 
     local: ModelBackend | None = None
     batch_size: BatchSize = "auto"
+    engine: str = "hf"  # the replicas' backend: a vLLM pool answers perplexity windows on a replica too
 
     def _run(self, kind: str, requests: list) -> list:
         raise NotImplementedError
@@ -59,7 +67,9 @@ class ReplicaPool(ModelBackend):
         return self._local().tokenizer
 
     def window_losses(self, request: WindowLossRequest) -> list[float]:
-        return self._local().window_losses(request)
+        if self.engine == "hf":
+            return self._local().window_losses(request)
+        return self._run("window_losses", [request])[0]  # the run's engine answers every task
 
     def truncates(self, kind: str, request: Request) -> bool:
         return self._local().truncates(kind, request)
@@ -100,7 +110,8 @@ def build_engine(spec: ReplicaSpec) -> ModelBackend:
         placement = "single"
     loaded = load_model(spec.model_path, spec.dtype, spec.trust_remote_code, spec.tokenizer_path, device,
                         placement, max(1, len(spec.gpus)))
-    return create_backend(loaded, name=spec.engine, gpus=max(1, len(spec.gpus)))
+    gpus = max(1, len(spec.gpus)) if spec.engine == "hf" else spec.tensor_parallel
+    return create_backend(loaded, name=spec.engine, gpus=gpus)
 
 
 def answer(engine: ModelBackend, kind: str, requests: list, batch_size: BatchSize) -> tuple[list, dict]:
@@ -113,12 +124,31 @@ def answer(engine: ModelBackend, kind: str, requests: list, batch_size: BatchSiz
         os._exit(17)
     engine.batch_size = batch_size
     engine.stats.batch_sizes.clear()
-    out = engine.answer(kind, requests)
+    engine.last_truncated = []
+    if kind == "window_losses":
+        out: list = [engine.window_losses(r) for r in requests]
+    else:
+        out = engine.answer(kind, requests)
     return out, {"batch_sizes": dict(engine.stats.batch_sizes), "truncated_ids": list(engine.last_truncated)}
+
+
+def failure(exc: BaseException) -> tuple[str, str | None]:
+    """What a replica that cannot start reports: (what went wrong, how to fix it: an AccbenchError's hint)."""
+    from accbench.errors import AccbenchError
+
+    if isinstance(exc, AccbenchError):
+        return exc.message, exc.hint
+    return f"{type(exc).__name__}: {exc}", None
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through worker_main's `finally`, which releases the engine
 
 
 def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> None:
     """Process entry point (spawned): build the replica, then loop over (job id, kind, requests, batch size)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # a group of its own: the parent kills what it leaves behind (LocalWorkerPool.close)
     if spec.log_path:
         log = open(spec.log_path, "a", buffering=1)
         os.dup2(log.fileno(), 1)
@@ -126,6 +156,9 @@ def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> N
         sys.stdout = sys.stderr = log
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpus))
+    if spec.cpu_bind:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_bind
+    signal.signal(signal.SIGTERM, _stop)
     import torch
 
     if spec.threads:
@@ -134,15 +167,31 @@ def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> N
         engine = build_engine(spec)
     except BaseException as exc:  # report why this replica cannot start; the parent decides what to do
         traceback.print_exc()
-        results.put(("failed", worker_id, None, f"{type(exc).__name__}: {exc}"))
+        results.put(("failed", worker_id, None, failure(exc)))
         return
-    print(f"worker {worker_id}: model loaded on {spec.device} {spec.gpus or ''}", flush=True)
+    where = f"cores {spec.cpu_bind}" if spec.cpu_bind else f"{spec.device} {spec.gpus or ''}"
+    print(f"worker {worker_id}: model loaded ({spec.engine}, {where})", flush=True)
     results.put(("ready", worker_id, None, None))
+    try:
+        _serve(worker_id, engine, jobs, results)
+    finally:
+        engine.release()
+        print(f"worker {worker_id}: stopped", flush=True)
+
+
+def _serve(worker_id: int, engine: ModelBackend, jobs: Any, results: Any) -> None:
+    parent = os.getppid()
     while True:
-        job = jobs.get()
+        try:
+            job = jobs.get(timeout=5.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the run died without stopping its replicas
+                return
+            continue
         if job is None:
             return
         job_id, kind, requests, batch_size = job
+        print(f"worker {worker_id}: shard {job_id}, {len(requests)} {kind} request(s)", flush=True)
         try:
             out, sizes = answer(engine, kind, requests, batch_size)
             results.put(("done", worker_id, job_id, (out, sizes)))

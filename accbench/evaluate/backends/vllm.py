@@ -17,6 +17,8 @@ as token ids, so both engines see the same tokens:
 vLLM is imported lazily (the `vllm` extra). Its engine core runs in a spawned process, so the program that
 creates a backend must be spawn-safe (`if __name__ == "__main__":`); on CPU the KV cache gets 1 GiB unless
 VLLM_CPU_KVCACHE_SPACE says otherwise. vLLM batches by itself: batch-size settings do not apply.
+On CPU, tensor parallelism (`gpus` > 1) runs one process per rank, each bound to its own cores (`cpu_binds`:
+vLLM's automatic binding wants one NUMA node per rank, which a small machine lacks).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger("accbench.engine")
 VLLM_HINT = ("install the vllm extra (pip install 'accbench[vllm]' on a CUDA machine; on CPU vLLM's CPU build: "
              "bash .ci/vllm_env.sh builds a virtual environment with it), or set engine: hf (docs/vllm.md)")
 CPU_KVCACHE_GIB = "1"
+OMP_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"  # vLLM's CPU thread binding: "0-3|4-7" = rank 0 on 0-3, rank 1 on 4-7
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,21 @@ def import_vllm() -> Any:
     return vllm
 
 
+def cpu_binds(cores: Sequence[int], replicas: int, tp: int) -> list[str]:
+    """vLLM's CPU thread binding (OMP_BIND_ENV) for each of `replicas` engines of `tp` tensor-parallel ranks:
+    the cores split evenly between the ranks, each rank its own run of them ("0|1": rank 0 on core 0, rank 1
+    on core 1). With fewer cores than ranks, the ranks share cores round-robin (it runs, slower; warned)."""
+    cores, ranks = sorted(cores), replicas * tp
+    if len(cores) >= ranks:
+        per = len(cores) // ranks
+        groups = [cores[k * per : (k + 1) * per] for k in range(ranks)]
+    else:
+        log.warning("%d vLLM engine(s) x %d tensor-parallel rank(s) on %d CPU core(s): ranks share cores",
+                    replicas, tp, len(cores))
+        groups = [[cores[k % len(cores)]] for k in range(ranks)]
+    return ["|".join(",".join(map(str, g)) for g in groups[i * tp : (i + 1) * tp]) for i in range(replicas)]
+
+
 def dtype_name(model: Any) -> str:
     """The dtype the in-memory model runs in, as vLLM names it (so vLLM loads the saved weights unchanged)."""
     return str(getattr(model, "dtype", "auto")).replace("torch.", "")
@@ -131,7 +149,8 @@ class VLLMBackend(LmEvalTokens, ModelBackend):
             self.llm = vllm.LLM(**settings.engine_kwargs())
         except Exception as exc:  # the engine's own log above says more; this says what to do
             raise ModelLoadError(f"vLLM could not start on {settings.model_path}: {type(exc).__name__}: {exc}",
-                                 "see vLLM's log above; on CPU its attention supports head sizes 32, 64, 80, 96, "
+                                 "vLLM's own output (above; a replica's: its logs/worker_<i>.log) says more; on CPU "
+                                 "its attention supports head sizes 32, 64, 80, 96, "
                                  "112, 128, ... (docs/vllm.md); or set engine: hf") from exc
 
     @classmethod
@@ -144,6 +163,10 @@ class VLLMBackend(LmEvalTokens, ModelBackend):
         eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         max_length = resolve_max_length(loaded.model, loaded.tokenizer)
         cuda = str(loaded.device).startswith("cuda")
+        if gpus > 1 and not os.environ.get(OMP_BIND_ENV) and free_gpu_share() is None:  # CPU ranks
+            from accbench.runners.local import allowed_cores
+
+            os.environ[OMP_BIND_ENV] = cpu_binds(allowed_cores(), 1, gpus)[0]
         settings = VLLMSettings(loaded.path, dtype_name(loaded.model), max(1, gpus), max_length + 1,
                                 trust_remote_code=False, gpu_memory_utilization=free_gpu_share() if cuda else None)
         backend = cls(settings, loaded.tokenizer, max_length, [i for i in eos if i is not None])
