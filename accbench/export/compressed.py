@@ -36,7 +36,10 @@ STRATEGY = {"per_group": "group", "per_channel": "channel", "per_tensor": "tenso
 VLLM_PACK_BITS = (4, 8)  # vLLM's compressed-tensors WNA16 kernels
 
 
-EXPORTABLE_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant")  # the methods that hand over their codes
+# the methods that hand over their codes: RTN, AWQ, SmoothQuant and OmniQuant round in rtn.quantize_block (AWQ's
+# and OmniQuant's learned clip ranges, SmoothQuant's and OmniQuant's LET scales folded into the weights before),
+# GPTQ hands over its own grid
+EXPORTABLE_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant", "OmniQuant")
 
 
 def export_problems(weight: WeightQuantSpec, act: ActQuantSpec | None, method: str, special: dict[str, Any],
