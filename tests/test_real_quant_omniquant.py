@@ -70,3 +70,29 @@ def test_omniquant_checkpoint_decompresses_to_the_fake_quant_model(tmp_path, tin
     install_checkpoint_act_quant(real, tmp_path / "ct")
     with torch.no_grad():
         assert torch.equal(model(ids).logits, real(ids).logits)
+
+
+@pytest.mark.parametrize("backend,folder", [("vllm", "vllm_quant_model"), ("sglang", "sgl_quant_model")])
+def test_llmc_awq_then_omniquant_exports_real_quant(tmp_path, tiny_model_dir, eval_txt, capsys, backend, folder):
+    """llmc's backend/<vllm|sglang>/w4a16_combin: step 1 AWQ saves its transformed model, step 2 OmniQuant (LWC,
+    search_clip_init) on it writes the real-quant checkpoint, which reloads equal to fake_quant and scores the same.
+    Paths changed; sizes, group size (the tiny model's hidden size is 64) and epochs shrunk by overrides."""
+    from test_llmc_omniquant_runs import SMALL, _config, _run
+
+    root = f"quantization/backend/{backend}/w4a16_combin"
+    step1 = _config(tmp_path, f"{root}/step_1_awq.yml", str(tiny_model_dir), eval_txt, tmp_path / "awq")
+    _run(step1, tmp_path / "run1", capsys, *SMALL, "quant.weight.group_size=32")
+    step2 = _config(tmp_path, f"{root}/step_2_omniq.yml", str(tmp_path / "awq" / "transformed_model"), eval_txt,
+                    tmp_path / "save")
+    res = _run(step2, tmp_path / "run2", capsys, *SMALL, "quant.weight.group_size=32", "quant.special.epochs=1")
+    out = tmp_path / "save" / folder
+    assert res["models"]["real_quant"] == str(out)
+    qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qcfg["format"] == "pack-quantized"
+    assert qcfg["config_groups"]["group_0"]["weights"].items() >= {"num_bits": 4, "symmetric": True,
+                                                                   "strategy": "group", "group_size": 32}.items()
+    rq = res["real_quant"]
+    assert rq["tensors_equal"] == rq["tensors_compared"] == 21 and rq["max_abs_diff"] == 0.0
+    ppl = {p["position"]: p["ppl"] for p in res["ppl"]}
+    assert set(ppl) == {"fake_quant", "real_quant"} and ppl["real_quant"] == ppl["fake_quant"]
+    assert res["quant"]["method"] == "OmniQuant" and res["quant"]["special"]["search_clip_init"] is True
