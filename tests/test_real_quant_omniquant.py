@@ -1,7 +1,10 @@
-"""Real-quant export of OmniQuant results: the compressed-tensors checkpoint of an LWC (W4A16 g128, symmetric
-and asymmetric) and an LWC+LET (W8A8 int8, per-channel weights, per-token activations) run decompresses to the
-fake-quant model bit for bit, in float32 and bfloat16, and gives the same logits; the learned ranges are what
-the checkpoint holds (its codes differ from min/max rounding of the same weights)."""
+"""Real-quant export of OmniQuant and QuaRot results: the compressed-tensors checkpoint of OmniQuant LWC (W4A16
+g128, symmetric and asymmetric), LWC+LET (W8A8 int8, per-channel weights, per-token activations) and QuaRot
+without online rotations (W4A16, W8A8) decompresses to the fake-quant model bit for bit, in float32 and
+bfloat16, and gives the same logits; OmniQuant's learned ranges are what the checkpoint holds (its codes differ
+from min/max rounding of the same weights); llmc's vllm/sglang w4a16_combin (AWQ, then OmniQuant with
+save_vllm / save_sgl) run from the CLI; what has no layout (LLM.int8(), HQQ's float zero point, online
+rotations, asymmetric W8A8 weights for vLLM) is refused by name."""
 
 from __future__ import annotations
 
@@ -19,18 +22,40 @@ from accbench.quant.spec import QuantSpec
 pytest.importorskip("compressed_tensors")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CASES = {  # name: (weight, act, special)
-    "lwc-w4a16-g128-sym": (WeightQuantSpec(4, True, "per_group", 128, "learnable"), None,
-                           {"search_clip_init": True}),  # as llmc's backend/*/w4a16_combin/step_2_omniq.yml
-    "lwc-w4a16-g128-asym": (WeightQuantSpec(4, False, "per_group", 128, "learnable"), None, {}),
-    "lwc-let-w8a8": (WeightQuantSpec(8, True, "per_channel", 128, "learnable"), ActQuantSpec(8, True, "per_token"),
-                     {"let": True}),
+CASES = {  # name: (method, weight, act, special)
+    "omniquant-lwc-w4a16-g128-sym": ("OmniQuant", WeightQuantSpec(4, True, "per_group", 128, "learnable"), None,
+                                     {"search_clip_init": True}),  # as llmc's backend/*/w4a16_combin/step_2_omniq
+    "omniquant-lwc-w4a16-g128-asym": ("OmniQuant", WeightQuantSpec(4, False, "per_group", 128, "learnable"), None,
+                                      {}),
+    "omniquant-lwc-let-w8a8": ("OmniQuant", WeightQuantSpec(8, True, "per_channel", 128, "learnable"),
+                               ActQuantSpec(8, True, "per_token"), {"let": True}),
+    # QuaRot without online rotations: the rotation is folded into the weights (tied embeddings untied)
+    "quarot-w4a16-g32": ("Quarot", WeightQuantSpec(4, True, "per_group", 32), None, {}),
+    "quarot-w8a8": ("Quarot", WeightQuantSpec(8, True, "per_channel"), ActQuantSpec(8, True, "per_token"), {}),
 }
+
+
+def _transformed(case: str, folder, dtype: torch.dtype):
+    """The model (built, saved in float32 and loaded in `dtype`, as the pipeline loads it), its spec and the
+    method's state after the transform, and the transformed weights."""
+    from quarot_fixtures import tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    method, weight, act, special = CASES[case]
+    omni = method == "OmniQuant"
+    spec = QuantSpec(method, weight, act, {**METHOD_SPECIAL_KEYS[method], **({"epochs": 2} if omni else {}),
+                                           **special}, omni, 32)
+    # OmniQuant: hidden 128, so that group_size 128 fits every linear; QuaRot: tied embeddings, norms not all 1
+    (_llama(hidden=128, intermediate=256) if omni else tiny_llama(tied=True)).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    state = transform_model(model, spec, list(ids.split(1)), "cpu")
+    return model, spec, state, {k: v.clone() for k, v in model.state_dict().items()}, ids
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", list(CASES))
-def test_omniquant_checkpoint_decompresses_to_the_fake_quant_model(tmp_path, tiny_tokenizer, case, dtype):
+def test_checkpoint_decompresses_to_the_fake_quant_model(tmp_path, tiny_tokenizer, case, dtype):
     from compressed_tensors.quantization import QuantizationConfig
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
@@ -39,30 +64,26 @@ def test_omniquant_checkpoint_decompresses_to_the_fake_quant_model(tmp_path, tin
     from accbench.pipeline.real_quant import compare_weights
     from accbench.results import RealQuantInfo
 
-    weight, act, special = CASES[case]
-    special = {**METHOD_SPECIAL_KEYS["OmniQuant"], "epochs": 2, **special}
-    spec = QuantSpec("OmniQuant", weight, act, special, True, 32)
-    assert export_problems(weight, act, "OmniQuant", special) == []
-    _llama(hidden=128, intermediate=256).save_pretrained(tmp_path / "fp")  # hidden 128: g128 fits every linear
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "fp", dtype=dtype)  # as the pipeline loads it
-    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
-    state = transform_model(model, spec, list(ids.split(1)), "cpu")
-    assert len(state.clips) == 14 - 4 * special["search_clip_init"]  # q/k are not clipped after AWQ's search
-    transformed = {k: v.clone() for k, v in model.state_dict().items()}
+    model, spec, state, transformed, ids = _transformed(case, tmp_path / "fp", dtype)
+    weight, act = spec.weight, spec.act
+    assert export_problems(weight, act, spec.method, spec.special) == []
+    if spec.method == "OmniQuant":
+        assert len(state.clips) == 14 - 4 * spec.special["search_clip_init"]  # q/k unclipped after AWQ's search
     state.codes = {}
     fake_quantize_model(model, spec, list(ids.split(1)), "cpu", state)
     assert {p.dtype for p in model.parameters()} == {dtype}
-    # the learned ranges are in the codes: min/max rounding of the same (LET-folded) weights differs
-    moved = [n for n in state.clips if not torch.equal(
-        fake_quantize_weight(transformed[n + ".weight"], weight), model.get_submodule(n).weight.data)]
-    assert len(moved) >= len(state.clips) // 2, (len(moved), len(state.clips))
+    if spec.method == "OmniQuant":  # the learned ranges are in the codes: min/max rounding differs
+        moved = [n for n in state.clips if not torch.equal(
+            fake_quantize_weight(transformed[n + ".weight"], weight), model.get_submodule(n).weight.data)]
+        assert len(moved) >= len(state.clips) // 2, (len(moved), len(state.clips))
 
     exp = export_checkpoint(model, tiny_tokenizer, state.codes, weight, act, state.act_ranges, tmp_path / "ct")
-    qcfg = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
-    QuantizationConfig.model_validate(qcfg)
+    cfg = json.loads((tmp_path / "ct" / "config.json").read_text())
+    QuantizationConfig.model_validate(cfg["quantization_config"])
     assert exp.format == ("int-quantized" if act else "pack-quantized") and exp.quantized == 14
-    group = qcfg["config_groups"]["group_0"]
+    group = cfg["quantization_config"]["config_groups"]["group_0"]
     assert group["weights"]["symmetric"] == weight.symmetric and group["weights"]["num_bits"] == weight.bit
+    assert cfg["tie_word_embeddings"] is False or spec.method != "Quarot"  # QuaRot untied the rotated head
     real = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=dtype,
                                                 quantization_config=CompressedTensorsConfig(dequantize=True))
     info = compare_weights(RealQuantInfo(path="", format=exp.format), model, real)
@@ -96,3 +117,35 @@ def test_llmc_awq_then_omniquant_exports_real_quant(tmp_path, tiny_model_dir, ev
     ppl = {p["position"]: p["ppl"] for p in res["ppl"]}
     assert set(ppl) == {"fake_quant", "real_quant"} and ppl["real_quant"] == ppl["fake_quant"]
     assert res["quant"]["method"] == "OmniQuant" and res["quant"]["special"]["search_clip_init"] is True
+
+
+@pytest.mark.parametrize("quant,why", [
+    ({"method": "LlmInt8", "weight": {"bit": 8, "symmetric": True, "granularity": "per_channel"},
+      "act": {"bit": 8, "symmetric": True, "granularity": "per_token"}, "special": {"threshold": 6.0}},
+     "real-quant export of LlmInt8 results is not supported: LLM.int8() keeps the input columns"),
+    ({"method": "HQQ", "weight": {"bit": 4, "symmetric": False, "granularity": "per_group", "group_size": 32,
+                                  "round_zp": False}, "special": {"axis": 0}},
+     "HQQ's optimised zero point is a float (round_zp: false)"),
+    ({"method": "HQQ", "weight": {"bit": 4, "symmetric": False, "granularity": "per_group", "group_size": 32},
+      "special": {"axis": 0}}, "HQQ with axis 0 groups output rows"),
+    ({"method": "Quarot", "weight": {"bit": 8, "symmetric": True, "granularity": "per_channel"},
+      "act": {"bit": 8, "symmetric": True, "granularity": "per_token"},
+      "special": {"rotate_mode": "hadamard", "online_rotate": True}}, "Quarot with online_rotate"),
+    ({"method": "GPTQ", "weight": {"bit": 4, "symmetric": True, "granularity": "per_group", "group_size": 32},
+      "special": {"online_rotate": True}}, "GPTQ with online_rotate"),
+    ({"method": "OmniQuant", "weight": {"bit": 8, "symmetric": False, "granularity": "per_channel",
+                                        "calib_algo": "learnable"},
+      "act": {"bit": 8, "symmetric": False, "granularity": "per_token"}, "special": {"let": True}},
+     "W8A8 int8 kernels take symmetric weights only"),
+])
+def test_what_no_checkpoint_holds_is_refused_by_name(tmp_path, tiny_model_dir, eval_txt, quant, why, capsys):
+    import yaml
+
+    from accbench.cli import main
+
+    cfg = {"model": {"path": str(tiny_model_dir)}, "quant": quant, "save": {"save_vllm": True},
+           "calib": {"name": "custom", "path": str(eval_txt), "n_samples": 2, "seq_len": 32}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(tmp_path / "c.yaml")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cannot export a real-quant checkpoint" in err and why in err, err[-1500:]
