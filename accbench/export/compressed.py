@@ -38,8 +38,8 @@ VLLM_PACK_BITS = (4, 8)  # vLLM's compressed-tensors WNA16 kernels
 
 # the methods that hand over their codes: RTN, AWQ, SmoothQuant, OmniQuant and QuaRot round in rtn.quantize_block
 # (AWQ's and OmniQuant's clip ranges; SmoothQuant's and OmniQuant's LET scales and QuaRot's rotation folded into
-# the weights before), GPTQ hands over its own grid
-EXPORTABLE_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant", "OmniQuant", "Quarot")
+# the weights before), GPTQ and HQQ (round_zp: true, axis: 1) hand over their own grids
+EXPORTABLE_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant", "OmniQuant", "Quarot", "HQQ")
 # methods whose results no compressed-tensors checkpoint holds, with the reason
 NOT_EXPORTABLE = {
     "LlmInt8": "LLM.int8() keeps the input columns whose activations reach `threshold` in full precision and "
@@ -59,11 +59,11 @@ def _method_problems(method: str, weight: WeightQuantSpec, special: dict[str, An
             p.append(f"{what}: HQQ's optimised zero point is a float (round_zp: false), and compressed-tensors "
                      "stores integer zero points (int8 codes, packed in int32), so no checkpoint holds it exactly; "
                      "set quant.weight.round_zp: true")
-        if special.get("axis", 0) == 0 and weight.granularity == "per_group":
-            p.append(f"{what}: HQQ with axis 0 groups output rows of each input column, and compressed-tensors' "
-                     "groups are input columns of each output row; set quant.special.axis: 1")
-        return p + [f"{what}: llmc's real-quant export of HQQ results is not supported yet (with round_zp: true "
-                    "and axis: 1 it would have a layout)"]
+        if special.get("axis", 0) == 0:
+            p.append(f"{what}: HQQ with axis 0 (its default) groups output rows of each input column, and "
+                     "compressed-tensors' groups and channels are input columns of one output row; set "
+                     "quant.special.axis: 1")
+        return p
     if method not in EXPORTABLE_METHODS:
         return [f"{what}: llmc's real-quant export of {method} results is not supported yet; the export takes "
                 f"{', '.join(EXPORTABLE_METHODS)} results"]
