@@ -1,9 +1,10 @@
-"""Real-quant export of OmniQuant and QuaRot results: the compressed-tensors checkpoint of OmniQuant LWC (W4A16
-g128, symmetric and asymmetric), LWC+LET (W8A8 int8, per-channel weights, per-token activations) and QuaRot
-without online rotations (W4A16, W8A8) decompresses to the fake-quant model bit for bit, in float32 and
-bfloat16, and gives the same logits; OmniQuant's learned ranges are what the checkpoint holds (its codes differ
-from min/max rounding of the same weights); llmc's vllm/sglang w4a16_combin (AWQ, then OmniQuant with
-save_vllm / save_sgl) run from the CLI; what has no layout (LLM.int8(), HQQ's float zero point, online
+"""Real-quant export of OmniQuant, QuaRot and HQQ results: the compressed-tensors checkpoint of OmniQuant LWC
+(W4A16 g128, symmetric and asymmetric) and LWC+LET (W8A8 int8, per-channel weights, per-token activations),
+QuaRot without online rotations (W4A16, W8A8) and HQQ with integer zero points along the input (W4 g32, W8 per
+channel) decompresses to the fake-quant model bit for bit, in float32 and bfloat16, and gives the same logits;
+OmniQuant's learned ranges and HQQ's optimised zeros are what the checkpoint holds (its codes differ from
+min/max rounding of the same weights); llmc's vllm/sglang w4a16_combin (AWQ, then OmniQuant with save_vllm /
+save_sgl) run from the CLI; what has no layout (LLM.int8(), HQQ's float zero point and axis 0, online
 rotations, asymmetric W8A8 weights for vLLM) is refused by name."""
 
 from __future__ import annotations
