@@ -80,7 +80,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("KV-cache quantization (quant.kvcache: Naive, Kivi; bit, symmetric, per_token/per_tensor/per_group, "
             "group_size, residual_length; static with quant.act.static)", ("quant.kvcache",), "supported"),
     Feature("real-quant compressed-tensors export for vLLM / SGLang (save_vllm, save_sgl; folders vllm_quant_model, "
-            "sgl_quant_model), evaluated at real_quant", tuple(f"save.{k}" for k in BUILT_EXPORTS), "supported"),
+            "sgl_quant_model) of RTN, AWQ, GPTQ, SmoothQuant, OmniQuant, QuaRot (online_rotate: False) and HQQ "
+            "(round_zp: True, axis: 1) results, evaluated at real_quant",
+            tuple(f"save.{k}" for k in BUILT_EXPORTS), "supported"),
     Feature("eval.num_samples, eval.inference_per_block, eval.eval_token_consist", ("eval.num_samples",),
             "supported"),
     Feature("calibration preprocessing wikitext2_gptq, c4_gptq, ptb_gptq, pileval_awq, pileval_smooth, "

@@ -36,17 +36,50 @@ STRATEGY = {"per_group": "group", "per_channel": "channel", "per_tensor": "tenso
 VLLM_PACK_BITS = (4, 8)  # vLLM's compressed-tensors WNA16 kernels
 
 
-EXPORTABLE_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant")  # the methods that hand over their codes
+# the methods that hand over their codes: RTN, AWQ, SmoothQuant, OmniQuant and QuaRot round in rtn.quantize_block
+# (AWQ's and OmniQuant's clip ranges; SmoothQuant's and OmniQuant's LET scales and QuaRot's rotation folded into
+# the weights before), GPTQ and HQQ (round_zp: true, axis: 1) hand over their own grids
+EXPORTABLE_METHODS = ("RTN", "Awq", "GPTQ", "SmoothQuant", "OmniQuant", "Quarot", "HQQ")
+# methods whose results no compressed-tensors checkpoint holds, with the reason
+NOT_EXPORTABLE = {
+    "LlmInt8": "LLM.int8() keeps the input columns whose activations reach `threshold` in full precision and "
+               "rounds the other columns of the weight over those columns only, both chosen per call at run time "
+               "from the float weight; compressed-tensors has no layout for that (its checkpoints hold weights "
+               "rounded once)",
+}
+
+
+def _method_problems(method: str, weight: WeightQuantSpec, special: dict[str, Any], what: str) -> list[str]:
+    """Why `method`'s results (with its options) have no compressed-tensors checkpoint."""
+    if method in NOT_EXPORTABLE:
+        return [f"{what}: llmc's real-quant export of {method} results is not supported: {NOT_EXPORTABLE[method]}"]
+    if method == "HQQ":
+        p = []
+        if not weight.round_zp:
+            p.append(f"{what}: HQQ's optimised zero point is a float (round_zp: false), and compressed-tensors "
+                     "stores integer zero points (int8 codes, packed in int32), so no checkpoint holds it exactly; "
+                     "set quant.weight.round_zp: true")
+        if special.get("axis", 0) == 0:
+            p.append(f"{what}: HQQ with axis 0 (its default) groups output rows of each input column, and "
+                     "compressed-tensors' groups and channels are input columns of one output row; set "
+                     "quant.special.axis: 1")
+        return p
+    if method not in EXPORTABLE_METHODS:
+        return [f"{what}: llmc's real-quant export of {method} results is not supported yet; the export takes "
+                f"{', '.join(EXPORTABLE_METHODS)} results"]
+    if special.get("online_rotate"):
+        return [f"{what}: llmc's real-quant export of {method} with online_rotate is not supported yet: the "
+                "run-time Hadamard rotations of o_proj's and down_proj's inputs are not part of the weights, and "
+                "accbench does not write them as a compressed-tensors transform_config (hadamard input "
+                "transforms); set quant.special.online_rotate: false (llmc's vLLM / SGLang w8a8_combin configs do)"]
+    return []
 
 
 def export_problems(weight: WeightQuantSpec, act: ActQuantSpec | None, method: str, special: dict[str, Any],
                     what: str = "save_vllm") -> list[str]:
     """Why this quantization has no compressed-tensors layout vLLM loads (empty: it has one)."""
-    p: list[str] = []
-    if method not in EXPORTABLE_METHODS:
-        p.append(f"{what}: llmc's real-quant export of {method} results is not supported yet; the export takes "
-                 f"{', '.join(EXPORTABLE_METHODS)} results")
-    if weight.int_range is not None or not weight.round_zp or weight.w48 is not None:
+    p = _method_problems(method, weight, special, what)
+    if weight.int_range is not None or (not weight.round_zp and method != "HQQ") or weight.w48 is not None:
         p.append(f"{what}: llmc's int_range, round_zp: false and bit 48 have no compressed-tensors layout yet")
     if weight.granularity == "per_block":
         p.append(f"{what}: per_block weights are not supported yet by the real-quant export; use per_group or "
@@ -68,6 +101,9 @@ def export_problems(weight: WeightQuantSpec, act: ActQuantSpec | None, method: s
                      f"got W{weight.bit}A{act.bit}")
         if weight.granularity == "per_group":
             p.append(f"{what}: weights with activation quantization export per_channel or per_tensor, not per_group")
+        if not isinstance(weight.bit, str) and not weight.symmetric and what in ("save_vllm", "save_sgl"):
+            p.append(f"{what}: vLLM's and SGLang's W8A8 int8 kernels take symmetric weights only (asymmetric "
+                     "activations are fine); set quant.weight.symmetric: true")
     if method == "GPTQ" and special.get("actorder") and not special.get("static_groups") \
             and weight.granularity == "per_group":
         p.append(f"{what}: GPTQ with actorder and dynamic groups (static_groups: false) is not supported yet by the "

@@ -34,8 +34,10 @@ import torch.nn as nn
 from pydantic import field_validator
 
 from accbench.errors import AccbenchError
+from accbench.quant.codes import WeightCodes
 from accbench.quant.options import MethodOptions
 from accbench.quant.quantizer import WeightQuantSpec, int_range, to_rows
+from accbench.quant.scale_dtype import held
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
@@ -117,24 +119,42 @@ def optimize_zero(rows: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, q
     return zero, opts.iters
 
 
-def hqq_fake_quantize(w: torch.Tensor, spec: WeightQuantSpec, opts: HqqOptions, round_zp: bool) -> torch.Tensor:
-    """The [out, in] weight quantized with HQQ's optimised zero points and dequantized, in w's dtype."""
+def _hqq_grid(w: torch.Tensor, spec: WeightQuantSpec, opts: HqqOptions,
+              round_zp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q, scale, zero) per row of HQQ's groups (of w.t() with axis 0): llmc's range 0..2^b-1, the scale held in
+    w's dtype (scale_dtype.py), the zero optimised."""
     t = w.float().t() if opts.axis == 0 else w.float()
     rows = to_rows(t, spec.granularity, spec.group_size)
     qmin, qmax = int_range(int(spec.bit), False)
     lo, hi = rows.amin(dim=-1, keepdim=True), rows.amax(dim=-1, keepdim=True)
-    scale = (hi - lo).clamp(min=1e-5) / qmax
+    scale = held((hi - lo).clamp(min=1e-5) / qmax, w.dtype)
     zero = (-torch.round(lo / scale)).clamp(qmin, qmax) if round_zp else qmin - lo / scale
     zero, _ = optimize_zero(rows, scale, zero, qmin, qmax, opts)
     if round_zp:
         zero = torch.round(zero).clamp(qmin, qmax)
-    q = torch.clamp(torch.round(rows / scale + zero), qmin, qmax)
-    out = ((q - zero) * scale).reshape(t.shape)
+    return torch.clamp(torch.round(rows / scale + zero), qmin, qmax), scale, zero
+
+
+def hqq_fake_quantize(w: torch.Tensor, spec: WeightQuantSpec, opts: HqqOptions, round_zp: bool) -> torch.Tensor:
+    """The [out, in] weight quantized with HQQ's optimised zero points and dequantized, in w's dtype."""
+    q, scale, zero = _hqq_grid(w, spec, opts, round_zp)
+    out = ((q - zero) * scale).reshape(w.shape[::-1] if opts.axis == 0 else w.shape)
     return (out.t() if opts.axis == 0 else out).to(w.dtype)
 
 
+def hqq_codes(w: torch.Tensor, spec: WeightQuantSpec, opts: HqqOptions) -> WeightCodes:
+    """The codes `hqq_fake_quantize(w, spec, opts, True)` rounds to, with axis 1 (groups of input columns, the
+    real-quant export's layout; the export refuses axis 0 and a float zero point)."""
+    assert opts.axis == 1, "HQQ's codes are kept with axis 1 only"
+    q, scale, zero = _hqq_grid(w, spec, opts, True)
+    groups = (w.shape[0], -1)
+    return WeightCodes((q - 2 ** (int(spec.bit) - 1)).reshape(w.shape).to(torch.int8), scale.reshape(groups),
+                       zero.reshape(groups), spec)
+
+
 def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantState) -> None:
-    """Fake-quantize the block's linear weights in place with HQQ (no calibration data)."""
+    """Fake-quantize the block's linear weights in place with HQQ (no calibration data); with `state.codes`, keep
+    the codes for the real-quant export (which takes axis 1 and an integer zero point only)."""
     opts = HqqOptions.of(spec)
     for name, lin in block.named_modules():
         if not isinstance(lin, nn.Linear):
@@ -143,4 +163,9 @@ def quantize_block(prefix: str, block: nn.Module, spec: QuantSpec, state: QuantS
             raise AccbenchError(f"HQQ with axis 0 groups output rows: group_size {spec.weight.group_size} does not "
                                 f"divide the {lin.out_features} outputs of {prefix}{name}",
                                 "use quant.special.axis: 1 or a group_size that divides every layer's outputs")
-        lin.weight.data.copy_(hqq_fake_quantize(lin.weight.data, spec.weight, opts, spec.weight.round_zp))
+        if state.codes is None:
+            lin.weight.data.copy_(hqq_fake_quantize(lin.weight.data, spec.weight, opts, spec.weight.round_zp))
+            continue
+        codes = hqq_codes(lin.weight.data, spec.weight, opts)
+        lin.weight.data.copy_(codes.dequantize().to(lin.weight.dtype))
+        state.codes[prefix + name] = codes.cpu()
