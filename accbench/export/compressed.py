@@ -29,7 +29,7 @@ import torch
 from accbench.errors import AccbenchError
 from accbench.quant.codes import WeightCodes
 from accbench.quant.floats import float_scale
-from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec, qparams
+from accbench.quant.quantizer import ActQuantSpec, WeightQuantSpec, qparams, signed_offset
 
 PACK, INT, FLOAT = "pack-quantized", "int-quantized", "float-quantized"
 STRATEGY = {"per_group": "group", "per_channel": "channel", "per_tensor": "tensor", "per_token": "token"}
@@ -133,7 +133,7 @@ def quantization_config(weight: WeightQuantSpec, act: ActQuantSpec | None, ignor
 
 def _signed(t: torch.Tensor, spec: WeightQuantSpec | ActQuantSpec) -> torch.Tensor:
     """llmc's asymmetric range 0..2^b-1 as compressed-tensors' signed int8 range."""
-    return (t - (0 if spec.symmetric else 2 ** (spec.bit - 1))).to(torch.int8)
+    return (t - signed_offset(spec.bit, spec.symmetric)).to(torch.int8)
 
 
 def _scale(scale: torch.Tensor, granularity: str) -> torch.Tensor:

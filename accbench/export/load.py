@@ -16,7 +16,7 @@ import torch
 
 from accbench.errors import AccbenchError
 from accbench.quant.floats import fp8_codes
-from accbench.quant.quantizer import ActQuantSpec, fake_quantize_act_dynamic, quant_dequant
+from accbench.quant.quantizer import ActQuantSpec, fake_quantize_act_dynamic, quant_dequant, signed_offset
 
 
 def quantization_config_of(folder: Path) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def _static_hook(spec: ActQuantSpec, scale: torch.Tensor, zp: torch.Tensor | Non
             return (y.to(x.dtype),) + tuple(args[1:])
         return fp8
     # the checkpoint's zero point is signed (compressed-tensors); llmc's asymmetric range starts at 0
-    zero = torch.zeros_like(scale) if zp is None else zp.float() + 2 ** (spec.bit - 1)
+    zero = torch.zeros_like(scale) if zp is None else zp.float() + signed_offset(spec.bit, False)
 
     def integer(mod: Any, args: tuple) -> tuple:
         x = args[0]

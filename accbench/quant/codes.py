@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from accbench.quant.floats import fp8_codes, float_scale
-from accbench.quant.quantizer import (WeightQuantSpec, int_range, row_range, to_rows,
+from accbench.quant.quantizer import (WeightQuantSpec, int_range, row_range, signed_offset, to_rows,
                                       weight_qparams)
 
 
@@ -37,7 +37,7 @@ class WeightCodes:
 
     def offset(self) -> int:
         """What was subtracted from llmc's codes to store them signed (2^(b-1) for asymmetric integers)."""
-        return 0 if isinstance(self.spec.bit, str) or self.spec.symmetric else 2 ** (self.spec.bit - 1)
+        return signed_offset(self.spec.bit, self.spec.symmetric)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 [out, in] weight: (q - zero) * scale, as fake quantization computes it (small integers
@@ -76,7 +76,7 @@ def weight_codes(w: torch.Tensor, spec: WeightQuantSpec,
         return WeightCodes(q.reshape(w.shape), _per_layer(scale, w, spec), None, spec)
     scale, zero = weight_qparams(w, spec, clip)
     qmin, qmax = int_range(spec.bit, spec.symmetric)
-    q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax) - (0 if spec.symmetric else 2 ** (spec.bit - 1))
+    q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax) - signed_offset(spec.bit, spec.symmetric)
     return WeightCodes(q.reshape(w.shape).to(torch.int8), _per_layer(scale, w, spec),
                        None if spec.symmetric else _per_layer(zero, w, spec), spec)
 
@@ -93,6 +93,6 @@ def codes_from_dequantized(w_hat: torch.Tensor, scale: torch.Tensor, zero: torch
         return WeightCodes(q8.reshape(out, cols), scale.float(), None, spec)
     z = torch.zeros_like(s) if zero is None else (zero.reshape(-1, 1) if n > 1 else zero)
     qmin, qmax = int_range(spec.bit, spec.symmetric)
-    q = torch.clamp(torch.round(rows / s) + z, qmin, qmax) - (0 if spec.symmetric else 2 ** (spec.bit - 1))
+    q = torch.clamp(torch.round(rows / s) + z, qmin, qmax) - signed_offset(spec.bit, spec.symmetric)
     return WeightCodes(q.reshape(out, cols).to(torch.int8), scale.float(), None if spec.symmetric else zero.float(),
                        spec)

@@ -36,7 +36,7 @@ from pydantic import field_validator
 from accbench.errors import AccbenchError
 from accbench.quant.codes import WeightCodes
 from accbench.quant.options import MethodOptions
-from accbench.quant.quantizer import WeightQuantSpec, int_range, to_rows
+from accbench.quant.quantizer import WeightQuantSpec, int_range, signed_offset, to_rows
 from accbench.quant.scale_dtype import held
 from accbench.quant.spec import QuantSpec, QuantState
 
@@ -148,7 +148,7 @@ def hqq_codes(w: torch.Tensor, spec: WeightQuantSpec, opts: HqqOptions) -> Weigh
     assert opts.axis == 1, "HQQ's codes are kept with axis 1 only"
     q, scale, zero = _hqq_grid(w, spec, opts, True)
     groups = (w.shape[0], -1)
-    return WeightCodes((q - 2 ** (int(spec.bit) - 1)).reshape(w.shape).to(torch.int8), scale.reshape(groups),
+    return WeightCodes((q - signed_offset(spec.bit, spec.symmetric)).reshape(w.shape).to(torch.int8), scale.reshape(groups),
                        zero.reshape(groups), spec)
 
 

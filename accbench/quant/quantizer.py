@@ -127,6 +127,12 @@ def int_range(bit: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2**bit - 1
 
 
+def signed_offset(bit: int | str, symmetric: bool) -> int:
+    """What shifts llmc's asymmetric integer range 0..2^b-1 onto the signed range -2^(b-1)..2^(b-1)-1 that
+    compressed-tensors stores codes and zero points in (0 for symmetric ranges and float formats)."""
+    return 0 if isinstance(bit, str) or symmetric else 2 ** (bit - 1)
+
+
 def qparams(min_val: torch.Tensor, max_val: torch.Tensor, bit: int, symmetric: bool,
             grid: tuple[int, int] | None = None, round_zp: bool = True,
             dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:

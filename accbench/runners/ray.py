@@ -54,7 +54,9 @@ class _Replica:
         from accbench.runners.worker import build_engine
 
         if spec.cpu_bind:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_bind
+            from accbench.evaluate.backends.vllm import OMP_BIND_ENV
+
+            os.environ[OMP_BIND_ENV] = spec.cpu_bind
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.engine = build_engine(spec)

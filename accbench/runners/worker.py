@@ -157,7 +157,9 @@ def worker_main(worker_id: int, spec: ReplicaSpec, jobs: Any, results: Any) -> N
     if spec.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpus))
     if spec.cpu_bind:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_bind
+        from accbench.evaluate.backends.vllm import OMP_BIND_ENV
+
+        os.environ[OMP_BIND_ENV] = spec.cpu_bind
     signal.signal(signal.SIGTERM, _stop)
     import torch
 
