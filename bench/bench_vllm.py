@@ -31,14 +31,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_engine import _texts  # noqa: E402  (the same help-topic texts as the HF engine benchmarks)
+
 CHAT = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}")
-
-
-def _texts() -> list[str]:
-    import pydoc_data.topics as t
-
-    return [t.topics[k] for k in sorted(t.topics)]
 
 
 def build_model(out: Path, hidden: int, layers: int, heads: int, window: int) -> Path:
