@@ -36,8 +36,7 @@ from pydantic import field_validator
 from accbench.errors import AccbenchError
 from accbench.quant.codes import WeightCodes
 from accbench.quant.options import MethodOptions
-from accbench.quant.quantizer import WeightQuantSpec, int_range, signed_offset, to_rows
-from accbench.quant.scale_dtype import held
+from accbench.quant.quantizer import WeightQuantSpec, int_range, qparams, signed_offset, to_rows
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
@@ -127,8 +126,7 @@ def _hqq_grid(w: torch.Tensor, spec: WeightQuantSpec, opts: HqqOptions,
     rows = to_rows(t, spec.granularity, spec.group_size)
     qmin, qmax = int_range(int(spec.bit), False)
     lo, hi = rows.amin(dim=-1, keepdim=True), rows.amax(dim=-1, keepdim=True)
-    scale = held((hi - lo).clamp(min=1e-5) / qmax, w.dtype)
-    zero = (-torch.round(lo / scale)).clamp(qmin, qmax) if round_zp else qmin - lo / scale
+    scale, zero = qparams(lo, hi, int(spec.bit), False, round_zp=round_zp, dtype=w.dtype)  # min/max start
     zero, _ = optimize_zero(rows, scale, zero, qmin, qmax, opts)
     if round_zp:
         zero = torch.round(zero).clamp(qmin, qmax)
