@@ -39,7 +39,7 @@ from accbench.errors import AccbenchError
 from accbench.quant.blockwise import BlockInputs, block_output, capture_calls, forward_block
 from accbench.quant.omniquant_let import LetParams, act_quant_ste, fold_let, let_weights, ste_round
 from accbench.quant.options import MethodOptions
-from accbench.quant.quantizer import WeightQuantSpec, int_range, to_rows
+from accbench.quant.quantizer import WeightQuantSpec, int_range, qparams, to_rows
 from accbench.quant.spec import QuantSpec, QuantState
 
 log = logging.getLogger("accbench.quant")
@@ -128,12 +128,8 @@ def lwc_fake_quantize(w: torch.Tensor, spec: WeightQuantSpec, up: torch.Tensor |
     rows = to_rows(w, spec.granularity, spec.group_size)
     lo, hi = lwc_range(rows, up, low, spec.symmetric)
     qmin, qmax = int_range(int(spec.bit), spec.symmetric)
-    if spec.symmetric:
-        scale = torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-5) / qmax
-        zero = torch.zeros_like(scale)
-    else:
-        scale = (hi - lo).clamp(min=1e-5) / qmax
-        zero = (-torch.round(lo / scale)).clamp(qmin, qmax).detach()
+    scale, zero = qparams(lo, hi, int(spec.bit), spec.symmetric)
+    zero = zero.detach()
     q = torch.clamp(ste_round(rows / scale) + zero, qmin, qmax)
     return ((q - zero) * scale).reshape(w.shape)
 
