@@ -21,7 +21,8 @@ from typing import Any
 log = logging.getLogger("accbench")
 
 # bump when a change in accbench alters a computed number: every stored result is then recomputed on resume
-NUMERICS_VERSION = 1
+# 2: bf16 / fp16 weight scales held in the model's dtype (quant/scale_dtype.py) change those runs' fake_quant
+NUMERICS_VERSION = 2
 MODEL_FINGERPRINT_FILE = "accbench-fingerprint.json"
 # keys that cannot change a stored number: a strict resume allows changing them
 NOT_NUMERIC = ("base.output_dir", "base.run_name", "runner", "compare", "save.save_path")

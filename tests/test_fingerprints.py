@@ -182,3 +182,24 @@ def test_ignored_layers_and_seed_are_part_of_the_quantized_fingerprint(tmp_path)
     seeded = fps(base={"seed": 7})
     assert plain["pretrain"] == ignored["pretrain"] == seeded["pretrain"]
     assert len({plain["fake_quant"], ignored["fake_quant"], seeded["fake_quant"]}) == 3
+
+
+def test_the_numerics_version_is_part_of_every_fingerprint(tmp_path, monkeypatch):
+    """A result stored by an accbench whose arithmetic differed (another NUMERICS_VERSION, e.g. before bf16 weight
+    scales were held in the model's dtype) is not reused by a resume: every position's fingerprint changes."""
+    import accbench.fingerprints as fingerprints
+    from accbench.config import load_config
+    from accbench.pipeline.resume import position_fingerprints
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"path": str(model)}, "quant": {"method": "RTN", "weight": {"bit": 4}},
+                                   "eval": {"name": "custom", "path": str(tmp_path),
+                                            "eval_pos": ["pretrain", "fake_quant"]}}))
+    now = position_fingerprints(load_config(cfg), str(model))
+    monkeypatch.setattr(fingerprints, "NUMERICS_VERSION", fingerprints.NUMERICS_VERSION - 1)
+    before = position_fingerprints(load_config(cfg), str(model))
+    assert set(now) == set(before) and {"pretrain", "fake_quant"} <= set(now)
+    assert all(now[k] != before[k] for k in now)
